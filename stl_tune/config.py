@@ -1,0 +1,330 @@
+"""The one config schema: nested dataclasses whose defaults are the known 89.4 % STL-10 run.
+
+Everything speaks this schema: `stl-tune train`, study files (dotted paths into it), the resolved
+config stored with every trial, and exported final-training configs. Defaults live here only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+from stl_tune.errors import UserError
+
+
+class ConfigError(UserError):
+    """A bad config key or value."""
+
+
+# ---------------------------------------------------------------------------------------- schema
+@dataclass
+class DataConfig:
+    source: Literal["stl10", "folder"] = "stl10"  # STL-10 binaries, or a folder of class sub-folders
+    dir: str = "data"  # STL-10: holds stl10_binary/ (downloaded when missing); folder: the class folders
+    image_size: int = 96  # pixels per side; folder images are resized to it (STL-10 is 96 already)
+    val_fraction: float = 0.1  # share of the labelled training images held out, stratified by class
+    test_fraction: float = 0.2  # folder datasets only: share held out as test (STL-10 ships its own)
+    train_on_val: bool = False  # final model: train on train+validation (no validation accuracy)
+
+
+@dataclass
+class ModelConfig:
+    width: int = 64  # channels of the first stage; stages are w-2w-4w-8w
+    blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])  # BasicBlocks per stage
+    stem_stride: int = 1  # 3x3 stem, no max-pool; 2 quarters the compute of every later layer
+    se: bool = True  # Squeeze-Excitation in every block
+    se_reduction: int = 16  # SE bottleneck = channels / se_reduction
+    drop_path: float = 0.1  # stochastic-depth rate of the deepest block; rises linearly from 0
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
+    weight_decay: float = 0.05  # decoupled (AdamW) or L2 (SGD); never on norm weights or biases
+    momentum: float = 0.9  # SGD only
+    nesterov: bool = True  # SGD only
+    epochs: int = 200
+    batch_size: int = 64
+    warmup_epochs: float = 5.0  # linear warm-up from lr * warmup_start to lr, then cosine to 0
+    warmup_start: float = 0.01  # first-step learning rate as a share of lr
+    grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = 12  # random crop after reflect-padding this many pixels per side
+    flip: bool = True  # random horizontal flip
+    randaugment_ops: int = 2  # RandAugment ops per image (each image draws its own); 0 turns it off
+    randaugment_magnitude: int = 9  # RandAugment strength, 0..30 as in torchvision
+    mixup_alpha: float = 0.8  # Beta(alpha, alpha) for Mixup; 0 disables Mixup
+    cutmix_alpha: float = 1.0  # Beta(alpha, alpha) for CutMix; 0 disables CutMix
+    cutmix_prob: float = 0.5  # chance a batch uses CutMix rather than Mixup when both are on
+    mix_epochs: int = 100  # Mixup/CutMix (soft-target CE) for the first K epochs, then plain CE
+
+
+@dataclass
+class SmoothingConfig:
+    shape: Literal["constant", "linear", "cosine"] = "linear"  # how it moves from start to end
+    start: float = 0.1  # label smoothing at epoch 0
+    end: float = 0.0  # label smoothing at the last epoch (lowered as training converges)
+    mix_scale: float = 0.5  # multiplier while Mixup/CutMix is on: mixed labels are soft already
+
+
+@dataclass
+class EmaConfig:
+    enabled: bool = True
+    decay: float = 0.999  # per optimizer step
+    warmup: bool = True  # decay ramps as min(decay, (1+n)/(10+n)) so early weights fade fast
+
+
+@dataclass
+class EvalConfig:
+    tta: bool = True  # average logits of the image and its horizontal flip
+    patience: int = 40  # early stopping: epochs without a better validation accuracy; 0 = off
+    batch_size: int = 500  # images per evaluation batch
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast (CUDA only)
+    channels_last: bool = True  # (CUDA only)
+    compile: bool = False  # torch.compile the model
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+# Ranges checked by validate(): (low, high) inclusive; None means unbounded on that side.
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "seed": (0, None),
+    "data.image_size": (8, 1024),
+    "data.val_fraction": (0.0, 0.5),
+    "data.test_fraction": (0.0, 0.5),
+    "model.width": (1, 1024),
+    "model.stem_stride": (1, 4),
+    "model.se_reduction": (1, 1024),
+    "model.drop_path": (0.0, 0.9),
+    "optim.lr": (1e-8, 10.0),
+    "optim.weight_decay": (0.0, 1.0),
+    "optim.momentum": (0.0, 0.999),
+    "optim.epochs": (1, 10_000),
+    "optim.batch_size": (2, 8192),
+    "optim.warmup_epochs": (0.0, 10_000),
+    "optim.warmup_start": (0.0, 1.0),
+    "optim.grad_clip": (0.0, None),
+    "augment.crop_padding": (0, 64),
+    "augment.randaugment_ops": (0, 14),
+    "augment.randaugment_magnitude": (0, 30),
+    "augment.mixup_alpha": (0.0, 10.0),
+    "augment.cutmix_alpha": (0.0, 10.0),
+    "augment.cutmix_prob": (0.0, 1.0),
+    "augment.mix_epochs": (0, 10_000),
+    "smoothing.start": (0.0, 0.5),
+    "smoothing.end": (0.0, 0.5),
+    "smoothing.mix_scale": (0.0, 1.0),
+    "ema.decay": (0.0, 0.99999),
+    "eval.patience": (0, None),
+    "eval.batch_size": (1, 100_000),
+}
+
+
+# ------------------------------------------------------------------------------ paths and types
+def field_types(cls: type = TrainConfig, prefix: str = "") -> dict[str, Any]:
+    """Every leaf field as {"a.b": type}, e.g. {"model.width": int, "optim.name": Literal[...]}."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(field_types(hints[f.name], path + "."))
+        else:
+            out[path] = hints[f.name]
+    return out
+
+
+def nearest_key(key: str, choices: list[str]) -> str:
+    """' (did you mean X?)' for an unknown key, or '' when nothing is close."""
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.5)
+    if not close:  # also try the last path part alone: "width" -> "model.width"
+        tails = {c.rsplit(".", 1)[-1]: c for c in choices}
+        tail = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(tails), n=1, cutoff=0.7)
+        close = [tails[tail[0]]] if tail else []
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def check_path(path: str) -> Any:
+    """The type of a dotted config path, or a ConfigError naming the nearest valid one."""
+    types_ = field_types()
+    if path not in types_:
+        raise ConfigError(f"unknown config key '{path}'{nearest_key(path, sorted(types_))}")
+    return types_[path]
+
+
+def coerce(path: str, value: Any, tp: Any | None = None) -> Any:
+    """`value` converted to the declared type of `path` (strings as YAML scalars), or ConfigError."""
+    tp = check_path(path) if tp is None else tp
+    if isinstance(value, str) and tp is not str and typing.get_origin(tp) is not Literal:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"{path}: cannot read {value!r} as a value") from None
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{path} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list of {item.__name__}, got {value!r}")
+        return [coerce(path, v, item) for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path} must be finite, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"{path}: unsupported field type {tp}")  # a schema bug, not user input
+
+
+# --------------------------------------------------------------------- building and validating
+def get(cfg: TrainConfig, path: str) -> Any:
+    obj: Any = cfg
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def set_path(cfg: TrainConfig, path: str, value: Any) -> None:
+    """Set a dotted path in place, with type checking (not range checking: see validate)."""
+    value = coerce(path, value)
+    *parents, leaf = path.split(".")
+    obj: Any = cfg
+    for part in parents:
+        obj = getattr(obj, part)
+    setattr(obj, leaf, value)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def from_dict(d: dict[str, Any] | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A validated TrainConfig from a nested dict (a YAML file) plus flat "a.b" overrides."""
+    if d is not None and not isinstance(d, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(d).__name__}")
+    cfg = TrainConfig()
+    sections = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in (d or {}).items():
+        if key in sections and key != "seed" and not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a section of keys, got {value!r}")
+    for path, value in {**_flatten(d or {}), **(overrides or {})}.items():
+        set_path(cfg, path, value)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Range and consistency checks; raises ConfigError with one line naming the key."""
+    for path, (lo, hi) in _RANGES.items():
+        v = get(cfg, path)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            span = f"[{lo}, {'inf' if hi is None else hi}]"
+            raise ConfigError(f"{path}={v!r} is out of range {span}")
+    if not cfg.model.blocks or any(b < 1 or b > 64 for b in cfg.model.blocks):
+        raise ConfigError(f"model.blocks must be 1..64 blocks per stage, got {cfg.model.blocks}")
+    if cfg.data.val_fraction <= 0 and not cfg.data.train_on_val:
+        raise ConfigError("data.val_fraction must be > 0 unless data.train_on_val is true")
+    if cfg.data.source == "folder" and cfg.data.test_fraction <= 0:
+        raise ConfigError("data.test_fraction must be > 0 for a folder dataset")
+    device = cfg.runtime.device
+    if device not in ("auto", "cpu", "cuda") and not (
+        device.startswith("cuda:") and device[5:].isdigit()
+    ):
+        raise ConfigError(f"runtime.device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------- YAML I/O
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """["optim.lr=3e-4", ...] -> {"optim.lr": "3e-4"}; values are typed by set_path."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a YAML config file (or the defaults when path is None) and apply --set overrides."""
+    data: Any = None
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark else ""
+            raise ConfigError(f"{p}: not valid YAML{where}") from None
+    return from_dict(data, parse_overrides(overrides or []))
+
+
+def dump(cfg: TrainConfig, path: str | Path | None = None, header: str = "") -> str:
+    text = header + yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    return text
+
