@@ -1,0 +1,360 @@
+"""Images in, uint8 tensors on the training device out: STL-10 binaries or a folder of class folders.
+
+The whole labelled dataset is small (STL-10 train: 5,000 x 3x96x96 bytes = 138 MB), so it is read once
+per process, kept as uint8 on the device, and split into train/validation by index; augmentation and
+normalisation happen later, on the device, in batches (stl_tune/augment.py, stl_tune/train.py).
+Also here: a writer of small fake datasets in STL-10's exact binary layout, for tests and smoke runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+from torchvision.datasets import STL10
+from torchvision.datasets.utils import download_and_extract_archive
+from torchvision.transforms.v2 import functional as TF
+
+from stl_tune.config import DataConfig
+from stl_tune.errors import UserError
+
+
+class DataError(UserError):
+    """Dataset files missing, unreadable or malformed."""
+
+
+# ------------------------------------------------------------------------------- STL-10 binaries
+# Layout (https://cs.stanford.edu/~acoates/stl10/): X files are raw uint8, 3*96*96 bytes per image,
+# each channel stored column-major (all of column 0, then column 1, ...); y files are one uint8 per
+# image, labels 1..10. Only the labelled splits are used; unlabeled_X.bin (100,000 images) never is.
+STL10_SIDE = 96  # pixels per side
+STL10_IMAGE_BYTES = 3 * STL10_SIDE * STL10_SIDE
+STL10_FILES = {"train": ("train_X.bin", "train_y.bin"), "test": ("test_X.bin", "test_y.bin")}
+STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+
+
+def read_stl10_split(root: Path, split: str) -> tuple[Tensor, Tensor]:
+    """uint8 images [N,3,96,96] (row-major, as torch expects) and int64 labels 0..9 of one split.
+
+    `root` holds `stl10_binary/` (torchvision's convention, and what data.dir names). Sizes and labels
+    are checked, so a truncated download is an error naming the file, never a silently wrong reshape.
+    """
+    x_path, y_path = (Path(root) / STL10.base_folder / name for name in STL10_FILES[split])
+    x = np.fromfile(x_path, dtype=np.uint8)
+    y = np.fromfile(y_path, dtype=np.uint8)
+    if x.size == 0 or x.size % STL10_IMAGE_BYTES:
+        raise DataError(
+            f"{x_path}: {x.size} bytes is not a whole number of {STL10_IMAGE_BYTES}-byte 3x96x96 "
+            "images; the file is truncated or not STL-10 (delete it to download it again)"
+        )
+    n = x.size // STL10_IMAGE_BYTES
+    if y.size != n:
+        raise DataError(f"{y_path}: {y.size} labels for {n} images in {x_path.name}")
+    if y.min() < 1 or y.max() > 10:
+        raise DataError(f"{y_path}: labels must be 1..10, found {y.min()}..{y.max()}")
+    # [N, C, W, H] in file order -> swap the pixel axes; contiguous so later slicing stays cheap.
+    images = torch.from_numpy(x).view(n, 3, STL10_SIDE, STL10_SIDE).transpose(2, 3).contiguous()
+    return images, torch.from_numpy(y).long() - 1
+
+
+def _write_stl10_split(root: Path, split: str, images: Tensor, labels: Tensor) -> None:
+    """Write uint8 images [N,3,96,96] and labels 0..9 as STL-10 binaries (the inverse of the reader)."""
+    folder = Path(root) / STL10.base_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    x_name, y_name = STL10_FILES[split]
+    images.transpose(2, 3).contiguous().numpy().tofile(folder / x_name)  # back to column-major
+    (labels + 1).to(torch.uint8).numpy().tofile(folder / y_name)
+
+
+def _download_stl10(root: Path) -> None:
+    """Fetch STL-10 with torchvision's downloader (md5-checked, progress bar), into `root`.
+
+    Download and extraction go to a private temporary folder and finished files are then moved into
+    place, so an interrupted download or a second worker downloading at the same time never leaves a
+    half-written .bin where the reader would find it. The 2.6 GB archive is deleted after extraction.
+    """
+    target = root / STL10.base_folder
+    expected = ", ".join(name for names in STL10_FILES.values() for name in names)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=".stl10-download-") as tmp:
+            download_and_extract_archive(
+                STL10.url, tmp, filename=STL10.filename, md5=STL10.tgz_md5, remove_finished=True
+            )
+            target.mkdir(exist_ok=True)
+            for f in (Path(tmp) / STL10.base_folder).iterdir():
+                if not (target / f.name).exists():
+                    os.replace(f, target / f.name)
+    except Exception as e:  # no network, proxy, disk full, bad checksum: all end the same way
+        raise DataError(
+            f"STL-10 is not in {target} and downloading it failed ({type(e).__name__}: {e}); "
+            f"download {STL10.url} elsewhere and extract it so that {target} holds {expected}"
+        ) from None
+
+
+@functools.lru_cache(maxsize=4)
+def _stl10(root: str, image_size: int, split: str) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+    """One STL-10 split on the CPU, resized to image_size; downloaded first if any file is missing."""
+    folder = Path(root) / STL10.base_folder
+    if not all((folder / name).is_file() for name in STL10_FILES[split]):
+        _download_stl10(Path(root))
+    x, y = read_stl10_split(Path(root), split)
+    names_file = folder / STL10.class_names_file
+    classes = names_file.read_text().splitlines() if names_file.is_file() else STL10_CLASSES
+    classes = [c.strip() for c in classes if c.strip()]
+    if int(y.max()) >= len(classes):
+        raise DataError(f"{names_file}: {len(classes)} class names for labels up to {int(y.max()) + 1}")
+    return _resize(x, image_size), y, tuple(classes)
+
+
+def _resize(x: Tensor, size: int) -> Tensor:
+    """uint8 [N,3,H,W] -> uint8 [N,3,size,size]; antialiased, so downscaling does not alias."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return TF.resize(x, [size, size], antialias=True)
+
+
+# ------------------------------------------------------------------------------ folder datasets
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"}
+FOLDER_TEST_SEED = 0  # the test split of a folder dataset never changes with the training seed
+
+
+@functools.lru_cache(maxsize=2)
+def _folder(root: str, image_size: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+    """Every image under root/<class>/ (classes in sorted order), decoded to RGB and resized.
+
+    Images are decoded one at a time; that is fine once per process for a small dataset, and the
+    result is cached. Non-square images are stretched to a square so no part of the object is cut.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise DataError(f"folder dataset not found: {base}")
+    class_dirs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{base}: no class sub-folders (expected {base}/<class name>/<image files>)")
+    images, labels = [], []
+    for label, d in enumerate(class_dirs):
+        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{d}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        for f in files:
+            try:
+                # PIL, not torchvision.io: its image decoding is deprecated since torchvision 0.29
+                with Image.open(f) as im:
+                    rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+                img = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+            except Exception as e:
+                raise DataError(f"{f}: cannot read this image ({e})") from None
+            images.append(_resize(img[None], image_size)[0])
+            labels.append(label)
+    return torch.stack(images), torch.tensor(labels), tuple(d.name for d in class_dirs)
+
+
+# ---------------------------------------------------------------------------------------- splits
+def stratified_split(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """(keep, held) sorted index tensors; each class holds out round(fraction * its count) images.
+
+    At least one image per class is held out when fraction > 0 and the class has two or more, so
+    tiny folder datasets still test every class. The draw depends only on (y, fraction, seed).
+    """
+    g = torch.Generator().manual_seed(seed)
+    keep, held = [], []
+    for c in y.unique().tolist():
+        idx = (y == c).nonzero().squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = min(max(round(fraction * len(idx)), 1 if fraction > 0 else 0), len(idx) - 1)
+        held.append(idx[:k])
+        keep.append(idx[k:])
+    return torch.cat(keep).sort().values, torch.cat(held).sort().values
+
+
+def _labelled(cfg: DataConfig, split: str) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+    """CPU uint8 images, int64 labels and class names of the "train" or "test" split of a source."""
+    if cfg.source == "stl10":
+        return _stl10(cfg.dir, cfg.image_size, split)
+    x, y, classes = _folder(cfg.dir, cfg.image_size)
+    rest, test = stratified_split(y, cfg.test_fraction, FOLDER_TEST_SEED)
+    idx = test if split == "test" else rest
+    return x[idx], y[idx], classes
+
+
+# ----------------------------------------------------------------------------- the loaded dataset
+@dataclass
+class Dataset:
+    """uint8 images and int64 labels, on the training device. Shared by every call with the same
+    arguments in this process (see load_data): read them, never modify them in place."""
+
+    train_x: Tensor  # uint8 [N,3,S,S]
+    train_y: Tensor  # int64 [N], 0..num_classes-1
+    val_x: Tensor  # uint8 [M,3,S,S]; M = 0 when data.train_on_val
+    val_y: Tensor
+    test_x: Tensor | None  # only with load_data(..., with_test=True)
+    test_y: Tensor | None
+    classes: list[str]
+    mean: tuple[float, float, float]  # per channel of train_x, in [0, 1] pixel units
+    std: tuple[float, float, float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, exact, from 256-bin histograms
+    (a float copy of STL-10 would be 550 MB)."""
+    values = torch.arange(256, dtype=torch.float64) / 255
+    mean, std = [], []
+    for c in range(x.shape[1]):
+        p = torch.bincount(x[:, c].flatten(), minlength=256).double()
+        p /= p.sum()
+        m = float((p * values).sum())
+        mean.append(m)
+        std.append(math.sqrt(max(float((p * values**2).sum()) - m * m, 0.0)))
+    return tuple(mean), tuple(std)
+
+
+def load_data(
+    cfg: DataConfig, seed: int, device: torch.device | str = "cpu", with_test: bool = False
+) -> Dataset:
+    """The dataset of `cfg`, split into train/validation by `seed`, as uint8 tensors on `device`.
+
+    Cached per process: a worker running many trials reads the files and copies them to the device
+    once; a second call with the same arguments returns the same Dataset. Test images are read only
+    when asked for (the search never does).
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" share one copy
+        device = torch.device("cuda", torch.cuda.current_device())
+    cfg = dataclasses.replace(cfg, dir=str(Path(cfg.dir).expanduser().resolve()))
+    return _load(dataclasses.astuple(cfg), seed, str(device), with_test)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(cfg_fields: tuple, seed: int, device: str, with_test: bool) -> Dataset:
+    cfg = DataConfig(*cfg_fields)
+    x, y, classes = _labelled(cfg, "train")
+    if cfg.train_on_val:
+        train, val = torch.arange(len(y)), torch.arange(0)
+    else:
+        train, val = stratified_split(y, cfg.val_fraction, seed)
+    mean, std = channel_stats(x[train])
+    test_x = test_y = None
+    if with_test:
+        test_x, test_y, _ = _labelled(cfg, "test")
+        test_x, test_y = test_x.to(device), test_y.to(device)
+    return Dataset(
+        train_x=x[train].to(device),
+        train_y=y[train].to(device),
+        val_x=x[val].to(device),
+        val_y=y[val].to(device),
+        test_x=test_x,
+        test_y=test_y,
+        classes=list(classes),
+        mean=mean,
+        std=std,
+    )
+
+
+def clear_cache() -> None:
+    """Forget every cached read and device copy (tests; freeing device memory)."""
+    for cached in (_stl10, _folder, _load):
+        cached.cache_clear()
+
+
+# ------------------------------------------------------------------------------------- fake data
+FAKE_NOISE = 0.2  # std of per-pixel Gaussian noise, in [0, 1] pixel units
+
+
+def _hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
+    """[B] hue (turns), saturation, value in [0, 1] -> [B,3] RGB in [0, 1] (the standard formula)."""
+    k = (torch.tensor([5.0, 3.0, 1.0]) + h[:, None] * 6) % 6
+    return v[:, None] * (1 - s[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1)))
+
+
+def _fake_images(labels: Tensor, num_classes: int, g: torch.Generator) -> Tensor:
+    """uint8 [B,3,96,96] fake images whose class is a texture (stripes or a checker, one of
+    ceil(n/2) orientations) tinted with one of n hues. Tints of neighbouring classes overlap, the
+    patch lands anywhere at any size and phase, and a random colour background, a distractor patch
+    of random texture and colour, and strong noise are added, so a tiny CNN needs both cues."""
+    b = len(labels)
+
+    def rand(*shape: int) -> Tensor:
+        return torch.rand(*shape, generator=g)
+
+    n_orient = math.ceil(num_classes / 2)
+    checker = labels >= n_orient  # first half of the classes stripes, second half checkers
+    angle = (labels % n_orient) * math.pi / n_orient + (rand(b) - 0.5) * 0.2  # radians, +-5.7 deg
+    hue = labels / num_classes + (rand(b) - 0.5) * 1.2 / num_classes  # +-0.6 class spacings
+
+    pix = (torch.arange(STL10_SIDE) + 0.5) / STL10_SIDE  # pixel centres in [0, 1] image units
+    yy, xx = pix[None, :, None], pix[None, None, :]  # [1,H,1], [1,1,W]
+
+    def patch(angle: Tensor, checker: Tensor, scale: tuple[float, float]) -> tuple[Tensor, Tensor]:
+        """A textured soft disc: (texture in [-1, 1], mask in [0, 1]), each [B,H,W]."""
+        r = (scale[0] + (scale[1] - scale[0]) * rand(b))[:, None, None] / 2  # radius, image units
+        cy, cx = (rand(2, b)[..., None, None] * 0.8 + 0.1).unbind(0)  # centre may be near an edge
+        cycles = 1.5 + 1.5 * rand(b)[:, None, None]  # periods across the disc: survives 16 px
+        phase = 2 * math.pi * rand(2, b)[..., None, None]
+        cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+        u = ((xx - cx) * cos + (yy - cy) * sin) * cycles * math.pi / r
+        v = (-(xx - cx) * sin + (yy - cy) * cos) * cycles * math.pi / r
+        stripes = (u + phase[0]).sin()
+        tex = torch.where(checker[:, None, None], stripes * (v + phase[1]).sin() * 2, stripes)
+        dist = ((xx - cx) ** 2 + (yy - cy) ** 2).sqrt() / r
+        return tex.clamp(-1, 1), (4 * (1 - dist)).clamp(0, 1)  # edge softened over 1/4 radius
+
+    # Background: a 3x3 grid of random colours, bilinearly smoothed; a distractor of no class.
+    blobs = rand(b, 3, 3, 3) * 0.4 + rand(b, 1, 1, 1) * 0.4 + 0.1  # muted: a grey level plus colour
+    bg = torch.nn.functional.interpolate(blobs, size=STL10_SIDE, mode="bilinear")
+    d_tex, d_mask = patch(rand(b) * math.pi, rand(b) < 0.5, (0.25, 0.5))
+    d_rgb = _hsv_to_rgb(rand(b), 0.3 + 0.5 * rand(b), 0.4 + 0.5 * rand(b))[:, :, None, None]
+    img = bg * (1 - d_mask[:, None]) + d_mask[:, None] * d_rgb * (0.6 + 0.4 * d_tex[:, None])
+
+    tex, mask = patch(angle, checker, (0.5, 0.95))
+    rgb = _hsv_to_rgb(hue % 1, 0.7 + 0.3 * rand(b), 0.6 + 0.4 * rand(b))[:, :, None, None]
+    fg = rgb * (0.55 + 0.45 * tex[:, None])  # texture contrast rides on the class tint
+    img = img * (1 - mask[:, None]) + mask[:, None] * fg
+    img = img * (0.7 + 0.6 * rand(b))[:, None, None, None]  # brightness
+    img = img + FAKE_NOISE * torch.randn(img.shape, generator=g)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def write_fake_stl10(
+    out_dir: str | Path,
+    train_per_class: int = 50,
+    test_per_class: int = 30,
+    seed: int = 0,
+    num_classes: int = 10,
+) -> Path:
+    """Write a small learnable dataset as out_dir/stl10_binary/{train,test}_{X,y}.bin and
+    class_names.txt, in STL-10's exact layout; returns out_dir (use it as data.dir).
+
+    Class names describe the cue, e.g. "stripes-36deg-hue072"."""
+    if not 2 <= num_classes <= 10:
+        raise ValueError(f"num_classes must be 2..10 (STL-10 labels are 1..10), got {num_classes}")
+    if train_per_class < 1 or test_per_class < 1:
+        raise ValueError("write_fake_stl10 needs at least one train and one test image per class")
+    out_dir = Path(out_dir)
+    g = torch.Generator().manual_seed(seed)
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        labels = torch.arange(num_classes).repeat_interleave(per_class)
+        labels = labels[torch.randperm(len(labels), generator=g)]
+        images = torch.cat([_fake_images(chunk, num_classes, g) for chunk in labels.split(256)])
+        _write_stl10_split(out_dir, split, images, labels)
+    n_orient = math.ceil(num_classes / 2)
+    names = [
+        f"{'checker' if c >= n_orient else 'stripes'}-{round((c % n_orient) * 180 / n_orient)}deg"
+        f"-hue{round(c * 360 / num_classes):03d}"
+        for c in range(num_classes)
+    ]
+    (out_dir / STL10.base_folder / STL10.class_names_file).write_text("\n".join(names) + "\n")
+    return out_dir
