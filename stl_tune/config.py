@@ -130,7 +130,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "optim.epochs": (1, 10_000),
     "optim.batch_size": (2, 8192),
     "optim.warmup_epochs": (0.0, 10_000),
-    "optim.warmup_start": (0.0, 1.0),
+    "optim.warmup_start": (1e-4, 1.0),
     "optim.grad_clip": (0.0, None),
     "augment.crop_padding": (0, 64),
     "augment.randaugment_ops": (0, 14),

@@ -1,0 +1,71 @@
+"""The `stl-tune` command line: each command a few lines that call into the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from stl_tune.errors import UserError
+
+
+class _Group(TyperGroup):
+    """Bad input (UserError) becomes one line on stderr and exit code 2, never a traceback."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    cls=_Group, no_args_is_help=True, pretty_exceptions_show_locals=False,
+    help="Hyperparameter search and final training for STL-10 and other small image datasets.",
+)  # fmt: skip
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate fake STL-10 data for tests and demos.")
+app.add_typer(data_app, name="data")
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (e.g. from `stl-tune export`); defaults otherwise.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set optim.lr=3e-4 (repeatable).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder (sets data.dir).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder [default: runs/<config name>]; an unfinished run there resumes.")] = None,
+) -> None:
+    """Train one model (final training: the test split is scored) and write its artefacts."""
+    from stl_tune import config as C
+    from stl_tune.outputs import write_outputs
+    from stl_tune.train import train as run_training
+
+    overrides = list(set_ or []) + ([f"data.dir={data_dir}"] if data_dir is not None else [])
+    cfg = C.load(config, overrides)
+    out = out or Path("runs") / (config.stem if config is not None else "default")
+    result = run_training(cfg, checkpoint=out / "checkpoint.pt", evaluate_test=True, progress=True)
+    paths = write_outputs(out, cfg, result)
+    if result.status == "diverged":
+        typer.echo(f"diverged: the loss became NaN at epoch {result.diverged_epoch}; see {paths[1]}", err=True)
+        raise typer.Exit(1)
+    val = "-" if result.best_val_acc is None else f"{result.best_val_acc:.2%}"
+    typer.echo(
+        f"{result.status} after {result.epochs_run} epochs in {result.seconds:.0f} s: "
+        f"best val {val}, test {result.test_acc:.2%}\nwrote {', '.join(str(p) for p in paths)}"
+    )
+
+
+@data_app.command("fake")
+def data_fake(
+    out: Annotated[Path, typer.Option(help="Folder to write stl10_binary/ into.")],
+    train_per_class: Annotated[int, typer.Option(min=1, help="Labelled training images per class.")] = 50,
+    test_per_class: Annotated[int, typer.Option(min=1, help="Test images per class.")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed of the generated images.")] = 0,
+) -> None:
+    """Write a small learnable dataset in STL-10's exact binary layout."""
+    from stl_tune.data import write_fake_stl10
+
+    root = write_fake_stl10(out, train_per_class=train_per_class, test_per_class=test_per_class, seed=seed)
+    typer.echo(f"wrote {root}: {10 * train_per_class} train and {10 * test_per_class} test images")

@@ -1,0 +1,189 @@
+import pytest
+import torch
+
+from stl_tune import config as C
+from stl_tune.data import write_fake_stl10
+from stl_tune.errors import UserError
+from stl_tune.train import (
+    ema_multi_avg_fn,
+    label_smoothing_at,
+    make_optimizer,
+    make_scheduler,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fake")
+    write_fake_stl10(out, train_per_class=40, test_per_class=10, seed=0)
+    return out
+
+
+def tiny(data_dir, **overrides) -> C.TrainConfig:
+    """A config that trains in about a second per epoch on a 2-core CPU."""
+    base = {
+        "data.dir": str(data_dir), "data.image_size": 24, "model.width": 8, "model.blocks": [1, 1, 1, 1],
+        "optim.batch_size": 32, "optim.epochs": 3, "optim.warmup_epochs": 1, "augment.mix_epochs": 1,
+        "augment.crop_padding": 3, "ema.decay": 0.9, "eval.batch_size": 200,
+    }  # fmt: skip
+    return C.from_dict(None, {**base, **overrides})
+
+
+# ------------------------------------------------------------------------------------ schedules
+
+
+def test_lr_schedule_warms_up_linearly_then_anneals_to_zero():
+    model = torch.nn.Linear(2, 2)
+    cfg = C.OptimConfig(lr=0.1, epochs=10, warmup_epochs=2, warmup_start=0.01)
+    opt = make_optimizer(model, cfg, fused=False)
+    sched = make_scheduler(opt, cfg, steps_per_epoch=10)  # 100 steps, 20 of warm-up
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.001)
+    assert lrs[10] == pytest.approx(0.001 + (0.1 - 0.001) * 10 / 20)
+    assert lrs[20] == pytest.approx(0.1)
+    assert lrs[60] == pytest.approx(0.05)  # cosine half-way
+    assert lrs[99] < 1e-3 and all(a >= b for a, b in zip(lrs[20:], lrs[21:]))
+
+
+def test_weight_decay_skips_norms_and_biases():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    opt = make_optimizer(model, C.OptimConfig(name="sgd", weight_decay=0.01), fused=False)
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.01 and [p.ndim for p in decayed["params"]] == [4]
+    assert plain["weight_decay"] == 0.0 and all(p.ndim == 1 for p in plain["params"])
+    assert opt.param_groups[0]["nesterov"] is True
+
+
+@pytest.mark.parametrize(
+    ("shape", "epoch", "expected"),
+    [("constant", 7, 0.1), ("linear", 0, 0.2), ("linear", 10, 0.0), ("linear", 5, 0.1), ("cosine", 5, 0.1),
+     ("cosine", 10, 0.0)],
+)  # fmt: skip
+def test_label_smoothing_schedule(shape, epoch, expected):
+    cfg = C.from_dict(None, {
+        "smoothing.shape": shape, "smoothing.start": 0.1 if shape == "constant" else 0.2,
+        "smoothing.end": 0.0, "optim.epochs": 11, "augment.mix_epochs": 0,
+    })  # fmt: skip
+    assert label_smoothing_at(epoch, cfg) == pytest.approx(expected)
+
+
+def test_label_smoothing_is_turned_down_while_mixing():
+    cfg = C.from_dict(None, {"smoothing.shape": "constant", "smoothing.start": 0.1, "smoothing.mix_scale": 0.25,
+                             "augment.mix_epochs": 3})  # fmt: skip
+    assert [label_smoothing_at(e, cfg) for e in (0, 2, 3)] == pytest.approx([0.025, 0.025, 0.1])
+
+
+def test_ema_warms_up_then_holds_its_decay():
+    update = ema_multi_avg_fn(decay=0.99, warmup=True)
+    ema, cur = [torch.zeros(2)], [torch.ones(2)]
+    update(ema, cur, torch.tensor(1))  # decay (1+1)/(10+1) = 2/11: mostly the new weights
+    assert ema[0][0].item() == pytest.approx(9 / 11)
+    ema = [torch.zeros(2)]
+    update(ema, cur, torch.tensor(10_000))  # warm-up over: decay 0.99
+    assert ema[0][0].item() == pytest.approx(0.01)
+    counters = [torch.tensor([3])]
+    update(counters, [torch.tensor([7])], torch.tensor(5))  # integer buffers follow the model
+    assert counters[0].item() == 7
+
+
+# ------------------------------------------------------------------------------------- training
+
+
+def test_short_run_learns_well_above_chance(data_dir):
+    cfg = tiny(data_dir, **{"optim.epochs": 8, "optim.lr": 3e-3, "augment.mix_epochs": 0, "augment.randaugment_ops": 0})
+    result = train(cfg)
+    assert result.status == "completed" and result.epochs_run == 8
+    assert result.best_val_acc > 0.3  # 10 classes: chance is 0.1
+    assert [h["epoch"] for h in result.history] == list(range(1, 9))
+    assert result.test_acc is None  # the test split is not touched unless asked
+    assert result.param_count == sum(p.numel() for p in result.model.parameters())
+
+
+def test_same_seed_same_metrics_and_other_seed_differs(data_dir):
+    a, b = train(tiny(data_dir)), train(tiny(data_dir))
+    assert a.history and [(h["train_loss"], h["val_acc"]) for h in a.history] == [
+        (h["train_loss"], h["val_acc"]) for h in b.history
+    ]
+    c = train(tiny(data_dir, seed=1))
+    assert [h["train_loss"] for h in c.history] != [h["train_loss"] for h in a.history]
+
+
+def test_resume_equals_uninterrupted(data_dir, tmp_path):
+    cfg = tiny(data_dir, **{"optim.epochs": 4})
+    full = train(cfg, checkpoint=tmp_path / "full.pt")
+    ckpt = tmp_path / "cut.pt"
+    cut = train(cfg, on_epoch_end=lambda m: m.epoch == 2, checkpoint=ckpt)  # "killed" after epoch 2
+    assert cut.status == "stopped" and cut.epochs_run == 2
+    resumed = train(cfg, checkpoint=ckpt)
+    assert resumed.resumed_from_epoch == 2 and resumed.epochs_run == 4
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+    for p, q in zip(resumed.model.state_dict().values(), full.model.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+def test_callback_sees_every_epoch_and_can_stop(data_dir):
+    seen = []
+    result = train(tiny(data_dir), on_epoch_end=lambda m: seen.append(m) or m.epoch == 2)
+    assert result.status == "stopped" and [m.epoch for m in seen] == [1, 2]
+    m = seen[0]
+    assert 0 <= m.val_acc <= 1 and m.train_loss > 0 and m.lr > 0 and m.seconds > 0
+    assert m.label_smoothing == pytest.approx(label_smoothing_at(0, tiny(data_dir)))
+
+
+def test_early_stopping(data_dir):
+    # lr ~0 after warm-up start: nothing improves after epoch 1, so patience 2 stops at epoch 3
+    result = train(tiny(data_dir, **{"optim.epochs": 10, "optim.lr": 1e-8, "eval.patience": 2}))
+    assert result.status == "early_stopped"
+    best_epoch = max(result.history, key=lambda h: h["val_acc"])["epoch"]
+    assert result.epochs_run == best_epoch + 2
+
+
+def test_train_on_val_and_test_scoring(data_dir):
+    result = train(tiny(data_dir, **{"data.train_on_val": True, "optim.epochs": 1}), evaluate_test=True)
+    assert result.val_acc is None and result.best_val_acc is None
+    assert 0 <= result.test_acc <= 1
+    cm = torch.tensor(result.confusion)
+    assert cm.shape == (10, 10) and cm.sum().item() == 100  # 10 test images per class
+    assert result.per_class_acc == pytest.approx((cm.diag() / cm.sum(1)).tolist())
+    assert result.test_acc == pytest.approx(cm.diag().sum().item() / 100)
+
+
+def nan_after(steps: int, monkeypatch) -> None:
+    """Make the training loss NaN from the given optimizer step on (a real blow-up needs luck)."""
+    real, calls = torch.nn.functional.cross_entropy, []
+
+    def cross_entropy(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) > steps else loss
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", cross_entropy)
+
+
+def test_nan_loss_stops_with_diverged_result(data_dir, monkeypatch):
+    nan_after(12, monkeypatch)  # 11 steps per epoch: the loss turns NaN in epoch 2
+    result = train(tiny(data_dir, **{"optim.epochs": 4}))
+    assert result.status == "diverged" and result.diverged_epoch == 2 and result.epochs_run == 2
+    assert len(result.history) == 1 and result.per_class_acc is None
+
+
+def test_checkpoint_of_another_config_is_refused(data_dir, tmp_path):
+    ckpt = tmp_path / "c.pt"
+    train(tiny(data_dir, **{"optim.epochs": 1}), checkpoint=ckpt)
+    with pytest.raises(UserError, match="different config"):
+        train(tiny(data_dir, **{"optim.epochs": 2}), checkpoint=ckpt)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        train(tiny(data_dir, **{"optim.epochs": 1}), checkpoint=ckpt)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_channels_last_run(data_dir):
+    result = train(tiny(data_dir, **{"runtime.device": "cuda"}))
+    assert result.device.startswith("cuda") and result.best_val_acc is not None
