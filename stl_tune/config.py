@@ -99,6 +99,7 @@ class RuntimeConfig:
     amp: bool = True  # bf16 autocast (CUDA only)
     channels_last: bool = True  # (CUDA only)
     compile: bool = False  # torch.compile the model
+    checkpoint_interval_s: float = 30.0  # resume checkpoint at most this often (and at the end); 0 = every epoch
 
 
 @dataclass
@@ -145,6 +146,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "ema.decay": (0.0, 0.99999),
     "eval.patience": (0, None),
     "eval.batch_size": (1, 100_000),
+    "runtime.checkpoint_interval_s": (0.0, None),
 }
 
 

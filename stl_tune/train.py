@@ -36,6 +36,7 @@ class EpochMetrics:
     lr: float  # at the epoch's last step
     label_smoothing: float
     seconds: float  # wall time of this epoch, evaluation and checkpoint included
+    checkpointed: bool  # the resume checkpoint was written after this epoch
 
 
 @dataclass
@@ -191,12 +192,12 @@ def _load_checkpoint(path: Path, cfg: C.TrainConfig) -> dict:
 
 def _epoch_batches(data: Dataset, cfg: C.TrainConfig, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
     """Shuffled, augmented (x in [0,1], y) batches for one epoch; the last partial batch is
-    dropped (BatchNorm dislikes tiny batches). Augmenting ~4k images per call amortises the
-    per-op kernel launches of the on-device RandAugment."""
+    dropped (BatchNorm dislikes tiny batches). On CUDA, ~4k images per augmentation call amortise
+    the per-op kernel launches; on a CPU, ~512 keep a chunk in cache (measured ~2x faster)."""
     batch = cfg.optim.batch_size
     steps = len(data.train_y) // batch
     order = torch.randperm(len(data.train_y), device=device)[: steps * batch]
-    chunk = batch * max(1, 4096 // batch)
+    chunk = batch * max(1, (4096 if device.type == "cuda" else 512) // batch)
     for start in range(0, len(order), chunk):
         idx = order[start : start + chunk]
         x = augment_images(data.train_x[idx], cfg.augment)
@@ -213,8 +214,9 @@ def train(
 ) -> TrainResult:
     """Train `cfg` and return its result.
 
-    on_epoch_end(metrics) runs after every epoch, once that epoch's checkpoint is on disk; it
-    returns True to stop the run. If `checkpoint` exists, the run resumes from it exactly.
+    on_epoch_end(metrics) runs after every epoch, after that epoch's checkpoint (if
+    metrics.checkpointed) is on disk; it returns True to stop the run. If `checkpoint` exists, the
+    run resumes from it exactly.
     Test images are loaded and scored only with evaluate_test=True (final training).
     """
     C.validate(cfg)
@@ -262,6 +264,7 @@ def train(
         device=str(device), resumed_from_epoch=start_epoch,
     )  # fmt: skip
     bar = _ProgressBar(cfg.optim.epochs, start_epoch) if progress else None
+    last_save = -math.inf
     try:
         for epoch in range(start_epoch, cfg.optim.epochs):
             t0 = time.perf_counter()
@@ -296,17 +299,25 @@ def train(
                 val_acc = (predict(eval_model, data.val_x, cfg, device) == data.val_y).float().mean().item()
                 if best is None or val_acc > best:
                     best, best_epoch = val_acc, epoch + 1
-            metrics = EpochMetrics(
-                epoch=epoch + 1, train_loss=train_loss, val_acc=val_acc,
-                lr=sched.get_last_lr()[0], label_smoothing=smoothing,
-                seconds=time.perf_counter() - t0,
-            )  # fmt: skip
-            history.append(asdict(metrics))
             result.best_val_acc, result.val_acc = best, val_acc
             patience = cfg.eval.patience
             if has_val and patience > 0 and epoch + 1 - best_epoch >= patience:
                 result.status = "early_stopped"
-            if ckpt is not None:
+            # A checkpoint is ~16 bytes per parameter (weights, EMA, two AdamW moments): 180 MB at
+            # width 64, too much to write every 0.5-s GPU epoch. Saving at most every
+            # checkpoint_interval_s, and at the end, bounds both the cost and the work a crash loses.
+            save = ckpt is not None and (
+                time.perf_counter() - last_save >= cfg.runtime.checkpoint_interval_s
+                or epoch + 1 == cfg.optim.epochs or result.status != "completed"
+            )  # fmt: skip
+            metrics = EpochMetrics(
+                epoch=epoch + 1, train_loss=train_loss, val_acc=val_acc,
+                lr=sched.get_last_lr()[0], label_smoothing=smoothing,
+                seconds=time.perf_counter() - t0, checkpointed=save,
+            )  # fmt: skip
+            history.append(asdict(metrics))
+            if save:
+                last_save = time.perf_counter()
                 _save_checkpoint(ckpt, {
                     "config": C.to_dict(cfg), "epoch": epoch + 1, "history": history,
                     "best_val_acc": best, "best_epoch": best_epoch,

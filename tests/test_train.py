@@ -114,14 +114,14 @@ def test_same_seed_same_metrics_and_other_seed_differs(data_dir):
 
 
 def test_resume_equals_uninterrupted(data_dir, tmp_path):
-    cfg = tiny(data_dir, **{"optim.epochs": 4})
+    cfg = tiny(data_dir, **{"optim.epochs": 4, "runtime.checkpoint_interval_s": 0})
     full = train(cfg, checkpoint=tmp_path / "full.pt")
     ckpt = tmp_path / "cut.pt"
     cut = train(cfg, on_epoch_end=lambda m: m.epoch == 2, checkpoint=ckpt)  # "killed" after epoch 2
     assert cut.status == "stopped" and cut.epochs_run == 2
     resumed = train(cfg, checkpoint=ckpt)
     assert resumed.resumed_from_epoch == 2 and resumed.epochs_run == 4
-    strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
+    strip = lambda hs: [{k: v for k, v in h.items() if k not in ("seconds", "checkpointed")} for h in hs]  # noqa: E731
     assert strip(resumed.history) == strip(full.history)
     for p, q in zip(resumed.model.state_dict().values(), full.model.state_dict().values()):
         assert torch.equal(p, q)
@@ -171,6 +171,14 @@ def test_nan_loss_stops_with_diverged_result(data_dir, monkeypatch):
     result = train(tiny(data_dir, **{"optim.epochs": 4}))
     assert result.status == "diverged" and result.diverged_epoch == 2 and result.epochs_run == 2
     assert len(result.history) == 1 and result.per_class_acc is None
+
+
+def test_checkpoints_are_written_at_most_every_interval_and_at_the_end(data_dir, tmp_path):
+    saved = train(tiny(data_dir, **{"runtime.checkpoint_interval_s": 3600}), checkpoint=tmp_path / "c.pt")
+    assert [h["checkpointed"] for h in saved.history] == [True, False, True]  # first, then the end
+    every = train(tiny(data_dir, **{"runtime.checkpoint_interval_s": 0}), checkpoint=tmp_path / "d.pt")
+    assert all(h["checkpointed"] for h in every.history)
+    assert not any(h["checkpointed"] for h in train(tiny(data_dir)).history)  # no checkpoint path
 
 
 def test_checkpoint_of_another_config_is_refused(data_dir, tmp_path):
