@@ -245,11 +245,11 @@ def set_path(cfg: TrainConfig, path: str, value: Any) -> None:
     setattr(obj, leaf, value)
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -264,7 +264,7 @@ def from_dict(d: dict[str, Any] | None, overrides: dict[str, Any] | None = None)
     for key, value in (d or {}).items():
         if key in sections and key != "seed" and not isinstance(value, dict):
             raise ConfigError(f"'{key}' must be a section of keys, got {value!r}")
-    for path, value in {**_flatten(d or {}), **(overrides or {})}.items():
+    for path, value in {**flatten(d or {}), **(overrides or {})}.items():
         set_path(cfg, path, value)
     validate(cfg)
     return cfg

@@ -75,6 +75,14 @@ def _write_stl10_split(root: Path, split: str, images: Tensor, labels: Tensor) -
     (labels + 1).to(torch.uint8).numpy().tofile(folder / y_name)
 
 
+def ensure_downloaded(cfg: DataConfig) -> None:
+    """Download STL-10 into cfg.dir if any labelled-split file is missing (a no-op for folders).
+    `stl-tune run` calls it once before starting workers, so they don't all download at once."""
+    folder = Path(cfg.dir) / STL10.base_folder
+    if cfg.source == "stl10" and not all((folder / n).is_file() for names in STL10_FILES.values() for n in names):
+        _download_stl10(Path(cfg.dir))
+
+
 def _download_stl10(root: Path) -> None:
     """Fetch STL-10 with torchvision's downloader (md5-checked, progress bar), into `root`.
 

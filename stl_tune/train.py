@@ -97,9 +97,8 @@ def make_optimizer(model: nn.Module, cfg: C.OptimConfig, fused: bool) -> torch.o
     ]
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
-    return torch.optim.SGD(
-        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused
-    )
+    nesterov = cfg.nesterov and cfg.momentum > 0  # torch refuses Nesterov without momentum
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov, fused=fused)
 
 
 def make_scheduler(
@@ -182,9 +181,17 @@ def _load_checkpoint(path: Path, cfg: C.TrainConfig) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a checkpoint, or not written by torch.save
         raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
-    if state.get("config") != C.to_dict(cfg):
+    if _recipe(state.get("config", {})) != _recipe(C.to_dict(cfg)):
         raise UserError(f"checkpoint {path} was written for a different config; remove it to start over")
     return state
+
+
+def _recipe(d: dict) -> dict:
+    """A config dict less where things are (data.dir, runtime device and the like): a retry on
+    another host, with the data mounted elsewhere or on another GPU, resumes the same run."""
+    return {k: v for k, v in d.items() if k != "runtime"} | {
+        "data": {k: v for k, v in d.get("data", {}).items() if k != "dir"}
+    }
 
 
 # ------------------------------------------------------------------------------------- the loop

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from stl_tune.cli import app
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: more threads only contend
 runner = CliRunner()
 TINY = ["--set", "data.image_size=16", "--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]",
         "--set", "optim.batch_size=32", "--set", "optim.epochs=2", "--set", "eval.batch_size=200"]  # fmt: skip
@@ -48,10 +49,8 @@ def test_train_end_to_end_writes_every_artefact(fake_dir, tmp_path):
     assert again.exit_code == 0 and json.loads((out / "metrics.json").read_text())["resumed_from_epoch"] == 2
 
 
-def test_train_reports_divergence(fake_dir, tmp_path, monkeypatch):
-    from test_train import nan_after
-
-    nan_after(0, monkeypatch)
+def test_train_reports_divergence(fake_dir, tmp_path, nan_loss):
+    nan_loss(0)
     out = tmp_path / "nan"
     result = runner.invoke(app, ["train", "--data-dir", str(fake_dir), "--out", str(out), *TINY])
     assert result.exit_code == 1 and "diverged: the loss became NaN at epoch 1" in result.output

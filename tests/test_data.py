@@ -141,6 +141,18 @@ def test_missing_files_are_downloaded(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["stl10_binary"]  # temp folder cleaned up
 
 
+def test_ensure_downloaded_fetches_only_what_is_missing(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(data, "_download_stl10", lambda root: calls.append(root))
+    write_fake_stl10(tmp_path / "have", train_per_class=1, test_per_class=1)
+    data.ensure_downloaded(cfg(tmp_path / "have"))
+    data.ensure_downloaded(DataConfig("folder", str(tmp_path / "anything")))
+    assert calls == []
+    (tmp_path / "have" / "stl10_binary" / "test_y.bin").unlink()
+    data.ensure_downloaded(cfg(tmp_path / "have"))
+    assert calls == [tmp_path / "have"]
+
+
 # ---------------------------------------------------------------------------------------- splits
 def test_split_is_stratified_disjoint_and_complete(fake):
     ds = load_data(cfg(fake, val_fraction=0.1), seed=0)

@@ -12,6 +12,8 @@ from stl_tune.train import (
     train,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: more threads only contend
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
@@ -57,6 +59,8 @@ def test_weight_decay_skips_norms_and_biases():
     assert decayed["weight_decay"] == 0.01 and [p.ndim for p in decayed["params"]] == [4]
     assert plain["weight_decay"] == 0.0 and all(p.ndim == 1 for p in plain["params"])
     assert opt.param_groups[0]["nesterov"] is True
+    no_momentum = make_optimizer(model, C.OptimConfig(name="sgd", momentum=0.0, nesterov=True), fused=False)
+    assert no_momentum.param_groups[0]["nesterov"] is False  # torch would refuse Nesterov here
 
 
 @pytest.mark.parametrize(
@@ -154,20 +158,8 @@ def test_train_on_val_and_test_scoring(data_dir):
     assert result.test_acc == pytest.approx(cm.diag().sum().item() / 100)
 
 
-def nan_after(steps: int, monkeypatch) -> None:
-    """Make the training loss NaN from the given optimizer step on (a real blow-up needs luck)."""
-    real, calls = torch.nn.functional.cross_entropy, []
-
-    def cross_entropy(*args, **kwargs):
-        calls.append(1)
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if len(calls) > steps else loss
-
-    monkeypatch.setattr(torch.nn.functional, "cross_entropy", cross_entropy)
-
-
-def test_nan_loss_stops_with_diverged_result(data_dir, monkeypatch):
-    nan_after(12, monkeypatch)  # 11 steps per epoch: the loss turns NaN in epoch 2
+def test_nan_loss_stops_with_diverged_result(data_dir, nan_loss):
+    nan_loss(12)  # 11 steps per epoch: the loss turns NaN in epoch 2
     result = train(tiny(data_dir, **{"optim.epochs": 4}))
     assert result.status == "diverged" and result.diverged_epoch == 2 and result.epochs_run == 2
     assert len(result.history) == 1 and result.per_class_acc is None
@@ -186,6 +178,9 @@ def test_checkpoint_of_another_config_is_refused(data_dir, tmp_path):
     train(tiny(data_dir, **{"optim.epochs": 1}), checkpoint=ckpt)
     with pytest.raises(UserError, match="different config"):
         train(tiny(data_dir, **{"optim.epochs": 2}), checkpoint=ckpt)
+    # where the data lives and which device runs it are not the recipe: a retry elsewhere resumes
+    moved = tiny(data_dir, **{"optim.epochs": 1, "runtime.device": "cpu", "data.dir": f"{data_dir}/."})
+    assert train(moved, checkpoint=ckpt).resumed_from_epoch == 1
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot read checkpoint"):
         train(tiny(data_dir, **{"optim.epochs": 1}), checkpoint=ckpt)
