@@ -1,0 +1,129 @@
+"""`stl-tune status | dashboard | export`: read a study while workers fill it (run/worker: run_cli.py).
+
+Every command takes --storage (default $STL_TUNE_STORAGE, else sqlite:///storage/stl-tune.db) and
+prints storage URLs masked. Errors are StudyError (a UserError) that the main app prints as one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import optuna
+import optuna_dashboard
+import typer
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.table import Table
+
+from stl_tune import config
+from stl_tune.search.export import CONFIG_ATTR, write_export
+from stl_tune.search.options import NameOpt, StorageOpt
+from stl_tune.search.study import describe, load_study, open_storage
+
+app = typer.Typer(no_args_is_help=True, help="Inspect and export hyperparameter studies.")
+console = Console()
+
+_STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "dim"}
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _trial_row(t: FrozenTrial) -> list[str]:
+    epochs = t.user_attrs.get("epochs_run", len(t.intermediate_values))  # live trials: reports so far
+    seconds = t.user_attrs.get("seconds", t.duration.total_seconds() if t.duration else None)
+    note = t.user_attrs.get("fail_reason") or t.user_attrs.get("status", "")
+    state = t.state.name
+    return [
+        str(t.number),
+        f"[{_STATE_STYLE.get(state, '')}]{state}[/]",
+        "" if t.value is None else f"{t.value:.4f}",
+        str(epochs),
+        "" if seconds is None else f"{seconds:.0f}",
+        str(note),
+        " ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()),
+    ]
+
+
+def _studies_table(storage: optuna.storages.BaseStorage) -> Table:
+    table = Table("study", "trials", "complete", "best", title=f"Studies in {describe(storage)}")
+    for s in storage.get_all_studies():
+        trials = storage.get_all_trials(s._study_id, deepcopy=False)
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        best = (max if s.direction.name == "MAXIMIZE" else min)((t.value for t in done), default=None)
+        table.add_row(s.study_name, str(len(trials)), str(len(done)), "" if best is None else f"{best:.4f}")
+    return table
+
+
+@app.command()
+def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
+    """Trials of a study (state, value, epochs, seconds, params), its best trial and that config."""
+    store = open_storage(storage, heartbeat=False)
+    if name is None and len(optuna.get_all_study_names(store)) != 1:
+        console.print(_studies_table(store))
+        return
+    study, spec = load_study(name, store)
+    table = Table(
+        "#", "state", spec.objective, "epochs", "seconds", "note", "params",
+        title=f"Study '{study.study_name}' in {describe(store)}",
+    )
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        table.add_row(*_trial_row(t))
+    console.print(table)
+    if not any(t.state == TrialState.COMPLETE for t in trials):
+        console.print("No complete trial yet.")
+        return
+    best = study.best_trial
+    console.print(f"Best: trial {best.number}, {spec.objective} = {best.value:.4f}")
+    if CONFIG_ATTR in best.user_attrs:  # only what differs from the defaults; export writes it all
+        ours = config.flatten(best.user_attrs[CONFIG_ATTR])
+        defaults = config.flatten(config.to_dict(config.TrainConfig()))
+        console.print("Its config, where it differs from the defaults:")
+        diff = Table("config key", "value", "default")
+        for key, value in ours.items():
+            if defaults.get(key) != value:
+                diff.add_row(key, _fmt(value), _fmt(defaults.get(key)))
+        console.print(diff)
+    console.print(f"Export it: stl-tune export --name {study.study_name} -o best.yaml", soft_wrap=True)
+
+
+@app.command()
+def dashboard(
+    storage: StorageOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind. 0.0.0.0 exposes the study (and its delete buttons) "
+                          "to the network, without authentication.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard (live plots of every study) on the same storage."""
+    store = open_storage(storage, heartbeat=False)
+    url = f"http://{host}:{port}/dashboard"
+    console.print(f"optuna-dashboard on {url} for {describe(store)} (Ctrl-C stops it)", soft_wrap=True)
+    optuna_dashboard.run_server(store, host=host, port=port)
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="YAML file to write.")],
+    name: NameOpt = None,
+    trial: Annotated[
+        int | None, typer.Option(help="Trial number.", show_default="the best complete trial")
+    ] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Write a trial's full config, set to train on train+validation, for `stl-tune train --config`."""
+    study, spec = load_study(name, open_storage(storage, heartbeat=False))
+    t = write_export(study, trial, output)
+    console.print(
+        f"Wrote trial {t.number} of study '{study.study_name}' ({spec.objective} = {t.value:.4f}) "
+        f"to {output}; train it with: stl-tune train --config {output}",
+        soft_wrap=True,  # keep paths and commands whole for copying
+    )
+
+
+if __name__ == "__main__":  # python -m stl_tune.search.cli (tests run the dashboard this way)
+    app()

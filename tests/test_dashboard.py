@@ -1,0 +1,78 @@
+"""`stl-tune dashboard` in a real subprocess: it serves the study's trials and binds loopback only."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+
+from stl_tune.search.space import StudySpec
+from stl_tune.search.study import create_or_load_study
+
+SPEC = {"name": "dash", "search_space": {"model.width": {"type": "int", "low": 4, "high": 8}}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def listen_addresses(port: int) -> set[str]:
+    """Local IPv4 addresses (hex, as the kernel writes them) listening on `port`."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, p = local.split(":")
+        if int(p, 16) == port and state == "0A":  # 0A: LISTEN
+            found.add(addr)
+    return found
+
+
+@pytest.mark.slow
+def test_dashboard_serves_study_on_loopback(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = create_or_load_study(StudySpec.from_dict(SPEC), None, url)
+    for value in (0.1, 0.3, 0.2):
+        study.add_trial(optuna.create_trial(value=value, params={}, distributions={}))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stl_tune.search.cli", "dashboard", "--storage", url, "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                studies = get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None, proc.communicate()[0]
+                assert time.monotonic() < deadline, "dashboard did not come up"
+                time.sleep(0.3)
+        assert [s["study_name"] for s in studies] == ["dash"]
+        detail = get_json(f"http://127.0.0.1:{port}/api/studies/{studies[0]['study_id']}")
+        assert len(detail["trials"]) == 3
+        assert [t["values"] for t in detail["best_trials"]] == [[0.3]]
+        if Path("/proc/net/tcp").exists():
+            assert listen_addresses(port) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0
+    finally:
+        proc.send_signal(signal.SIGINT)  # bottle stops cleanly on KeyboardInterrupt
+        try:
+            out = proc.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = proc.communicate()[0]
+    assert f"http://127.0.0.1:{port}/dashboard" in out and url in out
