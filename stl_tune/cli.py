@@ -9,6 +9,8 @@ import typer
 from typer.core import TyperGroup
 
 from stl_tune.errors import UserError
+from stl_tune.search import cli as search_cli
+from stl_tune.search import run_cli
 
 
 class _Group(TyperGroup):
@@ -26,6 +28,8 @@ app = typer.Typer(
     cls=_Group, no_args_is_help=True, pretty_exceptions_show_locals=False,
     help="Hyperparameter search and final training for STL-10 and other small image datasets.",
 )  # fmt: skip
+for sub in (run_cli.app, search_cli.app):  # run, worker | status, dashboard, export
+    app.add_typer(sub)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate fake STL-10 data for tests and demos.")
 app.add_typer(data_app, name="data")
 
@@ -35,7 +39,7 @@ def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (e.g. from `stl-tune export`); defaults otherwise.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set optim.lr=3e-4 (repeatable).")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Dataset folder (sets data.dir).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder [default: runs/<config name>]; an unfinished run there resumes.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder; an unfinished run there resumes.", show_default="runs/<config name>")] = None,
 ) -> None:
     """Train one model (final training: the test split is scored) and write its artefacts."""
     from stl_tune import config as C

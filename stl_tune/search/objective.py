@@ -1,0 +1,198 @@
+"""The one bridge between Optuna and the trainer: a trial becomes one `train()` call.
+
+Per trial it builds the config from the study's search space, reports validation accuracy after
+every epoch (the pruner may stop the run there), keeps the latest per-epoch checkpoint in Optuna's
+artifact store so that a retried trial (its worker died or was interrupted) resumes where the
+previous attempt stopped, and records in the trial's user attributes all it takes to reproduce and
+compare the trial:
+
+  config              the fully resolved TrainConfig (config.to_dict); export reads it back
+  curve               validation accuracy per epoch, updated every epoch (running and pruned trials too)
+  epochs_run, seconds, param_count, device
+  status              running | completed | early_stopped | pruned | diverged | failed | interrupted
+  fail_reason         why the trial failed ("diverged at epoch 3", "OutOfMemoryError: ..."), else None
+  checkpoint          {"artifact_id", "epoch"} of the latest checkpoint while a retry may need it, else None
+  resumed_from_epoch  epochs taken over from a previous attempt's checkpoint (0: a fresh start)
+  worker              host:pid of the process that ran the trial
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import socket
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
+
+from stl_tune import config as C
+from stl_tune.search.space import StudySpec, suggest_config
+from stl_tune.train import EpochMetrics, train
+
+log = logging.getLogger(__name__)
+
+
+class Objective:
+    """`study.optimize(Objective(spec, artifacts))`: returns the TrainResult field spec.objective
+    (best_val_acc by default).
+
+    artifacts: folder of the artifact store; every worker of a study must see the same folder
+    (a shared file system across hosts) for a retry on another host to find the checkpoint.
+    overrides: {"a.b": value} applied to every trial after the search space, e.g. the data folder
+    of this host ({"data.dir": ...}).
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        artifacts: str | Path,
+        overrides: dict[str, Any] | None = None,
+        workdir: str | Path | None = None,
+    ):
+        self.spec = spec
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        self.store = FileSystemArtifactStore(artifacts)
+        self.overrides = dict(overrides or {})
+        # Local checkpoint files: the trainer writes here (atomically), we upload from here.
+        self._tmp = tempfile.TemporaryDirectory(prefix="stl-tune-") if workdir is None else None
+        self.workdir = Path(workdir if workdir is not None else self._tmp.name)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def config(self, trial: optuna.Trial) -> C.TrainConfig:
+        cfg = suggest_config(trial, self.spec)
+        for path, value in self.overrides.items():
+            C.set_path(cfg, path, value)
+        C.validate(cfg)
+        if cfg.data.train_on_val:  # the objective is validation accuracy: there must be a split
+            raise C.ConfigError("a search cannot use data.train_on_val=true (no validation split)")
+        return cfg
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        # A retried trial inherits its predecessor's user attributes: reset those of an outcome.
+        trial.set_user_attr("status", "running")
+        trial.set_user_attr("fail_reason", None)
+        trial.set_user_attr("worker", self.worker)
+        ckpt = self.workdir / f"trial-{trial.number}.pt"
+        keep_checkpoint = False
+        try:
+            cfg = self.config(trial)
+            trial.set_user_attr("config", C.to_dict(cfg))
+            curve = self._resume(trial, ckpt)
+            result = train(cfg, self._epoch_callback(trial, cfg, ckpt, curve), checkpoint=ckpt)
+            for key in ("epochs_run", "seconds", "param_count", "device"):
+                trial.set_user_attr(key, getattr(result, key))
+            status, value, diverged_epoch = result.status, getattr(result, self.spec.objective), result.diverged_epoch
+            del result  # holds the model: free it before the next trial (see finally)
+            if status == "diverged":
+                trial.set_user_attr("status", "diverged")
+                trial.set_user_attr("fail_reason", f"diverged at epoch {diverged_epoch}")
+                # Optuna records a NaN objective as FAIL, without a traceback in the worker's log.
+                return math.nan
+            if status == "stopped":
+                trial.set_user_attr("status", "pruned")
+                raise optuna.TrialPruned(f"pruned at epoch {len(curve)}")
+            trial.set_user_attr("status", status)  # completed | early_stopped
+            return value
+        except KeyboardInterrupt:
+            # Stopped from outside (Ctrl-C, SIGTERM): the worker queues a retry that resumes here.
+            trial.set_user_attr("status", "interrupted")
+            trial.set_user_attr("fail_reason", "interrupted")
+            keep_checkpoint = True
+            raise
+        except optuna.TrialPruned:
+            raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another worker failed this trial as stale (our heartbeats stalled) and queued a
+            # retry, which resumes from the checkpoint recorded so far: leave it in place.
+            keep_checkpoint = True
+            raise
+        except Exception as e:  # CUDA OOM, a bad value, a bug: this trial fails, the worker goes on
+            trial.set_user_attr("status", "failed")
+            reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            trial.set_user_attr("fail_reason", reason)
+            raise
+        finally:
+            if not keep_checkpoint:
+                self._drop_checkpoint(trial)
+            ckpt.unlink(missing_ok=True)
+            if torch.cuda.is_available():  # hand the trial's GPU memory back before the next one;
+                gc.collect()  # a full collection costs ~0.2 s with torch loaded: not worth it on CPU
+                torch.cuda.empty_cache()
+
+    def _epoch_callback(self, trial: optuna.Trial, cfg: C.TrainConfig, ckpt: Path, curve: list[float]):
+        def on_epoch_end(m: EpochMetrics) -> bool:
+            curve.append(m.val_acc)
+            trial.set_user_attr("curve", curve)
+            trial.set_user_attr("epochs_run", m.epoch)
+            trial.report(m.val_acc, m.epoch)
+            if m.epoch >= cfg.optim.epochs:
+                return False  # the run is over: keep its value rather than prune it
+            if trial.should_prune():
+                return True  # the trial ends here: no checkpoint needed
+            if not m.checkpointed:  # the trainer writes one every runtime.checkpoint_interval_s
+                return False
+            # Checkpoint for a retry: upload the new one before dropping the old, so a worker
+            # killed in between leaves at worst an orphan file, never a trial without a checkpoint.
+            artifact_id = upload_artifact(artifact_store=self.store, file_path=str(ckpt), study_or_trial=trial)
+            old = trial.user_attrs.get("checkpoint")
+            trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "epoch": m.epoch})
+            if old:
+                self._remove(old["artifact_id"])
+            return False
+
+        return on_epoch_end
+
+    def _resume(self, trial: optuna.Trial, ckpt: Path) -> list[float]:
+        """Download the previous attempt's checkpoint when this trial retries one; the curve so far."""
+        frozen = trial.storage.get_trial(trial._trial_id)
+        with warnings.catch_warnings():  # experimental since Optuna 3.0, and what we need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            attempts = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+        previous = _trial_by_number(trial.study, attempts[-1]) if attempts else None
+        saved = previous.user_attrs.get("checkpoint") if previous is not None else None
+        epoch = 0
+        if saved:
+            try:
+                download_artifact(artifact_store=self.store, file_path=str(ckpt), artifact_id=saved["artifact_id"])
+                epoch = saved["epoch"]
+            except ArtifactNotFound:  # e.g. the artifact folder is not shared with that host
+                log.warning(
+                    "trial %d: checkpoint of trial %d not found in the artifact store; starting at epoch 0",
+                    trial.number, previous.number,
+                )  # fmt: skip
+        # Own the inherited checkpoint from here on: the next upload replaces it, the end drops it.
+        trial.set_user_attr("checkpoint", saved if epoch else None)
+        trial.set_user_attr("resumed_from_epoch", epoch)
+        curve = list(previous.user_attrs.get("curve") or [])[:epoch] if previous is not None else []
+        trial.set_user_attr("curve", curve)
+        reported = frozen.intermediate_values
+        for step, value in enumerate(curve, 1):  # the pruner compares whole curves
+            if step not in reported:
+                trial.report(value, step)
+        return curve
+
+    def _drop_checkpoint(self, trial: optuna.Trial) -> None:
+        saved = trial.user_attrs.get("checkpoint")
+        if saved:
+            self._remove(saved["artifact_id"])
+            trial.set_user_attr("checkpoint", None)
+
+    def _remove(self, artifact_id: str) -> None:
+        try:
+            self.store.remove(artifact_id)
+        except ArtifactNotFound:
+            pass
+
+
+def _trial_by_number(study: optuna.Study, number: int) -> FrozenTrial | None:
+    return next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)

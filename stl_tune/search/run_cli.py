@@ -1,0 +1,131 @@
+"""`stl-tune run` (create or continue a study and run its workers) and `stl-tune worker` (join a
+study from any host). The main CLI merges this `app`; `run` starts its worker processes as
+`python -m stl_tune.search.run_cli worker ...`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stl_tune.errors import UserError
+from stl_tune.search.options import StorageOpt
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
+
+HEARTBEAT_ENV = "STL_TUNE_HEARTBEAT_INTERVAL"  # seconds between a RUNNING trial's heartbeats
+GRACE_ENV = "STL_TUNE_GRACE_PERIOD"  # seconds of silence after which a trial's worker counts as dead
+
+Study = Annotated[Path | None, typer.Option("--study", help="Study file (search space, sampler, pruner).", show_default="studies/seed.yaml")]
+Name = Annotated[str | None, typer.Option(help="Study name.", show_default="the study file's name")]
+Trials = Annotated[int | None, typer.Option("--trials", min=1, help="Finished (complete or pruned) trials the study should have, counting those it has.", show_default="the study's budget from `run`")]
+Gpus = Annotated[str, typer.Option(help="GPUs to use: all, none, or indices like 0,1 (all on a machine without GPUs: CPU workers).")]
+PerGpu = Annotated[int, typer.Option(min=1, help="Worker processes (trials at once) per GPU.")]
+Workers = Annotated[int | None, typer.Option(min=1, help="CPU worker processes when no GPU is used.", show_default="1")]
+DataDir = Annotated[Path | None, typer.Option(help="Dataset folder on this host (sets data.dir for every trial).")]
+Artifacts = Annotated[Path | None, typer.Option(help="Checkpoint folder; workers on several hosts need one shared folder (e.g. NFS) at this path.", show_default="$STL_TUNE_ARTIFACTS, else the study's, else artifacts/ next to the SQLite file")]
+MaxFailures = Annotated[int, typer.Option(min=1, help="Stop when this many trials in a row have failed.")]
+
+
+@app.command()
+def run(
+    study_file: Study = None,
+    name: Name = None,
+    trials: Trials = None,
+    storage: StorageOpt = None,
+    gpus: Gpus = "all",
+    workers_per_gpu: PerGpu = 1,
+    workers: Workers = None,
+    data_dir: DataDir = None,
+    artifacts: Artifacts = None,
+    max_failures: MaxFailures = 5,
+) -> None:
+    """Create (or continue) a study and run its trials in one worker process per GPU slot."""
+    from stl_tune import config
+    from stl_tune.data import ensure_downloaded
+    from stl_tune.search import study as S
+    from stl_tune.search import workers as W
+    from stl_tune.search.space import default_study_file, load_study_file
+
+    spec = load_study_file(study_file if study_file is not None else default_study_file())
+    data_cfg = config.from_dict(None, {**spec.fixed, **({"data.dir": str(_abs(data_dir))} if data_dir else {})}).data
+    ensure_downloaded(data_cfg)  # once here, not in every worker at the same time
+    url = S.storage_url(storage)
+    study = S.create_or_load_study(spec, name, S.open_storage(url, heartbeat=False))
+    n_trials = _budget(trials, study)
+    slots = W.plan_slots(gpus, workers_per_gpu, workers)
+    art = W.artifacts_dir(artifacts, url, study)
+    study.set_user_attr(W.N_TRIALS_ATTR, n_trials)
+    study.set_user_attr(W.ARTIFACTS_ATTR, str(art))
+    code = W.launch(study, url, slots, n_trials, artifacts=art, data_dir=_abs(data_dir), max_failures=max_failures)
+    raise typer.Exit(code)
+
+
+@app.command()
+def worker(
+    name: Annotated[str, typer.Option(help="The study to join (created by `stl-tune run`).")],
+    storage: StorageOpt = None,
+    gpus: Gpus = "all",
+    workers_per_gpu: PerGpu = 1,
+    workers: Workers = None,
+    trials: Trials = None,
+    data_dir: DataDir = None,
+    artifacts: Artifacts = None,
+    max_failures: MaxFailures = 5,
+    worker_index: Annotated[int, typer.Option(min=0, help="Offsets the sampler's seed: give workers on different hosts different values.")] = 0,
+) -> None:
+    """Join an existing study from any host: work on it until its budget is reached."""
+    import torch
+
+    from stl_tune.search import study as S
+    from stl_tune.search import workers as W
+
+    url = S.storage_url(storage)
+    slots = W.plan_slots(gpus, workers_per_gpu, workers)
+    if len(slots) > 1 or (slots[0] is not None and torch.cuda.device_count() > 1):
+        study, _ = S.load_study(name, S.open_storage(url, heartbeat=False))
+        art = W.artifacts_dir(artifacts, url, study)
+        code = W.launch(study, url, slots, _budget(trials, study), artifacts=art, data_dir=_abs(data_dir),
+                        max_failures=max_failures, first_index=worker_index)  # fmt: skip
+        raise typer.Exit(code)
+
+    from stl_tune.search.objective import Objective
+
+    beat = {"heartbeat_interval": int(os.environ.get(HEARTBEAT_ENV, S.HEARTBEAT_INTERVAL_S)),
+            "grace_period": int(os.environ.get(GRACE_ENV, S.GRACE_PERIOD_S))}  # fmt: skip
+    study, spec = S.load_study(name, S.open_storage(url, heartbeat=True, **beat), worker=worker_index)
+    n_trials = _budget(trials, study)
+    overrides = {"data.dir": str(_abs(data_dir))} if data_dir is not None else {}
+    objective = Objective(spec, W.artifacts_dir(artifacts, url, study), overrides)
+    try:
+        t = W.work(study, objective, n_trials, max_failures=max_failures)
+    except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
+        typer.echo("interrupted: this worker's trial is queued to resume", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"study {study.study_name}: {t.finished}/{n_trials} trials finished")
+
+
+def _budget(trials: int | None, study) -> int:
+    from stl_tune.search.workers import N_TRIALS_ATTR
+
+    n = trials or study.user_attrs.get(N_TRIALS_ATTR)
+    if not n:
+        raise UserError(f"study '{study.study_name}' has no trial budget yet; pass --trials N")
+    return int(n)
+
+
+def _abs(path: Path | None) -> Path | None:
+    # Workers may start in another directory (and hosts mount data elsewhere): pass absolute paths.
+    return path.expanduser().resolve() if path is not None else None
+
+
+if __name__ == "__main__":  # worker processes; the user-facing entry is the `stl-tune` script
+    try:
+        app()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

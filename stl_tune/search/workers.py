@@ -1,0 +1,400 @@
+"""Worker processes: one per GPU slot (or N on a CPU-only machine), an exact trial budget across
+all of them, a live view, and a clean stop on Ctrl-C.
+
+Exactly N finished trials (COMPLETE or PRUNED) across any number of processes and hosts:
+  1. Before asking for a trial, a worker counts the study: it stops once N trials have finished,
+     and waits while finished + RUNNING >= N (those in flight may still fill the budget; WAITING
+     trials, such as retries of dead workers' trials, are what the next ask() takes first).
+  2. That check races with other workers, so right after ask() the new trial verifies its claim:
+     it runs only if fewer than N trials with a smaller number are COMPLETE, PRUNED, RUNNING or
+     WAITING; otherwise it ends at once as FAIL with fail_reason "surplus" (and counts for nothing).
+  Why this is exact: a trial's number is fixed when it is created, under a lock on the study row,
+  so every smaller-numbered trial is already visible when a trial verifies, and trial states only
+  move forward (WAITING -> RUNNING -> COMPLETE | PRUNED | FAIL). If N+1 trials finished, the one
+  with the largest number saw the other N (or their earlier, unfinished states) when it verified,
+  and would have been surplus. Conversely a surplus verdict needs N live trials ahead of it, so
+  the budget is never left short: the loop in (1) starts new trials until N have finished, also
+  after failures (which never count), and the same rules hold on a re-run of the same command.
+Failures (errors, divergence) do not count towards N; when the last `max_failures` trials to end
+since a worker started all failed, the study is hopeless and the worker stops with that message.
+
+Dead workers: each RUNNING trial has a heartbeat (study.open_storage); a trial silent for the grace
+period is failed and re-queued as WAITING by RetryHeartbeatStaleTrialCallback, and the objective
+resumes it from its last checkpoint. Optuna checks for stale trials only when a worker asks for
+a trial, so a worker that is waiting in (1) checks too; otherwise the last live workers could wait
+forever on a dead one's RUNNING trial.
+
+Ctrl-C / SIGTERM: the parent forwards the signal once; each worker fails its trial with
+fail_reason "interrupted" and re-queues it through the same retry callback (it resumes from its
+checkpoint on the next run), then exits. A second Ctrl-C kills the workers; heartbeats then clean up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from stl_tune.errors import UserError
+from stl_tune.search.study import describe, retry_callback
+
+N_TRIALS_ATTR = "n_trials"  # study user attr: the budget set by `stl-tune run --trials`
+ARTIFACTS_ATTR = "artifacts"  # study user attr: artifact folder chosen at `run` (same host workers)
+ARTIFACTS_ENV = "STL_TUNE_ARTIFACTS"
+NOT_AN_ERROR = (None, "surplus", "interrupted")  # fail reasons that say nothing about the study
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+POLL_S = 1.0  # how often a waiting worker and the live view re-read the study
+
+
+log = logging.getLogger(__name__)
+
+
+class StudyStopped(UserError):
+    """Every recent trial failed: running more would fail too."""
+
+
+# ---------------------------------------------------------------------------------- the budget
+@dataclass
+class Tally:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0  # errors and divergence (not surplus or interrupted trials)
+    running: int = 0
+    waiting: int = 0
+    failure_streak: int = 0  # trials that ended most recently and all failed with an error
+    last_failure: str = ""
+    best: FrozenTrial | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def tally(study: optuna.Study, since: datetime | None = None) -> Tally:
+    """Counts of the study's trials; the failure streak only among trials started after `since`
+    (a worker's start), so a re-run after fixing the cause is not stopped by old failures."""
+    trials = study.get_trials(deepcopy=False)
+    t = Tally()
+    ended = []
+    for tr in trials:
+        reason = tr.user_attrs.get("fail_reason")
+        if tr.state == TrialState.COMPLETE:
+            t.complete += 1
+        elif tr.state == TrialState.PRUNED:
+            t.pruned += 1
+        elif tr.state == TrialState.RUNNING:
+            t.running += 1
+        elif tr.state == TrialState.WAITING:
+            t.waiting += 1
+        elif tr.state == TrialState.FAIL and reason not in NOT_AN_ERROR:
+            t.failed += 1
+        if tr.state.is_finished() and (tr.state != TrialState.FAIL or reason not in NOT_AN_ERROR):
+            ended.append(tr)
+    ended.sort(key=lambda tr: tr.datetime_complete)
+    for tr in reversed(ended):
+        if since is not None and (tr.datetime_start is None or tr.datetime_start < since):
+            break
+        if tr.state != TrialState.FAIL:
+            break
+        t.failure_streak += 1
+        t.last_failure = t.last_failure or tr.user_attrs["fail_reason"]
+    if t.complete:
+        t.best = study.best_trial
+    return t
+
+
+def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+    """Step (2) of the module doc: are N trials ahead of this one finished or in flight?"""
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    ahead = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
+    return len(ahead) >= n_trials
+
+
+# ---------------------------------------------------------------------------- one worker process
+class _Stop:
+    """While active, SIGINT/SIGTERM raise KeyboardInterrupt only inside `interruptible()` (a
+    trial's own work, or waiting): never inside Optuna's ask/tell, so no trial is left half-made or
+    RUNNING without a heartbeat. A signal outside is remembered and acted on at the next chance."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.armed = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        if threading.current_thread() is threading.main_thread():  # signals only reach main
+            self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            return  # the first signal is being acted on
+        self.requested = True
+        if self.armed:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.armed = True
+        try:
+            yield
+        finally:
+            self.armed = False
+
+
+def work(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    n_trials: int,
+    *,
+    max_failures: int = 5,
+    poll_s: float = POLL_S,
+) -> Tally:
+    """Run trials in this process until the study has `n_trials` finished ones (see module doc).
+
+    Raises StudyStopped when the last `max_failures` trials failed, KeyboardInterrupt on a signal.
+    """
+    current: list[optuna.Trial] = []
+    started = datetime.now()  # Optuna's timestamps are local time too
+    with _Stop() as stop:
+
+        def budgeted(trial: optuna.Trial) -> float:
+            current[:] = [trial]
+            try:
+                with stop.interruptible():
+                    if is_surplus(study, trial, n_trials):
+                        trial.set_user_attr("status", "surplus")
+                        trial.set_user_attr("fail_reason", "surplus")
+                        return math.nan  # Optuna records NaN as FAIL, without a traceback
+                    return objective(trial)
+            except KeyboardInterrupt:  # also before the objective began: _requeue looks for this
+                trial.set_user_attr("fail_reason", "interrupted")
+                raise
+
+        while not stop.requested:
+            t = tally(study, since=started)
+            if t.finished >= n_trials:
+                return t
+            if t.failure_streak >= max_failures:
+                raise StudyStopped(
+                    f"stopping: the last {t.failure_streak} trials failed (last: {t.last_failure}); "
+                    "see `stl-tune status` and the trials' fail_reason"
+                )
+            if t.finished + t.running >= n_trials:
+                _fail_stale_trials(study)
+                with stop.interruptible():
+                    time.sleep(poll_s)
+                continue
+            current.clear()
+            try:
+                study.optimize(budgeted, n_trials=1, catch=(Exception,))
+            except KeyboardInterrupt:
+                if current:
+                    _requeue(study, current[0])
+                raise
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Our heartbeats missed the grace period (a stalled disk or network) and another
+                # worker failed the trial and queued its retry: that retry carries on; so do we.
+                log.warning("trial %s was failed as stale by another worker; going on", current[0].number if current else "?")
+        raise KeyboardInterrupt
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    with warnings.catch_warnings():  # marked experimental since Optuna 2.9, and what we need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _requeue(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Queue a retry of an interrupted trial (Optuna has told it FAIL), which resumes from its
+    checkpoint: the retry callback that heartbeats use for dead workers' trials."""
+    frozen = trial.storage.get_trial(trial._trial_id)
+    # A gRPC proxy storage has no heartbeat and so no callback of its own: use the same retry.
+    retry = getattr(trial.storage, "get_heartbeat_stale_trial_callback", lambda: None)() or retry_callback()
+    if frozen.state == TrialState.FAIL and frozen.user_attrs.get("fail_reason") == "interrupted":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry(study, frozen)
+
+
+# ------------------------------------------------------------------------------ worker processes
+def artifacts_dir(arg: Path | None, url: str, study: optuna.Study) -> Path:
+    """Where checkpoints go: --artifacts, else $STL_TUNE_ARTIFACTS, else the folder `run` chose
+    for this study, else `artifacts/` next to the SQLite file (storage/artifacts for a server).
+    Workers on several hosts need one shared folder (e.g. NFS) mounted at this path."""
+    chosen = arg or os.environ.get(ARTIFACTS_ENV) or study.user_attrs.get(ARTIFACTS_ATTR)
+    if not chosen:
+        u = sqlalchemy.make_url(url) if not url.startswith("grpc://") else None
+        db = u.database if u is not None and u.get_backend_name() == "sqlite" else None
+        chosen = Path(db).parent / "artifacts" if db and db != ":memory:" else Path("storage/artifacts")
+    return Path(chosen).expanduser().resolve()
+
+
+def plan_slots(gpus: str, workers_per_gpu: int = 1, workers: int | None = None) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES of each worker process; None for a CPU worker.
+
+    gpus: "all" (every visible GPU; CPU workers when there is none), "none", or "0,1,...".
+    workers: CPU worker processes when no GPU is used (default 1).
+    """
+    import torch  # here, not at import: the CLI's other commands should not pay for it
+
+    visible = [str(i) for i in range(torch.cuda.device_count())]
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env:  # index i of this process is the parent's i-th device: keep that name for children
+        visible = [d.strip() for d in env.split(",")][: len(visible)]
+    if gpus == "none":
+        chosen: list[str] = []
+    elif gpus == "all":
+        chosen = visible
+    else:
+        try:
+            indices = [int(g) for g in gpus.split(",")]
+        except ValueError:
+            raise UserError(f"--gpus must be all, none or indices like 0,1; got {gpus!r}") from None
+        bad = [i for i in indices if not 0 <= i < len(visible)]
+        if bad:
+            raise UserError(f"--gpus {gpus}: no GPU {bad[0]} here ({len(visible)} visible)")
+        chosen = [visible[i] for i in indices]
+    if workers_per_gpu < 1 or (workers is not None and workers < 1):
+        raise UserError("--workers and --workers-per-gpu must be at least 1")
+    if chosen:
+        return [g for g in chosen for _ in range(workers_per_gpu)]
+    return [None] * (workers or 1)
+
+
+def worker_command(
+    name: str, n_trials: int, artifacts: Path, data_dir: Path | None, max_failures: int, index: int, gpu: str | None
+) -> list[str]:
+    """The `stl-tune worker` command line of one slot (a single slot runs in that process).
+    The storage URL travels in the environment, not argv: `ps` shows argv to every user."""
+    cmd = [sys.executable, "-m", "stl_tune.search.run_cli", "worker", "--name", name,
+           "--trials", str(n_trials), "--artifacts", str(artifacts), "--max-failures", str(max_failures),
+           "--worker-index", str(index), "--gpus", "none" if gpu is None else "all", "--workers", "1"]  # fmt: skip
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
+    return cmd
+
+
+def launch(
+    study: optuna.Study,
+    storage_url: str,
+    slots: list[str | None],
+    n_trials: int,
+    *,
+    artifacts: Path,
+    data_dir: Path | None = None,
+    max_failures: int = 5,
+    first_index: int = 0,
+    console: Console | None = None,
+) -> int:
+    """Start one worker process per slot, show the live view until they exit; the exit code.
+
+    Each child sees only its GPU (CUDA_VISIBLE_DEVICES, set before it imports torch) and gets an
+    equal share of the CPU cores for torch's threads. Children run in their own session, so a
+    terminal's Ctrl-C reaches only this process, which forwards it once (see module doc).
+    """
+    console = console or Console()
+    threads = max(1, len(os.sched_getaffinity(0)) // len(slots))
+    procs: list[subprocess.Popen] = []
+    for i, gpu in enumerate(slots):
+        env = {**os.environ, "STL_TUNE_STORAGE": storage_url, "PYTHONUNBUFFERED": "1"}
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        cmd = worker_command(study.study_name, n_trials, artifacts, data_dir, max_failures, first_index + i, gpu)
+        procs.append(subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        ))  # fmt: skip
+    where = ", ".join(f"GPU {g}" if g is not None else "CPU" for g in slots)
+    console.print(f"study {study.study_name} in {describe(study._storage)}: {n_trials} trials, "
+                  f"{len(slots)} workers ({where}), artifacts in {artifacts}", soft_wrap=True)  # fmt: skip
+
+    # Signals only set a flag here; the loop below acts on them (forward once, then kill).
+    signals: list[int] = []
+    handlers = {s: signal.signal(s, lambda signum, frame: signals.append(signum)) for s in STOP_SIGNALS}
+    forwarded = 0
+    try:
+        with Live(_view(study, n_trials, procs), console=console, refresh_per_second=2) as live:
+            readers = [
+                threading.Thread(target=_relay, args=(p, f"w{first_index + i}", live.console), daemon=True)
+                for i, p in enumerate(procs)
+            ]
+            for r in readers:
+                r.start()
+            while any(p.poll() is None for p in procs):
+                time.sleep(POLL_S)
+                if len(signals) > forwarded:
+                    if forwarded == 0:
+                        live.console.print("stopping: workers save their trials for the next run (Ctrl-C again to kill)")
+                        for p in procs:
+                            if p.poll() is None:
+                                p.send_signal(signal.SIGINT)
+                    else:  # the second Ctrl-C: kill; heartbeats re-queue their trials later
+                        for p in procs:
+                            p.kill()
+                    forwarded = len(signals)
+                live.update(_view(study, n_trials, procs))
+            for r in readers:
+                r.join(timeout=5)
+            live.update(_view(study, n_trials, procs))
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if not console.is_terminal:
+        console.line()  # Live leaves its last frame without a line end when not on a terminal
+    t = tally(study)
+    best = f"best {t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no result yet"
+    console.print(f"{t.finished}/{n_trials} trials finished ({t.complete} complete, {t.pruned} pruned), "
+                  f"{t.failed} failed, {t.running} running; {best}")  # fmt: skip
+    if signals:
+        console.print("interrupted: run the same command again to continue")
+        return 130
+    if t.finished < n_trials:
+        console.print("[red]workers stopped before the budget was reached[/red] (see their output above)")
+        return 1
+    return 0
+
+
+def _relay(proc: subprocess.Popen, tag: str, console: Console) -> None:
+    """Print a worker's output above the live view, one tagged line at a time."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        console.print(Text(f"[{tag}] {line.rstrip()}"), soft_wrap=True)
+
+
+def _view(study: optuna.Study, n_trials: int, procs: list[subprocess.Popen]) -> Table:
+    t = tally(study)
+    table = Table(title=f"study {study.study_name}", title_justify="left")
+    for col in ("finished", "pruned", "failed", "running", "waiting", "best", "workers"):
+        table.add_column(col, justify="right")
+    best = f"{t.best.value:.4f} (#{t.best.number})" if t.best is not None else "-"
+    alive = sum(p.poll() is None for p in procs)
+    table.add_row(f"{t.finished}/{n_trials}", str(t.pruned), str(t.failed), str(t.running),
+                  str(t.waiting), best, f"{alive}/{len(procs)}")  # fmt: skip
+    return table

@@ -1,0 +1,126 @@
+"""The objective in this process with the real trainer on fake data: what each trial records,
+pruning, failures, and an exact resume from the artifact store after an interruption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from stl_tune import config as C
+from stl_tune.search import objective as objective_module
+from stl_tune.search.objective import Objective
+from stl_tune.search.space import StudySpec
+from stl_tune.search.study import create_or_load_study, open_storage
+from stl_tune.search.workers import work
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # in-process trainings
+
+
+@pytest.fixture
+def setup(tmp_path: Path, tiny_study: dict):
+    """(spec, study on a fresh SQLite file, artifact folder)."""
+    spec = StudySpec.from_dict(tiny_study)
+    study = create_or_load_study(spec, None, open_storage(f"sqlite:///{tmp_path}/s.db"))
+    return spec, study, tmp_path / "artifacts"
+
+
+def test_trial_records_config_curve_and_result(setup, fake_data, tmp_path):
+    spec, study, artifacts = setup
+    other = tmp_path / "elsewhere"
+    other.symlink_to(fake_data)  # the same images under another name: only the override can set it
+    study.optimize(Objective(spec, artifacts, {"data.dir": str(other)}), n_trials=1)
+
+    (t,) = study.trials
+    assert t.state == TrialState.COMPLETE
+    cfg = C.from_dict(t.user_attrs["config"])  # loads back: a complete, valid config
+    assert cfg.optim.lr == t.params["optim.lr"] and cfg.model.se == t.params["model.se"]
+    assert cfg.data.dir == str(other) and cfg.model.width == 4  # override and fixed values
+    curve = t.user_attrs["curve"]
+    assert len(curve) == t.user_attrs["epochs_run"] == cfg.optim.epochs
+    assert all(0.0 <= a <= 1.0 for a in curve)
+    assert t.value == max(curve)  # the objective is best_val_acc
+    assert t.intermediate_values == {e: a for e, a in enumerate(curve, 1)}
+    assert t.user_attrs["status"] == "completed" and t.user_attrs["fail_reason"] is None
+    assert t.user_attrs["param_count"] > 0 and t.user_attrs["seconds"] > 0
+    assert t.user_attrs["device"] == "cpu" and t.user_attrs["resumed_from_epoch"] == 0
+    assert t.user_attrs["checkpoint"] is None and not any(artifacts.iterdir())  # nothing left to resume
+
+
+def test_pruned_trial_keeps_its_curve_and_no_checkpoint(tmp_path, tiny_study):
+    tiny_study["fixed"]["optim"]["epochs"] = 3
+    spec = StudySpec.from_dict(tiny_study)
+    artifacts = tmp_path / "artifacts"
+    pruner = optuna.pruners.ThresholdPruner(lower=1.01)  # below 101 % accuracy: prune at once
+    pruned = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", pruner=pruner)
+    pruned.optimize(Objective(spec, artifacts), n_trials=1)
+
+    (t,) = pruned.trials
+    assert t.state == TrialState.PRUNED
+    assert t.user_attrs["status"] == "pruned" and t.user_attrs["epochs_run"] == 1
+    assert len(t.user_attrs["curve"]) == 1
+    assert not any(artifacts.iterdir())
+
+
+def test_failing_trial_is_recorded_and_the_worker_goes_on(setup, monkeypatch):
+    spec, study, artifacts = setup
+    real_train = objective_module.train
+    calls = []
+
+    def out_of_memory_once(cfg, on_epoch_end=None, **kw):
+        calls.append(cfg)
+        if len(calls) == 1:  # the first trial dies before its first epoch ends
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train(cfg, on_epoch_end, **kw)
+
+    monkeypatch.setattr(objective_module, "train", out_of_memory_once)
+    work(study, Objective(spec, artifacts), 1)
+
+    failed, ok = study.trials
+    assert failed.state == TrialState.FAIL and ok.state == TrialState.COMPLETE
+    assert failed.user_attrs["fail_reason"].startswith("OutOfMemoryError: CUDA out of memory")
+    assert failed.user_attrs["status"] == "failed" and "config" in failed.user_attrs
+
+
+def test_interrupted_trial_resumes_from_its_checkpoint_exactly(setup, tiny_study, monkeypatch):
+    tiny_study["fixed"]["optim"]["epochs"] = 3
+    spec = StudySpec.from_dict(tiny_study)
+    _, study, artifacts = setup
+    real_train = objective_module.train
+
+    def interrupted_after_epoch_2(cfg, on_epoch_end, **kw):
+        def cb(m):
+            stop = on_epoch_end(m)  # reports and uploads the epoch's checkpoint first
+            if m.epoch == 2:
+                raise KeyboardInterrupt  # as a Ctrl-C between two epochs would
+            return stop
+
+        return real_train(cfg, cb, **kw)
+
+    params = {"optim.lr": 3e-3, "model.se": True}
+    study.enqueue_trial(params)
+    monkeypatch.setattr(objective_module, "train", interrupted_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        work(study, Objective(spec, artifacts), 1)
+    monkeypatch.setattr(objective_module, "train", real_train)
+
+    first, retry = study.trials  # the worker queued a retry of the interrupted trial
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
+    assert first.user_attrs["checkpoint"]["epoch"] == 2 and len(list(artifacts.iterdir())) == 1
+    assert retry.state == TrialState.WAITING
+
+    work(study, Objective(spec, artifacts), 1)  # the next run
+    study.enqueue_trial(params)
+    study.optimize(Objective(spec, artifacts), n_trials=1)  # the same trial, never interrupted
+
+    _, resumed, reference = study.trials
+    assert resumed.state == TrialState.COMPLETE and resumed.params == params
+    assert resumed.system_attrs["retry_history"] == [first.number]
+    assert resumed.user_attrs["resumed_from_epoch"] == 2
+    assert resumed.user_attrs["curve"][:2] == first.user_attrs["curve"]
+    assert resumed.user_attrs["curve"] == reference.user_attrs["curve"]  # exact resume
+    assert resumed.value == reference.value
+    assert not any(artifacts.iterdir())  # the finished trial's checkpoint was removed

@@ -1,0 +1,132 @@
+"""Worker processes against real databases: the exact trial budget, with the same tests on SQLite
+and on a PostgreSQL server (Optuna's style: one test body, every storage)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from stl_tune.search import objective as objective_module
+from stl_tune.search.objective import Objective
+from stl_tune.search.space import StudySpec
+from stl_tune.search.study import create_or_load_study, open_storage
+from stl_tune.search.workers import StudyStopped, is_surplus, work
+
+STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]  # the installed console script
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/study.db"
+    return request.getfixturevalue("postgres_url")
+
+
+def _states(study: optuna.Study) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.trials:
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def test_claims_count_trials_ahead_in_flight_or_finished(tmp_path):
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=False))
+    first, second = study.ask(), study.ask()
+    third = study.ask()
+    assert not is_surplus(study, second, 2)  # one trial ahead of it
+    assert is_surplus(study, third, 2)  # two ahead, both still running: they may fill the budget
+    study.tell(first, state=TrialState.FAIL)
+    assert not is_surplus(study, third, 2)  # a failed trial never counts
+    study.tell(second, 1.0)
+    study.enqueue_trial({})  # a waiting trial (e.g. a retry) behind it does not count for it
+    assert not is_surplus(study, third, 2)
+
+
+@pytest.mark.slow
+def test_racing_workers_finish_exactly_n_trials(storage_url, worker_env, tmp_path):
+    """Four processes claim trials as fast as they can (trials of a few ms): never one too many.
+
+    "blind": each process asks for 10 trials without any pre-check, so only the claim check
+    after ask() stands between 40 claims and a budget of 12. "work": the workers' real loop."""
+    n, blind, real = 12, f"blind-{tmp_path.name}", f"work-{tmp_path.name}"
+    for name in (blind, real):
+        optuna.create_study(study_name=name, storage=open_storage(storage_url, heartbeat=False))
+    script = textwrap.dedent(f"""
+        import random, time, optuna
+        from optuna.trial import TrialState
+        from stl_tune.search.study import open_storage
+        from stl_tune.search.workers import is_surplus, work
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = open_storage({storage_url!r}, heartbeat=False)
+        study = optuna.load_study(study_name={blind!r}, storage=storage)
+        for _ in range(10):
+            trial = study.ask()
+            if is_surplus(study, trial, {n}):
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                time.sleep(random.random() * 0.02)
+                study.tell(trial, 1.0)
+        study = optuna.load_study(study_name={real!r}, storage=storage)
+        work(study, lambda t: time.sleep(random.random() * 0.02) or t.suggest_float("x", 0, 1), {n}, poll_s=0.05)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=worker_env) for _ in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+
+    for name in (blind, real):
+        study = optuna.load_study(study_name=name, storage=storage_url)
+        states = _states(study)
+        assert states["COMPLETE"] == n and set(states) <= {"COMPLETE", "FAIL"}, (name, states)
+        assert sorted(t.number for t in study.trials) == list(range(len(study.trials)))
+    assert states.get("FAIL", 0) == sum(t.user_attrs.get("fail_reason") == "surplus" for t in study.trials)
+
+
+@pytest.mark.slow
+def test_run_with_three_workers_finishes_exactly_n_trials(storage_url, worker_env, tiny_study, tmp_path):
+    n, name = 5, f"run-{tmp_path.name}"
+    study_file = tmp_path / "tiny.yaml"
+    study_file.write_text(yaml.safe_dump(tiny_study))
+    artifacts = tmp_path / "artifacts"
+    cmd = [*STL_TUNE, "run", "--study", str(study_file), "--name", name, "--trials", str(n), "--workers", "3",
+           "--gpus", "none", "--storage", storage_url, "--artifacts", str(artifacts)]  # fmt: skip
+    out = subprocess.run(cmd, env=worker_env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    password = storage_url.partition("@")[0].rpartition(":")[2]
+    if storage_url.startswith("postgresql"):  # shown masked, never in clear
+        assert password not in out.stdout + out.stderr and "***@127.0.0.1" in out.stdout
+    assert {f"[w{i}]" for i in range(3)} <= set(out.stdout.split())  # all three worked (or waited)
+
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == n
+    assert set(_states(study)) <= {"COMPLETE", "PRUNED", "FAIL"}  # none RUNNING or WAITING
+    assert all(t.user_attrs["fail_reason"] == "surplus" for t in study.trials if t.state == TrialState.FAIL)
+    assert len({t.number for t in study.trials}) == len(study.trials)
+    for t in finished:
+        assert t.user_attrs["config"]["optim"]["lr"] == t.params["optim.lr"]
+        assert len(t.user_attrs["curve"]) == t.user_attrs["epochs_run"] >= 1
+    assert study.user_attrs["n_trials"] == n
+    assert not any(artifacts.iterdir())  # every checkpoint was removed once its trial finished
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_hopeless_study_stops_with_the_last_reason(tmp_path, tiny_study, monkeypatch):
+    def broken(cfg, on_epoch_end=None, **kw):
+        raise FileNotFoundError("no stl10_binary/ in /data")
+
+    monkeypatch.setattr(objective_module, "train", broken)
+    spec = StudySpec.from_dict(tiny_study)
+    study = create_or_load_study(spec, None, open_storage(f"sqlite:///{tmp_path}/s.db"))
+    with pytest.raises(StudyStopped, match=r"last 3 trials failed \(last: FileNotFoundError: no stl10_binary"):
+        work(study, Objective(spec, tmp_path / "artifacts"), 5, max_failures=3)
+    assert _states(study) == {"FAIL": 3}
+
+    monkeypatch.undo()  # the cause is fixed: a new run is not stopped by the old failures
+    work(study, Objective(spec, tmp_path / "artifacts"), 1, max_failures=3)
+    assert _states(study) == {"FAIL": 3, "COMPLETE": 1}
