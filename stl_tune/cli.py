@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
+from stl_tune import ops_cli
 from stl_tune.errors import UserError
 from stl_tune.search import cli as search_cli
 from stl_tune.search import run_cli
@@ -28,7 +29,7 @@ app = typer.Typer(
     cls=_Group, no_args_is_help=True, pretty_exceptions_show_locals=False,
     help="Hyperparameter search and final training for STL-10 and other small image datasets.",
 )  # fmt: skip
-for sub in (run_cli.app, search_cli.app):  # run, worker | status, dashboard, export
+for sub in (run_cli.app, search_cli.app, ops_cli.app):  # run, worker | status, dashboard, export | report, proxy
     app.add_typer(sub)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate fake STL-10 data for tests and demos.")
 app.add_typer(data_app, name="data")

@@ -1,0 +1,169 @@
+"""`stl-tune report`: one study as a self-contained HTML page, PNG plots and the best trials' configs.
+
+The page opens from disk without a server or network: plotly.js is inlined once, in the first plot.
+Written into the output folder:
+    index.html               summary, interactive plots, the best trials with links to their configs
+    <plot>.png               the same plots drawn by matplotlib, for slides and issues
+    configs/trial-N.yaml     each listed trial's resolved config: stl-tune train --config <it>
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import html
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from stl_tune import config as C
+
+TOP_TRIALS = 10  # rows of the best-trials table, each with its config file
+LEGEND_MAX = 20  # trials named in a PNG's legend; more would hide the plot
+
+
+# ------------------------------------------------------------------------------------- plots
+def _mark_pruned(study: optuna.Study, fig, ax):
+    """Pruned trials' curves dotted and named so (Optuna draws them like completed ones), in both the
+    plotly figure and the matplotlib axes, whose legend is kept only while it stays readable."""
+    pruned = {f"Trial{t.number}" for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))}
+    for trace in fig.data:
+        if trace.name in pruned:
+            trace.update(line={"dash": "dot"}, name=f"{trace.name} (pruned)")
+    for line in ax.lines:
+        if line.get_label() in pruned:
+            line.set_linestyle(":")
+            line.set_label(f"{line.get_label()} (pruned)")
+    if 0 < len(ax.lines) <= LEGEND_MAX:
+        ax.legend(bbox_to_anchor=(1.05, 1.0), loc="upper left")
+    elif ax.get_legend() is not None:
+        ax.get_legend().remove()
+    for title, xy in (("epoch", "x"), ("validation accuracy", "y")):
+        fig.update_layout({f"{xy}axis_title": title})
+        getattr(ax, f"set_{xy}label")(title)
+    return fig, ax
+
+
+def _plots(study: optuna.Study) -> Iterator[tuple]:
+    """(file stem, title, plotly figure, matplotlib axes) per plot, or (stem, title, note) if skipped."""
+    vis, mpl = optuna.visualization, optuna.visualization.matplotlib
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    plots = [  # (stem, title, complete trials it needs to say anything, plotly and matplotlib versions)
+        ("history", "Optimization history", 0, vis.plot_optimization_history, mpl.plot_optimization_history),
+        ("intermediate", "Validation accuracy per epoch (dotted: pruned)", 0,
+         vis.plot_intermediate_values, mpl.plot_intermediate_values),
+        ("importances", "Parameter importances", 5, vis.plot_param_importances, mpl.plot_param_importances),
+        ("parallel", "Parallel coordinates", 2, vis.plot_parallel_coordinate, mpl.plot_parallel_coordinate),
+    ]  # fmt: skip
+    for stem, title, need, plot, plot_png in plots:
+        if complete < need:
+            yield stem, title, f"needs {need} complete trials, the study has {complete}"
+        elif stem == "intermediate":
+            yield stem, title, *_mark_pruned(study, plot(study), plot_png(study))
+        else:
+            yield stem, title, plot(study), plot_png(study)
+
+
+# ------------------------------------------------------------------------------------- table
+def best_trials(study: optuna.Study, n: int = TOP_TRIALS) -> list[FrozenTrial]:
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(done, key=lambda t: t.value, reverse=maximize)[:n]
+
+
+def _config_link(study: optuna.Study, trial: FrozenTrial, out: Path) -> str:
+    """A link to configs/trial-N.yaml, written from the trial's stored config, or why there is none."""
+    if "config" not in trial.user_attrs:
+        return "(no config stored)"
+    try:  # validated again: a config from an older schema is reported, not written half-right
+        cfg = C.from_dict(trial.user_attrs["config"])
+    except C.ConfigError as e:
+        return f"(stored config is no longer valid: {html.escape(str(e))})"
+    rel = f"configs/trial-{trial.number}.yaml"
+    header = (
+        f"# trial {trial.number} of study '{study.study_name}' (objective {trial.value:.4f}): the config it ran\n"
+        f"# retrain it: stl-tune train --config <this file>\n"
+    )
+    C.dump(cfg, out / rel, header=header)
+    return f'<a href="{rel}">{rel}</a>'
+
+
+def _table(study: optuna.Study, out: Path) -> str:
+    rows = []
+    for t in best_trials(study):
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        seconds = t.user_attrs.get("seconds")
+        cells = [
+            str(t.number),
+            f"{t.value:.4f}",
+            str(t.user_attrs.get("epochs_run", "")),
+            "" if seconds is None else f"{seconds:.0f}",
+            html.escape(str(t.user_attrs.get("device", ""))),
+            html.escape(params),
+            _config_link(study, t, out),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return "<p>No complete trial yet.</p>"
+    columns = ("trial", "objective", "epochs", "seconds", "device", "parameters", "config")
+    head = "".join(f"<th>{h}</th>" for h in columns)
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+# -------------------------------------------------------------------------------------- page
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+.note { color: #666; font-style: italic; }
+"""
+
+
+def write_report(study: optuna.Study, out: str | Path, *, storage: str = "") -> Path:
+    """Write the report of `study` into `out`; returns the page. `storage`: a masked URL to show."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    counts = collections.Counter(t.state.name.lower() for t in trials)
+    best = best_trials(study, 1)
+    summary = [
+        ("study", study.study_name),
+        ("direction", study.direction.name.lower()),
+        ("trials", f"{len(trials)} (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")"),
+        ("best", f"{best[0].value:.4f} (trial {best[0].number})" if best else "no complete trial yet"),
+        ("storage", storage),
+        ("generated", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+    ]
+    sections, first = [], True
+    with warnings.catch_warnings():  # optuna.visualization.matplotlib is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for stem, title, *drawn in _plots(study):
+            if isinstance(drawn[0], str):
+                sections.append(f'<h2>{title}</h2><p class="note">Skipped: {html.escape(drawn[0])}.</p>')
+                (out / f"{stem}.png").unlink(missing_ok=True)  # from an earlier report into this folder
+                continue
+            fig, ax = drawn
+            ax.figure.savefig(out / f"{stem}.png", dpi=100, bbox_inches="tight")
+            plt.close(ax.figure)
+            div = fig.to_html(full_html=False, include_plotlyjs=first, config={"displaylogo": False})
+            first = False
+            sections.append(f'<h2>{title} <small><a href="{stem}.png">PNG</a></small></h2>{div}')
+    sections.append(f"<h2>Best trials</h2>{_table(study, out)}")
+    rows = "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary if v)
+    name = html.escape(study.study_name)
+    page = out / "index.html"
+    page.write_text(
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>stl-tune: {name}</title>'
+        f"<style>{_CSS}</style></head><body><h1>stl-tune study {name}</h1><table>{rows}</table>"
+        + "".join(sections)
+        + "</body></html>"
+    )
+    return page

@@ -1,0 +1,69 @@
+"""The report page and the dashboard, rendered by a real headless browser (Chromium).
+
+Catches what string checks on the HTML cannot: plotly.js failing to run, plots that stay empty,
+script errors, and anything the page tries to fetch from the network (blocked and reported here).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from browser import STL_TUNE, chromium, colour_stats, free_port, wait_http
+from test_report import make_study, render
+
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow
+
+
+def test_report_page_draws_its_plots(tmp_path):
+    _, out = render(tmp_path)
+    with chromium() as pg:
+        pg.page.goto((out / "index.html").as_uri())
+        pg.page.wait_for_selector(".plotly-graph-div .main-svg")
+        graphs = pg.page.locator(".plotly-graph-div")
+        assert graphs.count() == 4  # history, intermediate values, importances, parallel coordinates
+        for i in range(graphs.count()):
+            graph = graphs.nth(i)
+            assert graph.locator(".main-svg").count() >= 1, f"plot {i} was not drawn"
+            assert graph.evaluate("div => div.data.length") > 0, f"plot {i} has no data"
+        image = pg.screenshot(tmp_path / "report.png")
+        assert pg.errors == [], f"script errors: {pg.errors}"
+        assert pg.external == [], f"the page fetched from the network: {pg.external}"
+    distinct, colourful = colour_stats(image)
+    assert distinct > 500 and colourful > 0.01, f"page looks blank: {distinct} colours, {colourful:.2%} coloured"
+
+
+def test_dashboard_shows_the_study_and_its_trials(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = make_study(url)
+    port = free_port()
+    server = subprocess.Popen(
+        [*STL_TUNE, "dashboard", "--storage", url, "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/api/studies", server)
+        with chromium() as pg:
+            pg.page.goto(f"{base}/dashboard/studies/{study._study_id}")
+            pg.page.get_by_text(f"Best Trial (number={study.best_trial.number})").wait_for()
+            pg.page.wait_for_selector(".main-svg")  # its plots drew
+            assert study.study_name in pg.page.inner_text("body")
+            distinct, colourful = colour_stats(pg.screenshot(tmp_path / "dashboard.png"))
+            assert distinct > 500 and colourful > 0.01, "the study page looks blank"
+
+            pg.page.goto(f"{base}/dashboard/studies/{study._study_id}/trials")
+            pg.page.get_by_text(f"{len(study.trials)} Trials").wait_for()
+            listing = pg.page.inner_text("body")
+            pg.screenshot(tmp_path / "trials.png")
+            for t in study.trials:
+                assert f"Trial {t.number}" in listing
+            for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+                assert state.name.capitalize() in listing
+            assert pg.errors == [], f"script errors: {pg.errors}"
+            assert pg.external == [], f"the dashboard fetched from the network: {pg.external}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

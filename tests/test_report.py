@@ -1,0 +1,141 @@
+"""stl-tune report: a study with complete, pruned and failed trials rendered to a page that opens from disk."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+from PIL import Image
+from typer.testing import CliRunner
+
+from stl_tune import config as C
+from stl_tune.cli import app
+
+DISTRIBUTIONS = {
+    "optim.lr": FloatDistribution(1e-4, 1e-1, log=True),
+    "model.width": IntDistribution(4, 16, step=4),
+    "optim.name": CategoricalDistribution(["adamw", "sgd"]),
+}
+
+
+def make_study(url: str, name: str = "demo", complete: int = 6) -> optuna.Study:
+    """`complete` finished trials, two pruned ones (with epoch curves) and one failed, as workers leave
+    them: params, per-epoch intermediate values and the stl-tune user attrs (no training needed)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    for i in range(complete + 3):
+        params = {"optim.lr": 10 ** (-3 + 0.25 * (i % 5)), "model.width": 4 + 4 * (i % 3),
+                  "optim.name": ["adamw", "sgd"][i % 2]}  # fmt: skip
+        cfg = C.from_dict(None, params)
+        state = TrialState.COMPLETE if i < complete else TrialState.PRUNED if i < complete + 2 else TrialState.FAIL
+        epochs = 4 if state == TrialState.COMPLETE else 2
+        curve = [round(0.1 + 0.05 * i * (e + 1) / epochs, 4) for e in range(epochs)]
+        attrs = {"config": C.to_dict(cfg), "curve": curve, "epochs_run": epochs, "seconds": 3.0 + i,
+                 "param_count": 1234, "device": "cpu", "status": state.name.lower(),
+                 "fail_reason": "diverged" if state == TrialState.FAIL else None}  # fmt: skip
+        study.add_trial(
+            create_trial(
+                state=state,
+                value=max(curve) if state == TrialState.COMPLETE else None,
+                params=params,
+                distributions=DISTRIBUTIONS,
+                user_attrs=attrs,
+                intermediate_values={} if state == TrialState.FAIL else dict(enumerate(curve, 1)),
+            )
+        )
+    return study
+
+
+def render(tmp_path: Path, complete: int = 6) -> tuple[optuna.Study, Path]:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = make_study(url, complete=complete)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["report", "--storage", url, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert str(out / "index.html") in result.output
+    return study, out
+
+
+class Refs(HTMLParser):
+    """Every src/href in the page, and each <script> tag's src."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.script_srcs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.refs += [v for k, v in attrs.items() if k in ("src", "href") and v]
+        if tag == "script" and attrs.get("src"):
+            self.script_srcs.append(attrs["src"])
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    return render(tmp_path_factory.mktemp("report"))
+
+
+def test_page_is_self_contained(report):
+    _, out = report
+    page = (out / "index.html").read_text()
+    refs = Refs()
+    refs.feed(page)
+    assert refs.script_srcs == [], "scripts must be inline: the page opens from disk without network"
+    assert not [r for r in refs.refs if re.match(r"(https?:)?//", r)], "the page must not load anything from the web"
+    assert len(re.findall(r"plotly\.js v\d", page)) == 1, "plotly.js is inlined exactly once"
+    for ref in refs.refs:  # every relative link (PNGs, configs) resolves next to the page
+        assert (out / ref).is_file(), f"broken link {ref}"
+
+
+def test_page_shows_study_summary_and_pruned_trials(report):
+    study, out = report
+    page = (out / "index.html").read_text()
+    best = study.best_trial
+    assert "demo" in page and f"{best.value:.4f} (trial {best.number})" in page
+    assert "6 complete" in page and "2 pruned" in page and "1 fail" in page
+    pruned = [t.number for t in study.trials if t.state == TrialState.PRUNED]
+    assert all(f"Trial{n} (pruned)" in page for n in pruned)  # their curves are drawn and labelled
+    for title in ("Optimization history", "Parameter importances", "Parallel coordinates", "Best trials"):
+        assert title in page
+
+
+def test_best_trials_link_their_configs(report):
+    study, out = report
+    page = (out / "index.html").read_text()
+    links = re.findall(r'href="(configs/trial-(\d+)\.yaml)"', page)
+    complete = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    assert [int(n) for _, n in links] == [t.number for t in complete]  # best first, only complete trials
+    for (rel, n), trial in zip(links, complete):
+        assert C.to_dict(C.load(out / rel)) == trial.user_attrs["config"]  # the exact config it trained with
+
+
+def test_png_plots_are_images(report):
+    _, out = report
+    for stem in ("history", "intermediate", "importances", "parallel"):
+        with Image.open(out / f"{stem}.png") as im:
+            assert im.format == "PNG" and im.width > 100 and im.height > 100
+            lo_hi = im.convert("L").getextrema()
+            assert lo_hi[0] < lo_hi[1], f"{stem}.png is a blank image"
+
+
+def test_too_few_trials_skips_importances_with_a_note(tmp_path):
+    _, out = render(tmp_path, complete=1)
+    page = (out / "index.html").read_text()
+    assert page.count("Skipped: needs") == 2 and "the study has 1" in page  # importances, parallel coordinates
+    assert not (out / "importances.png").exists() and not (out / "parallel.png").exists()
+    assert (out / "history.png").is_file() and (out / "configs" / "trial-0.yaml").is_file()
+
+
+def test_unknown_study_is_one_line_naming_the_studies(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    make_study(url, complete=1)
+    result = CliRunner().invoke(app, ["report", "--storage", url, "--name", "nope", "-o", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "nope" in result.output and "demo" in result.output  # names the studies there
+    assert not (tmp_path / "r").exists()
