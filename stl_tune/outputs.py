@@ -17,15 +17,16 @@ def write_outputs(out: Path, cfg: C.TrainConfig, result: TrainResult) -> list[Pa
     paths = [out / "config.yaml", out / "metrics.json", out / "curves.png"]
     C.dump(cfg, paths[0], header="# resolved config of this run: stl-tune train --config config.yaml\n")
     paths[1].write_text(json.dumps(result.to_json(), indent=2))
-    plot_curves(result.history, paths[2])
+    plot_curves(result.history, paths[2], result.test_acc)
     if result.model is not None and result.status != "diverged":
         paths.append(out / "model.pt")
         torch.save({"config": C.to_dict(cfg), "classes": result.classes, "state_dict": result.model.state_dict()}, paths[-1])
     return paths
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Loss, validation accuracy, learning rate and label smoothing per epoch."""
+def plot_curves(history: list[dict], path: Path, test_acc: float | None = None) -> None:
+    """Loss, validation accuracy (and the final test accuracy), learning rate and label smoothing
+    per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers
@@ -41,8 +42,10 @@ def plot_curves(history: list[dict], path: Path) -> None:
         best = max(acc, key=lambda p: p[1])
         axes[1].annotate(f"best {best[1]:.2%} @ {best[0]}", best, textcoords="offset points", xytext=(-60, -20))
     else:
-        axes[1].text(0.5, 0.5, "no validation split\n(trained on train+val)", ha="center", transform=axes[1].transAxes)
-    axes[1].set(title="validation accuracy", xlabel="epoch")
+        axes[1].text(0.5, 0.6, "no validation split\n(trained on train+val)", ha="center", transform=axes[1].transAxes)
+    if test_acc is not None:
+        axes[1].axhline(test_acc, color="tab:purple", linestyle="--", label=f"test (final) {test_acc:.2%}")
+    axes[1].set(title="accuracy", xlabel="epoch", xlim=axes[0].get_xlim())
     axes[2].plot(epochs, [h["lr"] for h in history], label="learning rate")
     axes[2].set(title="schedules", xlabel="epoch", ylabel="learning rate")
     twin = axes[2].twinx()
