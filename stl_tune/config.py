@@ -307,19 +307,22 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def read_yaml(path: str | Path, what: str = "config file", error: type[UserError] = ConfigError) -> Any:
+    """A YAML file's content, loaded safely; a missing or malformed file raises `error`."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} not found: {p}")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise error(f"{p}: not valid YAML{where}") from None
+
+
 def load(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Load a YAML config file (or the defaults when path is None) and apply --set overrides."""
-    data: Any = None
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark else ""
-            raise ConfigError(f"{p}: not valid YAML{where}") from None
+    data = read_yaml(path) if path is not None else None
     return from_dict(data, parse_overrides(overrides or []))
 
 

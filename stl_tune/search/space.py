@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
-import yaml
 
 from stl_tune import config
 from stl_tune.config import ConfigError, TrainConfig
@@ -351,13 +350,7 @@ class _Validator:
 def load_study_file(path: str | Path) -> StudySpec:
     """Read and validate a study file; the name defaults to the file name without .yaml."""
     p = Path(path)
-    if not p.is_file():
-        raise StudyError(f"study file not found: {p}")
-    try:
-        d = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise StudyError(f"{p}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+    d = config.read_yaml(p, "study file", StudyError)
     if isinstance(d, dict) and "name" not in d:
         d = {"name": p.stem, **d}
     return StudySpec.from_dict(d, source=str(p))
