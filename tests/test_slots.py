@@ -1,0 +1,61 @@
+"""GPU slot planning and per-worker environments, on a CPU: CUDA is faked, processes are real."""
+
+import subprocess
+import sys
+
+import optuna
+import pytest
+import torch
+
+from stl_tune.errors import UserError
+from stl_tune.search import workers as W
+
+
+@pytest.fixture
+def four_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+def test_one_slot_per_gpu_and_packing(four_gpus):
+    assert W.plan_slots("all") == ["0", "1", "2", "3"]
+    assert W.plan_slots("1,3", workers_per_gpu=2) == ["1", "1", "3", "3"]
+    assert W.plan_slots("none", workers=3) == [None, None, None]
+    with pytest.raises(UserError, match="no GPU 4 here"):
+        W.plan_slots("0,4")
+    with pytest.raises(UserError, match="--gpus must be all, none or indices"):
+        W.plan_slots("first")
+
+
+def test_slots_keep_the_parents_device_names(four_gpus, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")  # this process sees physical GPUs 5 and 7
+    assert W.plan_slots("all") == ["5", "7"]
+    assert W.plan_slots("1") == ["7"]
+
+
+def test_no_gpu_means_cpu_workers(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert W.plan_slots("all", workers=2) == [None, None]
+    assert W.plan_slots("all") == [None]
+
+
+def test_each_worker_sees_only_its_gpu(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="slots", storage=url)
+    seen = []
+    real_popen = subprocess.Popen
+
+    def popen(cmd, env, **kwargs):  # record the worker's command and environment, run a stand-in
+        seen.append((cmd, env))
+        probe = "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'))"
+        return real_popen([sys.executable, "-c", probe], env=env, **kwargs)
+
+    monkeypatch.setattr(W.subprocess, "Popen", popen)
+    code = W.launch(study, url, ["2", "2", "5"], n_trials=1, artifacts=tmp_path / "a")
+    assert code == 1  # the stand-ins finish no trial
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in seen] == ["2", "2", "5"]
+    assert all(env["STL_TUNE_STORAGE"] == url and url not in " ".join(cmd) for cmd, env in seen)
+    assert [cmd[cmd.index("--worker-index") + 1] for cmd, _ in seen] == ["0", "1", "2"]  # distinct seeds
+    assert all(cmd[cmd.index("--gpus") + 1] == "all" for cmd, _ in seen)  # all = the one it sees
