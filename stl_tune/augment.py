@@ -13,6 +13,8 @@ restores the RNG states. Mixup/CutMix (torchvision's) draw from the CPU RNG.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torchvision.transforms import v2
@@ -128,9 +130,9 @@ def mixing_active(epoch: int, cfg: AugmentConfig) -> bool:
     return epoch < cfg.mix_epochs and (cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0)
 
 
-def mix_batch(x: Tensor, y: Tensor, num_classes: int, cfg: AugmentConfig) -> tuple[Tensor, Tensor]:
-    """Mixup or CutMix of a shuffled batch: float images x [B, C, H, W] and int labels y [B] ->
-    (images, soft targets [B, num_classes] float32, rows summing to 1).
+def make_mixer(num_classes: int, cfg: AugmentConfig) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """Mixup or CutMix of a shuffled batch: mixer(float images x [B, C, H, W], int labels y [B])
+    -> (images, soft targets [B, num_classes] float32, rows summing to 1). Built once per run.
 
     One Beta draw per batch, each image paired with its neighbour in the batch (torchvision's
     pairing), so batches must come shuffled. With both alphas 0: images as given, one-hot targets.
@@ -143,7 +145,5 @@ def mix_batch(x: Tensor, y: Tensor, num_classes: int, cfg: AugmentConfig) -> tup
         mixers.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes))
         p.append(1.0 - cfg.cutmix_prob)
     if not mixers:
-        return x, torch.nn.functional.one_hot(y, num_classes).float()
-    if len(mixers) == 1:
-        return mixers[0](x, y)
-    return v2.RandomChoice(mixers, p=p)(x, y)
+        return lambda x, y: (x, torch.nn.functional.one_hot(y, num_classes).float())
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers, p=p)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import typing
 from dataclasses import dataclass, field
@@ -151,8 +152,10 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
 
 
 # ------------------------------------------------------------------------------ paths and types
+@functools.cache
 def field_types(cls: type = TrainConfig, prefix: str = "") -> dict[str, Any]:
-    """Every leaf field as {"a.b": type}, e.g. {"model.width": int, "optim.name": Literal[...]}."""
+    """Every leaf field as {"a.b": type}, e.g. {"model.width": int, "optim.name": Literal[...]}.
+    Cached (the schema never changes at run time): do not modify the returned dict."""
     out: dict[str, Any] = {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):

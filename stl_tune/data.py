@@ -78,9 +78,12 @@ def _write_stl10_split(root: Path, split: str, images: Tensor, labels: Tensor) -
 def ensure_downloaded(cfg: DataConfig) -> None:
     """Download STL-10 into cfg.dir if any labelled-split file is missing (a no-op for folders).
     `stl-tune run` calls it once before starting workers, so they don't all download at once."""
-    folder = Path(cfg.dir) / STL10.base_folder
-    if cfg.source == "stl10" and not all((folder / n).is_file() for names in STL10_FILES.values() for n in names):
+    if cfg.source == "stl10" and not _stl10_present(Path(cfg.dir), STL10_FILES):
         _download_stl10(Path(cfg.dir))
+
+
+def _stl10_present(root: Path, splits) -> bool:
+    return all((root / STL10.base_folder / name).is_file() for split in splits for name in STL10_FILES[split])
 
 
 def _download_stl10(root: Path) -> None:
@@ -113,7 +116,7 @@ def _download_stl10(root: Path) -> None:
 def _stl10(root: str, image_size: int, split: str) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     """One STL-10 split on the CPU, resized to image_size; downloaded first if any file is missing."""
     folder = Path(root) / STL10.base_folder
-    if not all((folder / name).is_file() for name in STL10_FILES[split]):
+    if not _stl10_present(Path(root), [split]):
         _download_stl10(Path(root))
     x, y = read_stl10_split(Path(root), split)
     names_file = folder / STL10.class_names_file
@@ -254,13 +257,14 @@ def _load(cfg_fields: tuple, seed: int, device: str, with_test: bool) -> Dataset
         train, val = torch.arange(len(y)), torch.arange(0)
     else:
         train, val = stratified_split(y, cfg.val_fraction, seed)
-    mean, std = channel_stats(x[train])
+    train_x = x[train]
+    mean, std = channel_stats(train_x)
     test_x = test_y = None
     if with_test:
         test_x, test_y, _ = _labelled(cfg, "test")
         test_x, test_y = test_x.to(device), test_y.to(device)
     return Dataset(
-        train_x=x[train].to(device),
+        train_x=train_x.to(device),
         train_y=y[train].to(device),
         val_x=x[val].to(device),
         val_y=y[val].to(device),

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from stl_tune import config as C
-from stl_tune.augment import augment_images, mix_batch, mixing_active
+from stl_tune.augment import augment_images, make_mixer, mixing_active
 from stl_tune.data import Dataset, load_data
 from stl_tune.errors import UserError
 from stl_tune.model import build_model, param_count
@@ -35,7 +35,7 @@ class EpochMetrics:
     val_acc: float | None  # EMA weights + flip TTA, in [0, 1]; None when training on train+val
     lr: float  # at the epoch's last step
     label_smoothing: float
-    seconds: float  # wall time of this epoch, evaluation and checkpoint included
+    seconds: float  # wall time of this epoch's training and evaluation
     checkpointed: bool  # the resume checkpoint was written after this epoch
 
 
@@ -119,7 +119,8 @@ def make_scheduler(
 def ema_multi_avg_fn(decay: float, warmup: bool) -> Callable:
     """torch.optim.swa_utils' EMA update plus the warm-up it lacks: the decay ramps as
     min(decay, (1+n)/(10+n)), so the random initial weights fade within the first few hundred
-    steps. The decay stays a device tensor: no host sync per step."""
+    steps. The decay stays a device tensor, adding no host sync (AveragedModel itself copies its
+    CPU step counter to the device once per update: to be measured on a GPU)."""
 
     def update(ema: list[Tensor], current: list[Tensor], n_averaged: Tensor) -> None:
         if not torch.is_floating_point(ema[0]):  # BatchNorm's step counters: just follow
@@ -248,6 +249,7 @@ def train(
     opt = make_optimizer(model, cfg.optim, fused=device.type == "cuda")
     sched = make_scheduler(opt, cfg.optim, steps_per_epoch)
     step_model = torch.compile(model) if cfg.runtime.compile else model
+    mix = make_mixer(data.num_classes, cfg.augment)
     eval_model = ema.module if ema is not None else model
 
     start_epoch, history, best, best_epoch = 0, [], None, 0
@@ -282,7 +284,7 @@ def train(
             for xb, yb in _epoch_batches(data, cfg, device):
                 target: Tensor = yb
                 if mixing:
-                    xb, target = mix_batch(xb, yb, data.num_classes, cfg.augment)
+                    xb, target = mix(xb, yb)
                 with _autocast(cfg, device):
                     logits = step_model(_to_input(xb, cfg, device))
                 loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)

@@ -7,7 +7,7 @@ from stl_tune.augment import (
     apply_ops,
     augment_images,
     draw_ops,
-    mix_batch,
+    make_mixer,
     mixing_active,
 )
 from stl_tune.config import AugmentConfig
@@ -144,7 +144,7 @@ def test_mixing_active_for_the_first_k_epochs():
 
 def test_no_mixing_gives_one_hot_targets():
     x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 10, (8,))
-    out, t = mix_batch(x, y, 10, AugmentConfig(mixup_alpha=0.0, cutmix_alpha=0.0))
+    out, t = make_mixer(10, AugmentConfig(mixup_alpha=0.0, cutmix_alpha=0.0))(x, y)
     assert torch.equal(out, x)
     assert t.dtype == torch.float32 and torch.equal(t, torch.eye(10)[y])
 
@@ -153,7 +153,7 @@ def mixed(cfg: AugmentConfig, seed: int):
     """A batch whose neighbours differ in label, mixed; returns x, y, out, targets."""
     torch.manual_seed(seed)
     x, y = torch.rand(8, 3, 8, 12), torch.arange(8) % 5  # y[i] != y[i - 1]
-    out, t = mix_batch(x, y, 5, cfg)
+    out, t = make_mixer(5, cfg)(x, y)
     assert out.shape == x.shape and t.shape == (8, 5) and t.dtype == torch.float32
     assert (t >= 0).all() and torch.allclose(t.sum(1), torch.ones(8))
     return x, y, out, t
