@@ -4,22 +4,24 @@ The page opens from disk without a server or network: plotly.js is inlined once,
 Written into the output folder:
     index.html               summary, interactive plots, the best trials with links to their configs
     <plot>.png               the same plots drawn by matplotlib, for slides and issues
-    configs/trial-N.yaml     each listed trial's resolved config: stl-tune train --config <it>
+    configs/trial-N.yaml     each listed trial's export (`stl-tune export --trial N`): its resolved
+                             config set up for final training; stl-tune train --config <it>
 """
 
 from __future__ import annotations
 
-import collections
 import datetime
 import html
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from stl_tune import config as C
+from stl_tune.search.export import write_export
+from stl_tune.search.space import StudyError
+from stl_tune.search.study import experimental_ok
+from stl_tune.search.workers import tally
 
 TOP_TRIALS = 10  # rows of the best-trials table, each with its config file
 LEGEND_MAX = 20  # trials named in a PNG's legend; more would hide the plot
@@ -75,19 +77,13 @@ def best_trials(study: optuna.Study, n: int = TOP_TRIALS) -> list[FrozenTrial]:
 
 
 def _config_link(study: optuna.Study, trial: FrozenTrial, out: Path) -> str:
-    """A link to configs/trial-N.yaml, written from the trial's stored config, or why there is none."""
-    if "config" not in trial.user_attrs:
-        return "(no config stored)"
-    try:  # validated again: a config from an older schema is reported, not written half-right
-        cfg = C.from_dict(trial.user_attrs["config"])
-    except C.ConfigError as e:
-        return f"(stored config is no longer valid: {html.escape(str(e))})"
+    """A link to configs/trial-N.yaml, the trial's export, or why there is none (no stored config,
+    or one from an older schema: reported, not written half-right)."""
     rel = f"configs/trial-{trial.number}.yaml"
-    header = (
-        f"# trial {trial.number} of study '{study.study_name}' (objective {trial.value:.4f}): the config it ran\n"
-        f"# retrain it: stl-tune train --config <this file>\n"
-    )
-    C.dump(cfg, out / rel, header=header)
+    try:
+        write_export(study, trial.number, out / rel)
+    except StudyError as e:
+        return f"({html.escape(str(e))})"
     return f'<a href="{rel}">{rel}</a>'
 
 
@@ -131,20 +127,20 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "") -> 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    trials = study.get_trials(deepcopy=False)
-    counts = collections.Counter(t.state.name.lower() for t in trials)
-    best = best_trials(study, 1)
+    t = tally(study)
+    counted = {"complete": t.complete, "pruned": t.pruned, "failed": t.failed, "running": t.running,
+               "waiting": t.waiting}  # fmt: skip
+    counted["surplus or interrupted"] = t.trials - sum(counted.values())
     summary = [
         ("study", study.study_name),
         ("direction", study.direction.name.lower()),
-        ("trials", f"{len(trials)} (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")"),
-        ("best", f"{best[0].value:.4f} (trial {best[0].number})" if best else "no complete trial yet"),
+        ("trials", f"{t.trials} (" + ", ".join(f"{n} {s}" for s, n in counted.items() if n) + ")"),
+        ("best", f"{t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no complete trial yet"),
         ("storage", storage),
         ("generated", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
     ]
     sections, first = [], True
-    with warnings.catch_warnings():  # optuna.visualization.matplotlib is marked experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with experimental_ok():  # optuna.visualization.matplotlib is marked experimental
         for stem, title, *drawn in _plots(study):
             if isinstance(drawn[0], str):
                 sections.append(f'<h2>{title}</h2><p class="note">Skipped: {html.escape(drawn[0])}.</p>')

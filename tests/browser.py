@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-STL_TUNE = [sys.executable, "-c", "from stl_tune.cli import app; app()"]  # the `stl-tune` script
+STL_TUNE = [sys.executable, "-m", "stl_tune"]  # the `stl-tune` script
 CHROMIUM = Path("/usr/bin/chromium")  # apt-get install chromium (Debian; .ci/run installs it)
 # Root in a container needs --no-sandbox; the rest keep a browser on a closed network from phoning home.
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

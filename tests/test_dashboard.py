@@ -49,7 +49,7 @@ def test_dashboard_serves_study_on_loopback(tmp_path):
         study.add_trial(optuna.create_trial(value=value, params={}, distributions={}))
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stl_tune.search.cli", "dashboard", "--storage", url, "--port", str(port)],
+        [sys.executable, "-m", "stl_tune", "dashboard", "--storage", url, "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
     )
     try:

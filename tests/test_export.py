@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from stl_tune import config
 from stl_tune.search.cli import app
-from stl_tune.search.export import export_trial, write_export
+from stl_tune.search.export import final_config, pick_trial, write_export
 from stl_tune.search.space import StudyError, StudySpec
 from stl_tune.search.study import create_or_load_study, open_storage
 
@@ -49,8 +49,8 @@ def test_export_best_and_chosen_trial(study):
     study.add_trial(optuna.create_trial(state=TrialState.FAIL))  # ignored
     # trial 4 is best by value but has no config: export must say so, not rebuild it from params
     with pytest.raises(StudyError, match="trial 4 stored no config"):
-        export_trial(study)
-    cfg = export_trial(study, 2)
+        final_config(pick_trial(study))
+    cfg = final_config(pick_trial(study, 2))
     assert cfg.model.width == 5 and cfg.data.train_on_val is True and cfg.runtime.device == "auto"
 
 
@@ -75,14 +75,14 @@ def test_written_file_loads_as_train_config(study, tmp_path):
 )
 def test_export_errors(study, number, needle):
     with pytest.raises(StudyError, match=needle.replace("(", r"\(").replace(".", r"\.")):
-        export_trial(study, number)
+        final_config(pick_trial(study, number))
 
 
 def test_no_complete_trial(tmp_path):
     s = optuna.create_study(study_name="empty")
     add(s, 4, None, TrialState.PRUNED)
     with pytest.raises(StudyError, match="no complete trial"):
-        export_trial(s)
+        final_config(pick_trial(s))
 
 
 def test_export_and_status_commands(study, url, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -111,8 +112,11 @@ def test_best_trials_link_their_configs(report):
     links = re.findall(r'href="(configs/trial-(\d+)\.yaml)"', page)
     complete = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
     assert [int(n) for _, n in links] == [t.number for t in complete]  # best first, only complete trials
-    for (rel, n), trial in zip(links, complete):
-        assert C.to_dict(C.load(out / rel)) == trial.user_attrs["config"]  # the exact config it trained with
+    for (rel, n), trial in zip(links, complete):  # each the trial's export: the exact config it trained
+        want = copy.deepcopy(trial.user_attrs["config"])  # with, set up for final training
+        want["data"]["train_on_val"], want["runtime"]["device"] = True, "auto"
+        assert C.to_dict(C.load(out / rel)) == want
+        assert f"trial {trial.number} (value = {trial.value:.4f})" in (out / rel).read_text()  # export's header
 
 
 def test_png_plots_are_images(report):

@@ -86,6 +86,11 @@ BAD = [
      ["search_space.model.blocks", "set it in `fixed`"]),
     ("empty space", lambda d: d.update(search_space={}), ["search_space", "at least one"]),
     ("unknown objective", lambda d: d.update(objective="test_acc"), ["objective", "best_val_acc"]),
+    ("train_on_val fixed", lambda d: d["fixed"].update({"data.train_on_val": True}),
+     ["fixed.data.train_on_val", "needs the validation split"]),
+    ("train_on_val searched",
+     lambda d: ss(d).update({"data.train_on_val": {"type": "categorical", "choices": [True, False]}}),
+     ["search_space.data.train_on_val", "needs the validation split"]),
 ]
 
 
@@ -150,9 +155,9 @@ def test_suggest_config_honours_fixed_and_conditions():
     assert seen == {"adamw", "sgd"}
 
 
-def test_suggest_config_starts_from_base():
-    spec = StudySpec.from_dict(copy.deepcopy(GOOD))
-    base = config.from_dict({"seed": 7, "augment": {"mix_epochs": 5}})
-    cfg = suggest_config(optuna.create_study().ask(), spec, base)
+def test_suggest_config_starts_from_defaults():
+    d = copy.deepcopy(GOOD)
+    d["fixed"].update({"seed": 7, "augment": {"mix_epochs": 5}})
+    cfg = suggest_config(optuna.create_study().ask(), StudySpec.from_dict(d))
     assert cfg.seed == 7 and cfg.augment.mix_epochs == 5 and cfg.optim.epochs == 3
-    assert base.optim.epochs == 200  # base is copied, not changed
+    assert cfg.data == config.TrainConfig().data  # neither fixed nor searched: the defaults

@@ -75,6 +75,19 @@ def test_sqlite_storage_created_on_demand_in_wal_mode(tmp_path):
     assert S.open_storage(sqlite_url(tmp_path), heartbeat=False).heartbeat_interval is None
 
 
+def test_heartbeat_settings_come_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(S.HEARTBEAT_ENV, "7")
+    monkeypatch.setenv(S.GRACE_ENV, "21")
+    storage = S.open_storage(sqlite_url(tmp_path))
+    assert (storage.heartbeat_interval, storage.grace_period) == (7, 21)
+    explicit = S.open_storage(sqlite_url(tmp_path), heartbeat_interval=2, grace_period=6)
+    assert (explicit.heartbeat_interval, explicit.grace_period) == (2, 6)
+    monkeypatch.setenv(S.GRACE_ENV, "soon")
+    with pytest.raises(StudyError, match=r"\$STL_TUNE_GRACE_PERIOD must be a whole number"):
+        S.open_storage(sqlite_url(tmp_path))
+    assert S.open_storage(sqlite_url(tmp_path), heartbeat=False).heartbeat_interval is None  # readers ignore it
+
+
 @pytest.mark.parametrize(
     "url,needle",
     [
@@ -84,6 +97,9 @@ def test_sqlite_storage_created_on_demand_in_wal_mode(tmp_path):
         # port 1 on loopback: refused at once, nothing leaves the machine
         (f"postgresql+psycopg://user:{SECRET}@127.0.0.1:1/db", "cannot open it"),
         ("not a url", "not a valid URL"),
+        (f"postgresql+psycopg://user:{SECRET}@127.0.0.1:abc/db", "not a valid URL"),  # a port that is no number
+        # an unencoded @ in the password: the driver would take the part after it for the host
+        (f"postgresql+psycopg://user:{SECRET}@pwtail@127.0.0.1:1/db", "percent-encode '@'"),
         ("grpc://localhost", "grpc://host:port"),
     ],
 )
@@ -91,7 +107,7 @@ def test_bad_storage_urls_are_one_line_without_password(url, needle):
     with pytest.raises(StudyError) as e:
         S.open_storage(url)
     msg = str(e.value)
-    assert needle in msg and "\n" not in msg and SECRET not in msg
+    assert needle in msg and "\n" not in msg and SECRET not in msg and "pwtail" not in msg
 
 
 def test_create_or_load_study_is_idempotent_and_stores_spec(tmp_path):

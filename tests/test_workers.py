@@ -17,7 +17,7 @@ from stl_tune.search import objective as objective_module
 from stl_tune.search.objective import Objective
 from stl_tune.search.space import StudySpec
 from stl_tune.search.study import create_or_load_study, open_storage
-from stl_tune.search.workers import StudyStopped, is_surplus, work
+from stl_tune.search.workers import StudyStopped, is_surplus, tally, work
 
 STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]  # the installed console script
 
@@ -34,6 +34,19 @@ def _states(study: optuna.Study) -> dict[str, int]:
     for t in study.trials:
         out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_tally_counts_and_best_follow_the_direction(direction):
+    study = optuna.create_study(direction=direction)
+    for value in (0.3, 0.1, 0.5):
+        study.add_trial(optuna.create_trial(value=value, params={}, distributions={}))
+    study.add_trial(optuna.create_trial(state=TrialState.PRUNED, params={}, distributions={}))
+    surplus = optuna.create_trial(state=TrialState.FAIL, params={}, distributions={}, user_attrs={"fail_reason": "surplus"})
+    study.add_trial(surplus)  # counts for nothing
+    t = tally(study)
+    assert (t.trials, t.complete, t.pruned, t.failed, t.finished) == (5, 3, 1, 0, 4)
+    assert t.best.number == study.best_trial.number == (2 if direction == "maximize" else 1)
 
 
 def test_claims_count_trials_ahead_in_flight_or_finished(tmp_path):

@@ -2,24 +2,25 @@
 
 Every command takes --storage (default $STL_TUNE_STORAGE, else sqlite:///storage/stl-tune.db) and
 prints storage URLs masked. Errors are StudyError (a UserError) that the main app prints as one line.
+Optuna and the storage code are imported inside the commands: `stl-tune --help` does not pay for them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import optuna
-import optuna_dashboard
 import typer
-from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
 from stl_tune import config
-from stl_tune.search.export import CONFIG_ATTR, write_export
 from stl_tune.search.options import NameOpt, StorageOpt
-from stl_tune.search.study import describe, load_study, open_storage
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+    from optuna.study import FrozenStudy
+    from optuna.trial import FrozenTrial
 
 app = typer.Typer(no_args_is_help=True, help="Inspect and export hyperparameter studies.")
 console = Console()
@@ -47,24 +48,36 @@ def _trial_row(t: FrozenTrial) -> list[str]:
     ]
 
 
-def _studies_table(storage: optuna.storages.BaseStorage) -> Table:
+def _studies_table(storage: BaseStorage, studies: list[FrozenStudy]) -> Table:
+    import optuna
+
+    from stl_tune.search.study import describe
+    from stl_tune.search.workers import tally
+
     table = Table("study", "trials", "complete", "best", title=f"Studies in {describe(storage)}")
-    for s in storage.get_all_studies():
-        trials = storage.get_all_trials(s._study_id, deepcopy=False)
-        done = [t for t in trials if t.state == TrialState.COMPLETE]
-        best = (max if s.direction.name == "MAXIMIZE" else min)((t.value for t in done), default=None)
-        table.add_row(s.study_name, str(len(trials)), str(len(done)), "" if best is None else f"{best:.4f}")
+    for s in studies:
+        t = tally(optuna.load_study(study_name=s.study_name, storage=storage))
+        best = "" if t.best is None else f"{t.best.value:.4f}"
+        table.add_row(s.study_name, str(t.trials), str(t.complete), best)
     return table
 
 
 @app.command()
 def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     """Trials of a study (state, value, epochs, seconds, params), its best trial and that config."""
+    from optuna.trial import TrialState
+
+    from stl_tune.search.space import StudyError
+    from stl_tune.search.study import CONFIG_ATTR, describe, load_study, open_storage
+
     store = open_storage(storage, heartbeat=False)
-    if name is None and len(optuna.get_all_study_names(store)) != 1:
-        console.print(_studies_table(store))
+    try:
+        study, spec = load_study(name, store)
+    except StudyError:  # without --name, a storage of several studies (or none): list them
+        if name is not None or len(studies := store.get_all_studies()) == 1:
+            raise
+        console.print(_studies_table(store, studies))
         return
-    study, spec = load_study(name, store)
     table = Table(
         "#", "state", spec.objective, "epochs", "seconds", "note", "params",
         title=f"Study '{study.study_name}' in {describe(store)}",
@@ -100,6 +113,10 @@ def dashboard(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
 ) -> None:
     """Serve optuna-dashboard (live plots of every study) on the same storage."""
+    import optuna_dashboard
+
+    from stl_tune.search.study import describe, open_storage
+
     store = open_storage(storage, heartbeat=False)
     url = f"http://{host}:{port}/dashboard"
     console.print(f"optuna-dashboard on {url} for {describe(store)} (Ctrl-C stops it)", soft_wrap=True)
@@ -116,6 +133,9 @@ def export(
     storage: StorageOpt = None,
 ) -> None:
     """Write a trial's full config, set to train on train+validation, for `stl-tune train --config`."""
+    from stl_tune.search.export import write_export
+    from stl_tune.search.study import load_study, open_storage
+
     study, spec = load_study(name, open_storage(storage, heartbeat=False))
     t = write_export(study, trial, output)
     console.print(
@@ -123,7 +143,3 @@ def export(
         f"to {output}; train it with: stl-tune train --config {output}",
         soft_wrap=True,  # keep paths and commands whole for copying
     )
-
-
-if __name__ == "__main__":  # python -m stl_tune.search.cli (tests run the dashboard this way)
-    app()

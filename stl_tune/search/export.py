@@ -12,9 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from stl_tune import config
 from stl_tune.config import ConfigError, TrainConfig
 from stl_tune.search.space import StudyError
-from stl_tune.search.study import SPEC_ATTR
-
-CONFIG_ATTR = "config"  # trial user attr: config.to_dict of the trial's resolved TrainConfig
+from stl_tune.search.study import CONFIG_ATTR, SPEC_ATTR
 
 
 def pick_trial(study: optuna.Study, trial_number: int | None = None) -> FrozenTrial:
@@ -47,11 +45,6 @@ def final_config(trial: FrozenTrial) -> TrainConfig:
     # Device placement belongs to the worker (cuda:N per slot), not to the recipe.
     cfg.runtime.device = "auto"
     return config.validate(cfg)
-
-
-def export_trial(study: optuna.Study, trial_number: int | None = None) -> TrainConfig:
-    """The final-training config of trial `trial_number`, or of the best trial."""
-    return final_config(pick_trial(study, trial_number))
 
 
 def write_export(study: optuna.Study, trial_number: int | None, path: str | Path) -> FrozenTrial:

@@ -24,7 +24,6 @@ import math
 import os
 import socket
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from optuna.trial import FrozenTrial
 
 from stl_tune import config as C
 from stl_tune.search.space import StudySpec, suggest_config
+from stl_tune.search.study import CONFIG_ATTR, experimental_ok
 from stl_tune.train import EpochMetrics, train
 
 log = logging.getLogger(__name__)
@@ -52,30 +52,21 @@ class Objective:
     of this host ({"data.dir": ...}).
     """
 
-    def __init__(
-        self,
-        spec: StudySpec,
-        artifacts: str | Path,
-        overrides: dict[str, Any] | None = None,
-        workdir: str | Path | None = None,
-    ):
+    def __init__(self, spec: StudySpec, artifacts: str | Path, overrides: dict[str, Any] | None = None):
         self.spec = spec
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         self.store = FileSystemArtifactStore(artifacts)
         self.overrides = dict(overrides or {})
         # Local checkpoint files: the trainer writes here (atomically), we upload from here.
-        self._tmp = tempfile.TemporaryDirectory(prefix="stl-tune-") if workdir is None else None
-        self.workdir = Path(workdir if workdir is not None else self._tmp.name)
+        self._tmp = tempfile.TemporaryDirectory(prefix="stl-tune-")
+        self.workdir = Path(self._tmp.name)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def config(self, trial: optuna.Trial) -> C.TrainConfig:
         cfg = suggest_config(trial, self.spec)
         for path, value in self.overrides.items():
             C.set_path(cfg, path, value)
-        C.validate(cfg)
-        if cfg.data.train_on_val:  # the objective is validation accuracy: there must be a split
-            raise C.ConfigError("a search cannot use data.train_on_val=true (no validation split)")
-        return cfg
+        return C.validate(cfg)
 
     def __call__(self, trial: optuna.Trial) -> float:
         # A retried trial inherits its predecessor's user attributes: reset those of an outcome.
@@ -86,7 +77,7 @@ class Objective:
         keep_checkpoint = False
         try:
             cfg = self.config(trial)
-            trial.set_user_attr("config", C.to_dict(cfg))
+            trial.set_user_attr(CONFIG_ATTR, C.to_dict(cfg))
             curve = self._resume(trial, ckpt)
             result = train(cfg, self._epoch_callback(trial, cfg, ckpt, curve), checkpoint=ckpt)
             for key in ("epochs_run", "seconds", "param_count", "device"):
@@ -155,8 +146,7 @@ class Objective:
     def _resume(self, trial: optuna.Trial, ckpt: Path) -> list[float]:
         """Download the previous attempt's checkpoint when this trial retries one; the curve so far."""
         frozen = trial.storage.get_trial(trial._trial_id)
-        with warnings.catch_warnings():  # experimental since Optuna 3.0, and what we need
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with experimental_ok():
             attempts = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
         previous = _trial_by_number(trial.study, attempts[-1]) if attempts else None
         saved = previous.user_attrs.get("checkpoint") if previous is not None else None

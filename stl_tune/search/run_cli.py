@@ -1,12 +1,10 @@
 """`stl-tune run` (create or continue a study and run its workers) and `stl-tune worker` (join a
 study from any host). The main CLI merges this `app`; `run` starts its worker processes as
-`python -m stl_tune.search.run_cli worker ...`.
+`python -m stl_tune worker ...`.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -16,9 +14,6 @@ from stl_tune.errors import UserError
 from stl_tune.search.options import StorageOpt
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
-
-HEARTBEAT_ENV = "STL_TUNE_HEARTBEAT_INTERVAL"  # seconds between a RUNNING trial's heartbeats
-GRACE_ENV = "STL_TUNE_GRACE_PERIOD"  # seconds of silence after which a trial's worker counts as dead
 
 Study = Annotated[Path | None, typer.Option("--study", help="Study file (search space, sampler, pruner).", show_default="studies/seed.yaml")]
 Name = Annotated[str | None, typer.Option(help="Study name.", show_default="the study file's name")]
@@ -95,9 +90,7 @@ def worker(
 
     from stl_tune.search.objective import Objective
 
-    beat = {"heartbeat_interval": int(os.environ.get(HEARTBEAT_ENV, S.HEARTBEAT_INTERVAL_S)),
-            "grace_period": int(os.environ.get(GRACE_ENV, S.GRACE_PERIOD_S))}  # fmt: skip
-    study, spec = S.load_study(name, S.open_storage(url, heartbeat=True, **beat), worker=worker_index)
+    study, spec = S.load_study(name, S.open_storage(url, heartbeat=True), worker=worker_index)
     n_trials = _budget(trials, study)
     overrides = {"data.dir": str(_abs(data_dir))} if data_dir is not None else {}
     objective = Objective(spec, W.artifacts_dir(artifacts, url, study), overrides)
@@ -121,11 +114,3 @@ def _budget(trials: int | None, study) -> int:
 def _abs(path: Path | None) -> Path | None:
     # Workers may start in another directory (and hosts mount data elsewhere): pass absolute paths.
     return path.expanduser().resolve() if path is not None else None
-
-
-if __name__ == "__main__":  # worker processes; the user-facing entry is the `stl-tune` script
-    try:
-        app()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)

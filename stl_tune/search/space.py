@@ -61,6 +61,7 @@ DIRECTIONS = ("maximize", "minimize")
 STUDY_KEYS = ("name", "search_space", "fixed", "sampler", "pruner", "objective", "direction")
 PARAM_KEYS = ("type", "path", "low", "high", "log", "step", "choices", "when")
 DEFAULT_STUDY_FILE = "studies/seed.yaml"
+NO_TRAIN_ON_VAL = "a search needs the validation split; export sets train_on_val for final training"
 
 
 # ------------------------------------------------------------------------------------ the spec
@@ -196,6 +197,8 @@ class _Validator:
             config.validate(base)
         except ConfigError as e:
             raise self.fail("fixed", str(e)) from None
+        if base.data.train_on_val:  # the objective is validation accuracy: there must be a split
+            raise self.fail("fixed.data.train_on_val", NO_TRAIN_ON_VAL)
         return flat, base
 
     def params(self, d: Any, fixed: dict[str, Any], base: TrainConfig) -> list[ParamSpec]:
@@ -224,6 +227,8 @@ class _Validator:
             tp = config.check_path(path)
         except ConfigError as e:
             raise self.fail(key, str(e)) from None
+        if path == "data.train_on_val":
+            raise self.fail(key, NO_TRAIN_ON_VAL)
         kind = entry.get("type")
         if kind not in ("float", "int", "categorical"):
             raise self.fail(f"{key}.type", f"must be float, int or categorical, got {kind!r}")
@@ -368,9 +373,9 @@ def default_study_file() -> Path:
     raise StudyError(f"no --study given and {DEFAULT_STUDY_FILE} was not found here; pass --study FILE")
 
 
-def suggest_config(trial: optuna.Trial, spec: StudySpec, base: TrainConfig | None = None) -> TrainConfig:
-    """defaults (or `base`) <- spec.fixed <- the trial's suggestions, in file order; validated."""
-    cfg = copy.deepcopy(base) if base is not None else TrainConfig()
+def suggest_config(trial: optuna.Trial, spec: StudySpec) -> TrainConfig:
+    """defaults <- spec.fixed <- the trial's suggestions, in file order; validated."""
+    cfg = TrainConfig()
     for path, value in spec.fixed.items():
         config.set_path(cfg, path, value)
     for p in spec.params:

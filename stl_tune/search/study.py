@@ -16,6 +16,7 @@ import os
 import re
 import sqlite3
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,15 +26,30 @@ import sqlalchemy
 from filelock import FileLock, Timeout
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from stl_tune.search.options import (
+    DEFAULT_STORAGE,
+    GRACE_ENV,
+    GRACE_PERIOD_S,
+    HEARTBEAT_ENV,
+    HEARTBEAT_INTERVAL_S,
+    STORAGE_ENV,
+)
 from stl_tune.search.space import PRUNERS, SAMPLERS, StudyError, StudySpec
 
-DEFAULT_STORAGE = "sqlite:///storage/stl-tune.db"
-STORAGE_ENV = "STL_TUNE_STORAGE"
 SQLITE_TIMEOUT_S = 60  # wait this long for another worker's write lock instead of failing
-HEARTBEAT_INTERVAL_S = 60  # a RUNNING trial's worker writes a heartbeat this often ...
-GRACE_PERIOD_S = 180  # ... and one silent this long is failed (its worker died) and retried
 MAX_RETRY = 3  # re-runs of a trial whose worker died, as a new trial with the same params
 SPEC_ATTR = "spec"  # study user attr holding StudySpec.to_dict()
+CONFIG_ATTR = "config"  # trial user attr: config.to_dict of the trial's resolved TrainConfig
+
+
+@contextlib.contextmanager
+def experimental_ok() -> Iterator[None]:
+    """Silence Optuna's ExperimentalWarning inside: heartbeats and their retry callback, the gRPC
+    proxy, fail_stale_trials, TPE's `group` and the matplotlib plots are all marked experimental
+    (some since Optuna 2.x), and are what stl-tune needs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 # ------------------------------------------------------------------------------------ URLs
@@ -66,6 +82,22 @@ def _scrub(text: str, url: str) -> str:
     return text.replace(url, mask_url(url))
 
 
+def error_line(e: BaseException, url: str) -> str:
+    """The first line of a storage error (the driver's own when SQLAlchemy wraps one), password-free."""
+    lines = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return _scrub(lines[0] if lines else type(e).__name__, url)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for an in-memory database, a server or grpc://."""
+    if url.startswith("grpc://"):
+        return None
+    u = sqlalchemy.make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
 # --------------------------------------------------------------------------------- storages
 def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers (dashboard, status) work while a worker writes; NORMAL sync is safe with WAL.
@@ -84,8 +116,8 @@ def open_storage(
     url: str | None,
     *,
     heartbeat: bool = True,
-    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
-    grace_period: int = GRACE_PERIOD_S,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
 ) -> BaseStorage:
     """The Optuna storage behind `url` (see storage_url), or a one-line StudyError.
 
@@ -93,20 +125,29 @@ def open_storage(
     seconds and re-queued as a new WAITING trial with the same params, user attrs and reported
     epochs (RetryHeartbeatStaleTrialCallback.retried_trial_number(trial) names the original, whose
     checkpoint the objective can resume). Readers (status, export, dashboard) pass False.
+    heartbeat_interval, grace_period (seconds): default $STL_TUNE_HEARTBEAT_INTERVAL and
+    $STL_TUNE_GRACE_PERIOD, else HEARTBEAT_INTERVAL_S and GRACE_PERIOD_S.
     """
     url = storage_url(url)
     shown = mask_url(url)
     if url.startswith("grpc://"):
         return _grpc_storage(url, shown)
-    try:
+    if heartbeat and heartbeat_interval is None:
+        heartbeat_interval = _env_seconds(HEARTBEAT_ENV, HEARTBEAT_INTERVAL_S)
+    if heartbeat and grace_period is None:
+        grace_period = _env_seconds(GRACE_ENV, GRACE_PERIOD_S)
+    try:  # (a StudyError raised in here passes the handlers below unchanged)
+        if urlsplit(url).netloc.count("@") > 1:  # the driver would split the password and print its tail
+            raise StudyError(f"storage {shown}: percent-encode '@' in the user or password as %40")
         u = sqlalchemy.make_url(url)
+        db = sqlite_file(url)
         lock: Any = contextlib.nullcontext()
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # RDBStorage creates its tables and stamps their schema version check-then-write:
+            # processes opening a new file at once collide ("table studies already exists").
+            lock = FileLock(f"{db}.lock", timeout=SQLITE_TIMEOUT_S)
         if u.get_backend_name() == "sqlite":
-            if u.database and u.database != ":memory:":
-                Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-                # RDBStorage creates its tables and stamps their schema version check-then-write:
-                # processes opening a new file at once collide ("table studies already exists").
-                lock = FileLock(f"{u.database}.lock", timeout=SQLITE_TIMEOUT_S)
             # SQLAlchemy's recipe for per-connection PRAGMAs: it sees every engine of the process
             # and acts on SQLite connections only.
             if not sqlalchemy.event.contains(sqlalchemy.Engine, "connect", _sqlite_wal):
@@ -114,8 +155,7 @@ def open_storage(
             engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
         else:  # a server: test pooled connections so a database restart does not kill workers
             engine_kwargs = {"pool_pre_ping": True}
-        with lock, warnings.catch_warnings():  # heartbeats and their retry are "experimental"
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with lock, experimental_ok():  # heartbeats and their retry are "experimental"
             beat: dict[str, Any] = {}
             if heartbeat:
                 beat = dict(
@@ -126,7 +166,7 @@ def open_storage(
             return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
     except sqlalchemy.exc.NoSuchModuleError:  # before ArgumentError: it is a subclass
         raise StudyError(f"storage {shown}: unknown database scheme '{url.split(':', 1)[0]}'") from None
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: e.g. a port that is no number
         raise StudyError(
             f"storage {shown}: not a valid URL (e.g. sqlite:///storage/stl-tune.db, "
             "postgresql+psycopg://user:pass@host/db, grpc://host:port)"
@@ -134,10 +174,20 @@ def open_storage(
     except ImportError as e:  # Optuna re-raises the driver's ImportError with a generic text
         raise StudyError(f"storage {shown}: missing database driver ({e.__cause__ or e})") from None
     except Timeout:
-        raise StudyError(f"storage {shown}: another process holds {u.database}.lock") from None
+        raise StudyError(f"storage {shown}: another process holds {db}.lock") from None
     except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, OSError) as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        raise StudyError(f"storage {shown}: cannot open it: {_scrub(reason, url)}") from None
+        raise StudyError(f"storage {shown}: cannot open it: {error_line(e, url)}") from None
+
+
+def _env_seconds(name: str, default: int) -> int:
+    value = os.environ.get(name, default)
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise StudyError(f"${name} must be a whole number of seconds, at least 1; got {value!r}")
+    return seconds
 
 
 def _grpc_storage(url: str, shown: str) -> BaseStorage:
@@ -148,8 +198,7 @@ def _grpc_storage(url: str, shown: str) -> BaseStorage:
         host = port = None
     if not host or not port:
         raise StudyError(f"storage {shown}: expected grpc://host:port")
-    with warnings.catch_warnings():  # GrpcStorageProxy is marked experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with experimental_ok():  # GrpcStorageProxy is marked experimental
         proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
     try:
         proxy.wait_server_ready(timeout=10)
@@ -188,8 +237,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 
 def _build(what: str, cls: type, options: dict[str, Any]) -> Any:
-    with warnings.catch_warnings():  # TPE's `group` is marked experimental; it is what we want
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with experimental_ok():  # TPE's `group` is marked experimental; it is what we want
         try:
             return cls(**options)
         except (TypeError, ValueError) as e:

@@ -40,7 +40,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import sqlalchemy
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.live import Live
@@ -56,7 +55,7 @@ from rich.table import Table
 from rich.text import Text
 
 from stl_tune.errors import UserError
-from stl_tune.search.study import describe, retry_callback
+from stl_tune.search.study import describe, experimental_ok, retry_callback, sqlite_file
 
 N_TRIALS_ATTR = "n_trials"  # study user attr: the budget set by `stl-tune run --trials`
 ARTIFACTS_ATTR = "artifacts"  # study user attr: artifact folder chosen at `run` (same host workers)
@@ -76,6 +75,7 @@ class StudyStopped(UserError):
 # ---------------------------------------------------------------------------------- the budget
 @dataclass
 class Tally:
+    trials: int = 0  # all of them, surplus and interrupted ones too
     complete: int = 0
     pruned: int = 0
     failed: int = 0  # errors and divergence (not surplus or interrupted trials)
@@ -94,7 +94,7 @@ def tally(study: optuna.Study, since: datetime | None = None) -> Tally:
     """Counts of the study's trials; the failure streak only among trials started after `since`
     (a worker's start), so a re-run after fixing the cause is not stopped by old failures."""
     trials = study.get_trials(deepcopy=False)
-    t = Tally()
+    t = Tally(trials=len(trials))
     ended = []
     for tr in trials:
         reason = tr.user_attrs.get("fail_reason")
@@ -118,8 +118,10 @@ def tally(study: optuna.Study, since: datetime | None = None) -> Tally:
             break
         t.failure_streak += 1
         t.last_failure = t.last_failure or tr.user_attrs["fail_reason"]
-    if t.complete:
-        t.best = study.best_trial
+    done = [tr for tr in trials if tr.state == TrialState.COMPLETE]
+    if done:  # from the trials at hand: study.best_trial would query the storage again
+        pick = max if study.direction == StudyDirection.MAXIMIZE else min
+        t.best = pick(done, key=lambda tr: tr.value)
     return t
 
 
@@ -207,7 +209,7 @@ def work(
                     "see `stl-tune status` and the trials' fail_reason"
                 )
             if t.finished + t.running >= n_trials:
-                _fail_stale_trials(study)
+                fail_stale_trials(study)
                 with stop.interruptible():
                     time.sleep(poll_s)
                 continue
@@ -225,9 +227,10 @@ def work(
         raise KeyboardInterrupt
 
 
-def _fail_stale_trials(study: optuna.Study) -> None:
-    with warnings.catch_warnings():  # marked experimental since Optuna 2.9, and what we need
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and, through the storage's retry callback, re-queue) the study's RUNNING trials whose
+    heartbeat is older than the grace period."""
+    with experimental_ok():
         optuna.storages.fail_stale_trials(study)
 
 
@@ -238,8 +241,7 @@ def _requeue(study: optuna.Study, trial: optuna.Trial) -> None:
     # A gRPC proxy storage has no heartbeat and so no callback of its own: use the same retry.
     retry = getattr(trial.storage, "get_heartbeat_stale_trial_callback", lambda: None)() or retry_callback()
     if frozen.state == TrialState.FAIL and frozen.user_attrs.get("fail_reason") == "interrupted":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with experimental_ok():
             retry(study, frozen)
 
 
@@ -250,9 +252,8 @@ def artifacts_dir(arg: Path | None, url: str, study: optuna.Study) -> Path:
     Workers on several hosts need one shared folder (e.g. NFS) mounted at this path."""
     chosen = arg or os.environ.get(ARTIFACTS_ENV) or study.user_attrs.get(ARTIFACTS_ATTR)
     if not chosen:
-        u = sqlalchemy.make_url(url) if not url.startswith("grpc://") else None
-        db = u.database if u is not None and u.get_backend_name() == "sqlite" else None
-        chosen = Path(db).parent / "artifacts" if db and db != ":memory:" else Path("storage/artifacts")
+        db = sqlite_file(url)
+        chosen = db.parent / "artifacts" if db is not None else Path("storage/artifacts")
     return Path(chosen).expanduser().resolve()
 
 
@@ -293,7 +294,7 @@ def worker_command(
 ) -> list[str]:
     """The `stl-tune worker` command line of one slot (a single slot runs in that process).
     The storage URL travels in the environment, not argv: `ps` shows argv to every user."""
-    cmd = [sys.executable, "-m", "stl_tune.search.run_cli", "worker", "--name", name,
+    cmd = [sys.executable, "-m", "stl_tune", "worker", "--name", name,
            "--trials", str(n_trials), "--artifacts", str(artifacts), "--max-failures", str(max_failures),
            "--worker-index", str(index), "--gpus", "none" if gpu is None else "all", "--workers", "1"]  # fmt: skip
     if data_dir is not None:
