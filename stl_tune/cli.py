@@ -55,6 +55,10 @@ def train(
     if result.status == "diverged":
         typer.echo(f"diverged: the loss became NaN at epoch {result.diverged_epoch}; see {paths[1]}", err=True)
         raise typer.Exit(1)
+    if result.resumed_from_epoch == result.epochs_run:
+        typer.echo(f"{out} holds a finished run: its results again (remove {out / 'checkpoint.pt'} to retrain)")
+    elif result.resumed_from_epoch:
+        typer.echo(f"resumed from epoch {result.resumed_from_epoch} of {out / 'checkpoint.pt'}")
     val = "-" if result.best_val_acc is None else f"{result.best_val_acc:.2%}"
     typer.echo(
         f"{result.status} after {result.epochs_run} epochs in {result.seconds:.0f} s: "

@@ -313,6 +313,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def read_yaml(path: str | Path, what: str = "config file", error: type[UserError] = ConfigError) -> Any:
     """A YAML file's content, loaded safely; a missing or malformed file raises `error`."""
     p = Path(path)
+    if p.is_dir():
+        raise error(f"{p} is a folder, not a {what}")
     if not p.is_file():
         raise error(f"{what} not found: {p}")
     try:

@@ -95,6 +95,7 @@ def _download_stl10(root: Path) -> None:
     """
     target = root / STL10.base_folder
     expected = ", ".join(name for names in STL10_FILES.values() for name in names)
+    missing = ", ".join(n for names in STL10_FILES.values() for n in names if not (target / n).is_file())
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root, prefix=".stl10-download-") as tmp:
@@ -107,7 +108,7 @@ def _download_stl10(root: Path) -> None:
                     os.replace(f, target / f.name)
     except Exception as e:  # no network, proxy, disk full, bad checksum: all end the same way
         raise DataError(
-            f"STL-10 is not in {target} and downloading it failed ({type(e).__name__}: {e}); "
+            f"STL-10 is not in {target} (missing {missing}) and downloading it failed ({type(e).__name__}: {e}); "
             f"download {STL10.url} elsewhere and extract it so that {target} holds {expected}"
         ) from None
 
@@ -150,8 +151,9 @@ def _folder(root: str, image_size: int) -> tuple[Tensor, Tensor, tuple[str, ...]
     if not base.is_dir():
         raise DataError(f"folder dataset not found: {base}")
     class_dirs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not class_dirs:
-        raise DataError(f"{base}: no class sub-folders (expected {base}/<class name>/<image files>)")
+    if len(class_dirs) < 2:
+        raise DataError(f"{base}: a classifier needs at least 2 class sub-folders "
+                        f"({base}/<class name>/<image files>), found {len(class_dirs)}")
     images, labels = [], []
     for label, d in enumerate(class_dirs):
         files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
@@ -229,7 +231,9 @@ def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
         p /= p.sum()
         m = float((p * values).sum())
         mean.append(m)
-        std.append(math.sqrt(max(float((p * values**2).sum()) - m * m, 0.0)))
+        # floor at one grey level: a constant channel (a greyscale dataset's copies, a blank
+        # image set) would otherwise divide by 0 and turn the first loss into NaN
+        std.append(max(math.sqrt(max(float((p * values**2).sum()) - m * m, 0.0)), 1 / 255))
     return tuple(mean), tuple(std)
 
 

@@ -47,6 +47,7 @@ def test_train_end_to_end_writes_every_artefact(fake_dir, tmp_path):
     # the same command again finds the finished checkpoint and does not train anew
     again = runner.invoke(app, ["train", "--data-dir", str(fake_dir), "--out", str(out), *TINY])
     assert again.exit_code == 0 and json.loads((out / "metrics.json").read_text())["resumed_from_epoch"] == 2
+    assert "holds a finished run" in again.output
 
 
 def test_train_reports_divergence(fake_dir, tmp_path, nan_loss):
@@ -64,6 +65,7 @@ def test_train_reports_divergence(fake_dir, tmp_path, nan_loss):
         (["--set", "optim.lr=-1"], "error: optim.lr=-1.0 is out of range"),
         (["--set", "optim.lr"], "error: --set expects key=value"),
         (["--config", "missing.yaml"], "error: config file not found: missing.yaml"),
+        (["--config", "."], "error: . is a folder, not a config file"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, tmp_path):

@@ -1,13 +1,14 @@
 """stl_tune/data.py: STL-10 binary layout, checks, download fallback, folder datasets, splits, cache,
 and the fake-data writer. No network: the downloader is monkeypatched wherever files are missing."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torchvision.datasets import STL10
 from PIL import Image
+from torchvision.datasets import STL10
 
 from stl_tune import data
 from stl_tune.config import DataConfig
@@ -128,6 +129,21 @@ def test_missing_files_offline_is_one_clear_error(tmp_path, no_download):
         assert name in msg
     assert "\n" not in msg  # the CLI prints it as one line
     assert list((tmp_path / "nowhere").iterdir()) == []  # no half-written files left behind
+
+
+def test_offline_error_names_the_missing_file(fake, tmp_path, no_download):
+    partial = tmp_path / "partial"
+    shutil.copytree(fake, partial)
+    (partial / "stl10_binary" / "test_y.bin").unlink()
+    with pytest.raises(DataError, match=r"\(missing test_y.bin\)"):
+        load_data(cfg(partial), seed=0, with_test=True)
+
+
+def test_constant_channels_do_not_divide_by_zero():
+    x = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    x[:, 0] = torch.randint(0, 256, (4, 8, 8), dtype=torch.uint8)  # only red varies
+    mean, std = data.channel_stats(x)
+    assert mean[1] == mean[2] == 0.0 and std[1] == std[2] == 1 / 255 and std[0] > 0.2
 
 
 def test_missing_files_are_downloaded(tmp_path, monkeypatch):
@@ -262,9 +278,12 @@ def test_folder_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no class sub-folders"):
+    with pytest.raises(DataError, match="at least 2 class sub-folders .*found 0"):
         load(tmp_path / "empty")
     (tmp_path / "ds" / "cats").mkdir(parents=True)
+    with pytest.raises(DataError, match="at least 2 class sub-folders .*found 1"):
+        load(tmp_path / "ds")
+    (tmp_path / "ds" / "dogs").mkdir()
     with pytest.raises(DataError, match=r"cats: no images"):
         load(tmp_path / "ds")
     (tmp_path / "ds" / "cats" / "broken.png").write_bytes(b"\x89PNG not really")
