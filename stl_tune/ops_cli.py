@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from stl_tune.errors import UserError
 from stl_tune.search.options import GRACE_ENV, GRACE_PERIOD_S, NameOpt, StorageOpt
 
 app = typer.Typer(no_args_is_help=True)
@@ -24,9 +25,12 @@ def report(
     from stl_tune.report import write_report
     from stl_tune.search.study import describe, open_storage, resolve_study_name
 
-    store = open_storage(storage, heartbeat=False)
+    store = open_storage(storage, heartbeat=False, create=False)
     study = optuna.load_study(study_name=resolve_study_name(name, store), storage=store)
-    page = write_report(study, out, storage=describe(store))
+    try:
+        page = write_report(study, out, storage=describe(store))
+    except OSError as e:  # the folder cannot be made or written (a read-only place, a file in the way)
+        raise UserError(f"cannot write the report to {out}: {e.strerror or e}") from None
     typer.echo(f"wrote {page}")
 
 
@@ -47,7 +51,6 @@ def proxy(
 
     import optuna
 
-    from stl_tune.errors import UserError
     from stl_tune.search.proxy import HeartbeatOnWrite, fail_stale_trials_forever
     from stl_tune.search.study import describe, open_storage, storage_url
 

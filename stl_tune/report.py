@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import html
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,19 +51,30 @@ def _mark_pruned(study: optuna.Study, fig, ax):
 
 
 def _plots(study: optuna.Study) -> Iterator[tuple]:
-    """(file stem, title, plotly figure, matplotlib axes) per plot, or (stem, title, note) if skipped."""
+    """(file stem, title, plotly figure, matplotlib axes) per plot, or (stem, title, note) if skipped.
+    A plot is skipped where it would say nothing (and Optuna would warn that it cannot)."""
     vis, mpl = optuna.visualization, optuna.visualization.matplotlib
-    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    plots = [  # (stem, title, complete trials it needs to say anything, plotly and matplotlib versions)
-        ("history", "Optimization history", 0, vis.plot_optimization_history, mpl.plot_optimization_history),
-        ("intermediate", "Validation accuracy per epoch (dotted: pruned)", 0,
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+
+    def need(n: int) -> str | None:
+        if len(complete) >= n:
+            return None
+        return f"needs {n} complete trial{'s' if n > 1 else ''}, the study has {len(complete)}"
+
+    same = None if len({t.value for t in complete}) > 1 else "every complete trial has the same value"
+    no_epochs = None if any(t.intermediate_values for t in trials) else "no trial has reported an epoch yet"
+    plots = [  # (stem, title, why it is skipped or None, plotly and matplotlib versions)
+        ("history", "Optimization history", need(1), vis.plot_optimization_history, mpl.plot_optimization_history),
+        ("intermediate", "Validation accuracy per epoch (dotted: pruned)", no_epochs,
          vis.plot_intermediate_values, mpl.plot_intermediate_values),
-        ("importances", "Parameter importances", 5, vis.plot_param_importances, mpl.plot_param_importances),
-        ("parallel", "Parallel coordinates", 2, vis.plot_parallel_coordinate, mpl.plot_parallel_coordinate),
+        ("importances", "Parameter importances", need(5) or same, vis.plot_param_importances,
+         mpl.plot_param_importances),
+        ("parallel", "Parallel coordinates", need(2), vis.plot_parallel_coordinate, mpl.plot_parallel_coordinate),
     ]  # fmt: skip
-    for stem, title, need, plot, plot_png in plots:
-        if complete < need:
-            yield stem, title, f"needs {need} complete trials, the study has {complete}"
+    for stem, title, skip, plot, plot_png in plots:
+        if skip:
+            yield stem, title, skip
         elif stem == "intermediate":
             yield stem, title, *_mark_pruned(study, plot(study), plot_png(study))
         else:
@@ -140,7 +152,10 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "") -> 
         ("generated", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
     ]
     sections, first = [], True
-    with experimental_ok():  # optuna.visualization.matplotlib is marked experimental
+    with experimental_ok(), warnings.catch_warnings():  # optuna.visualization.matplotlib is experimental
+        # An axis over equal values (one objective value, a parameter tried at one value): matplotlib
+        # widens it itself, which is all the plot needs.
+        warnings.filterwarnings("ignore", "Attempting to set identical low and high", UserWarning)
         for stem, title, *drawn in _plots(study):
             if isinstance(drawn[0], str):
                 sections.append(f'<h2>{title}</h2><p class="note">Skipped: {html.escape(drawn[0])}.</p>')

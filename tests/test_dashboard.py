@@ -76,3 +76,33 @@ def test_dashboard_serves_study_on_loopback(tmp_path):
             proc.kill()
             out = proc.communicate()[0]
     assert f"http://127.0.0.1:{port}/dashboard" in out and url in out
+
+
+def test_port_in_use_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from stl_tune.cli import app
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    create_or_load_study(StudySpec.from_dict(SPEC), None, url)
+    runner = CliRunner()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = runner.invoke(app, ["dashboard", "--storage", url, "--port", str(port)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert f"error: port {port} on 127.0.0.1 is in use (or not allowed); pass --port" in r.output
+    for bad, why in (("0", "greater than or equal to 1"), ("70000", "less than or equal to 65535")):
+        r = runner.invoke(app, ["dashboard", "--storage", url, "--port", bad])
+        assert r.exit_code == 2 and why in r.output and "Traceback" not in r.output
+
+
+def test_missing_storage_is_not_created(tmp_path):
+    from typer.testing import CliRunner
+
+    from stl_tune.cli import app
+
+    r = CliRunner().invoke(app, ["dashboard", "--storage", f"sqlite:///{tmp_path / 'none' / 'db.sqlite'}"])
+    assert r.exit_code == 2 and "no study storage at" in r.output and "stl-tune run" in r.output
+    assert not (tmp_path / "none").exists()

@@ -1,5 +1,9 @@
 """Export: the chosen or best COMPLETE trial's stored config, set to train on train+validation."""
 
+import os
+import socket
+import subprocess
+
 import optuna
 import pytest
 import yaml
@@ -8,6 +12,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from stl_tune import config
+from stl_tune.search import cli as search_cli
 from stl_tune.search.cli import app
 from stl_tune.search.export import final_config, pick_trial, write_export
 from stl_tune.search.space import StudyError, StudySpec
@@ -101,3 +106,47 @@ def test_export_and_status_commands(study, url, tmp_path):
     create_or_load_study(StudySpec.from_dict(SPEC), "second", url)
     r = runner.invoke(app, ["status", "--storage", url], terminal_width=200)
     assert "second" in r.output and "ex" in r.output and "Best" not in r.output  # a list of studies
+
+
+@pytest.mark.parametrize("command", [["status"], ["export", "-o", "x.yaml"]])
+def test_read_only_commands_create_no_database(command, tmp_path):
+    url = f"sqlite:///{tmp_path / 'none' / 'db.sqlite'}"
+    r = CliRunner().invoke(app, [*command, "--storage", url])
+    assert isinstance(r.exception, StudyError)
+    assert "no study storage at" in str(r.exception) and "stl-tune run" in str(r.exception)
+    assert not (tmp_path / "none").exists()
+
+
+def test_status_names_trials_of_dead_workers(study, url, monkeypatch):
+    from stl_tune.search.workers import DIED, requeue_dead, tally
+
+    host = socket.gethostname()
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    for pid in (dead.pid, os.getpid()):  # the dead worker's trial, and a live one (this process)
+        t = study.ask()
+        t.set_user_attr("status", "running")
+        t.set_user_attr("worker", f"{host}:{pid}")
+    stale = study.ask()  # one a heartbeat check failed: its attrs are as its worker left them
+    stale.set_user_attr("status", "running")
+    study.tell(stale, state=TrialState.FAIL)
+    before = tally(study).failed
+
+    (number,) = requeue_dead(study)  # only the trial of the dead process
+    assert requeue_dead(study) == []  # failed once, queued once
+    trials = study.get_trials()
+    died = trials[number]
+    assert died.state == TrialState.FAIL and died.user_attrs["worker"] == f"{host}:{dead.pid}"
+    assert (died.user_attrs["status"], died.user_attrs["fail_reason"]) == ("died", DIED)
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == number]
+    assert retry.state == TrialState.WAITING and retry.params == died.params
+    assert [t.state for t in trials if t.user_attrs.get("worker") == f"{host}:{os.getpid()}"] == [TrialState.RUNNING]
+    assert tally(study).failed == before + 1
+
+    monkeypatch.setattr(search_cli.console, "width", 250)  # one line per row
+    r = CliRunner().invoke(app, ["status", "--storage", url])
+    assert r.exit_code == 0, r.output
+    cells = [line.split("│")[1:-1] for line in r.output.splitlines()]  # the table's rows
+    notes = {int(row[0]): row[5].strip() for row in cells if row and row[0].strip().isdigit()}
+    assert notes[number] == notes[stale.number] == DIED  # not "running"
+    assert notes[retry.number] == f"retry of trial {number}"

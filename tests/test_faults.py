@@ -80,6 +80,65 @@ def test_killed_worker_trial_resumes_from_its_checkpoint(tmp_path, tiny_study, w
     assert not any(artifacts.iterdir())
 
 
+def _run_cmd(study_file: Path, name: str, n: int, workers: int, url: str, artifacts: Path) -> list[str]:
+    return [*STL_TUNE, "run", "--study", str(study_file), "--name", name, "--trials", str(n), "--workers",
+            str(workers), "--gpus", "none", "--storage", url, "--artifacts", str(artifacts)]  # fmt: skip
+
+
+def _check_resumed(study: optuna.Study, victim: FrozenTrial) -> None:
+    """The killed trial failed as "worker died"; its retry finished from the dead one's checkpoint."""
+    killed = study.trials[victim.number]
+    assert killed.state == TrialState.FAIL
+    assert (killed.user_attrs["status"], killed.user_attrs["fail_reason"]) == ("died", "worker died")
+    (retry,) = [t for t in study.trials if t.system_attrs.get("retry_history") == [victim.number]]
+    assert retry.state == TrialState.COMPLETE and retry.params == victim.params
+    assert retry.user_attrs["resumed_from_epoch"] == killed.user_attrs["checkpoint"]["epoch"] >= 1
+
+
+@pytest.mark.slow
+def test_run_requeues_a_killed_workers_trial_at_once(tmp_path, tiny_study, worker_env):
+    """Without waiting for the heartbeat's grace period (120 s here: the run's timeout is shorter)."""
+    n, name, url, artifacts = 2, "reap", f"sqlite:///{tmp_path}/study.db", tmp_path / "artifacts"
+    cmd = _run_cmd(_study_file(tmp_path, tiny_study, epochs=12), name, n, 2, url, artifacts)
+    run = subprocess.Popen(cmd, env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"}, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    victim = _wait_for_checkpoint(url, name, [run])
+    pid = int(victim.user_attrs["worker"].rpartition(":")[2])
+    os.kill(pid, signal.SIGKILL)
+    out, _ = run.communicate(timeout=90)
+    assert run.returncode == 0, out
+    assert re.search(rf"worker w\d \(pid {pid}\) died \(signal 9\); trial {victim.number} queued to resume", out), out
+    assert "Traceback" not in out
+    assert re.search(r"\[w\d\] trial \d+ complete 0\.\d{4} after 12 epochs\n", out), out  # one short line per trial
+    assert not re.search(r"\[w\d\] \[I ", out)  # instead of Optuna's INFO lines
+    study = optuna.load_study(study_name=name, storage=url)
+    assert len(_finished(study)) == n
+    _check_resumed(study, victim)
+    assert not any(artifacts.iterdir())
+
+
+@pytest.mark.slow
+def test_rerun_requeues_the_trial_of_a_dead_run_on_this_host(tmp_path, tiny_study, worker_env):
+    """`run` and its worker both killed (a closed terminal, a reboot): the next run on this host
+    re-queues the orphaned RUNNING trial at once instead of waiting out the grace period."""
+    n, name, url, artifacts = 1, "orphan", f"sqlite:///{tmp_path}/study.db", tmp_path / "artifacts"
+    cmd = _run_cmd(_study_file(tmp_path, tiny_study, epochs=12), name, n, 1, url, artifacts)
+    env = {**worker_env, "STL_TUNE_GRACE_PERIOD": "120"}
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = _wait_for_checkpoint(url, name, [run])
+    run.kill()  # the parent first: it would re-queue its child's trial itself
+    run.wait()
+    os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"queued trial {victim.number} of dead workers on this host to resume" in again.stdout
+    assert ": 1 trial, 1 worker (CPU)," in again.stdout
+    study = optuna.load_study(study_name=name, storage=url)
+    assert len(_finished(study)) == n
+    _check_resumed(study, victim)
+
+
 @pytest.mark.slow
 def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(tmp_path, tiny_study, worker_env):
     n, name, url, artifacts = 3, "sigint", f"sqlite:///{tmp_path}/study.db", tmp_path / "artifacts"
@@ -92,6 +151,7 @@ def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(tmp_path, tiny_study, w
     run.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
     out, _ = run.communicate(timeout=120)
     assert run.returncode == 130, out
+    assert "Traceback" not in out  # an interrupted trial is one line, not Optuna's traceback
     study = optuna.load_study(study_name=name, storage=url)
     failed = study.get_trials(states=(TrialState.FAIL,))
     interrupted = [t for t in failed if t.user_attrs["fail_reason"] == "interrupted"]

@@ -3,6 +3,7 @@ pruning, failures, and an exact resume from the artifact store after an interrup
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import optuna
@@ -85,7 +86,10 @@ def test_failing_trial_is_recorded_and_the_worker_goes_on(setup, monkeypatch):
     assert failed.user_attrs["status"] == "failed" and "config" in failed.user_attrs
 
 
-def test_interrupted_trial_resumes_from_its_checkpoint_exactly(setup, tiny_study, monkeypatch):
+@pytest.mark.parametrize("lag", [0, 1], ids=["checkpoint-at-interrupt", "checkpoint-an-epoch-earlier"])
+def test_interrupted_trial_resumes_from_its_checkpoint_exactly(setup, tiny_study, monkeypatch, lag):
+    """lag 1: epoch 2 was reported but not checkpointed (runtime.checkpoint_interval_s), so the
+    retry trains and reports epoch 2 again: once, without Optuna's "already reported" warning."""
     tiny_study["fixed"]["optim"]["epochs"] = 3
     spec = StudySpec.from_dict(tiny_study)
     _, study, artifacts = setup
@@ -93,6 +97,8 @@ def test_interrupted_trial_resumes_from_its_checkpoint_exactly(setup, tiny_study
 
     def interrupted_after_epoch_2(cfg, on_epoch_end, **kw):
         def cb(m):
+            if m.epoch > 2 - lag:
+                m.checkpointed = False  # as if the checkpoint interval had not passed yet
             stop = on_epoch_end(m)  # reports and uploads the epoch's checkpoint first
             if m.epoch == 2:
                 raise KeyboardInterrupt  # as a Ctrl-C between two epochs would
@@ -109,18 +115,23 @@ def test_interrupted_trial_resumes_from_its_checkpoint_exactly(setup, tiny_study
 
     first, retry = study.trials  # the worker queued a retry of the interrupted trial
     assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
-    assert first.user_attrs["checkpoint"]["epoch"] == 2 and len(list(artifacts.iterdir())) == 1
+    assert first.user_attrs["checkpoint"]["epoch"] == 2 - lag and len(list(artifacts.iterdir())) == 1
+    assert len(first.intermediate_values) == 2
     assert retry.state == TrialState.WAITING
 
-    work(study, Objective(spec, artifacts), 1)  # the next run
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        work(study, Objective(spec, artifacts), 1)  # the next run
+    assert not [w for w in caught if "already reported" in str(w.message)]
     study.enqueue_trial(params)
     study.optimize(Objective(spec, artifacts), n_trials=1)  # the same trial, never interrupted
 
     _, resumed, reference = study.trials
     assert resumed.state == TrialState.COMPLETE and resumed.params == params
     assert resumed.system_attrs["retry_history"] == [first.number]
-    assert resumed.user_attrs["resumed_from_epoch"] == 2
+    assert resumed.user_attrs["resumed_from_epoch"] == 2 - lag
     assert resumed.user_attrs["curve"][:2] == first.user_attrs["curve"]
     assert resumed.user_attrs["curve"] == reference.user_attrs["curve"]  # exact resume
+    assert resumed.intermediate_values == reference.intermediate_values  # each epoch reported once
     assert resumed.value == reference.value
     assert not any(artifacts.iterdir())  # the finished trial's checkpoint was removed

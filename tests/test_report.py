@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import logging
 import re
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -143,3 +145,56 @@ def test_unknown_study_is_one_line_naming_the_studies(tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "nope" in result.output and "demo" in result.output  # names the studies there
     assert not (tmp_path / "r").exists()
+
+
+def _quiet_report(url: str, out: Path) -> str:
+    """Run `report`; its output, after checking that neither Python nor Optuna's logger warned."""
+    records: list[logging.LogRecord] = []
+    catcher = logging.Handler(logging.WARNING)
+    catcher.emit = records.append
+    logging.getLogger("optuna").addHandler(catcher)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = CliRunner().invoke(app, ["report", "--storage", url, "-o", str(out)])
+    finally:
+        logging.getLogger("optuna").removeHandler(catcher)
+    assert result.exit_code == 0, result.output
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []  # plotting's
+    assert [r.getMessage() for r in records] == []
+    return (out / "index.html").read_text()
+
+
+def test_study_without_complete_trials_reports_quietly(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    make_study(url, complete=0)  # two pruned trials (with epochs) and a failed one
+    page = _quiet_report(url, tmp_path / "report")
+    assert page.count("Skipped: needs") == 3 and "needs 1 complete trial," in page  # history too
+    assert (tmp_path / "report" / "intermediate.png").is_file()  # the pruned trials' curves
+    assert not (tmp_path / "report" / "history.png").exists()
+
+
+def test_parameter_tried_at_one_value_draws_quietly(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="flat", storage=url, direction="maximize")
+    for i in range(3):  # model.width stays 8: an axis from 8 to 8 in the parallel coordinates
+        params = {"optim.lr": 10.0 ** -(i + 2), "model.width": 8, "optim.name": "sgd"}
+        study.add_trial(create_trial(value=0.1 * i, params=params, distributions=DISTRIBUTIONS))
+    page = _quiet_report(url, tmp_path / "report")
+    assert "Skipped" in page and "parallel.png" in page  # importances skipped (3 trials), parallel drawn
+
+
+def test_unwritable_output_is_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    make_study(url, complete=1)
+    (tmp_path / "file").write_text("")
+    result = CliRunner().invoke(app, ["report", "--storage", url, "-o", str(tmp_path / "file" / "report")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "cannot write the report to" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_missing_storage_is_not_created(tmp_path):
+    url = f"sqlite:///{tmp_path / 'none' / 'study.db'}"
+    result = CliRunner().invoke(app, ["report", "--storage", url, "-o", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "no study storage at" in result.output
+    assert not (tmp_path / "none").exists() and not (tmp_path / "r").exists()

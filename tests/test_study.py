@@ -75,6 +75,14 @@ def test_sqlite_storage_created_on_demand_in_wal_mode(tmp_path):
     assert S.open_storage(sqlite_url(tmp_path), heartbeat=False).heartbeat_interval is None
 
 
+def test_readers_do_not_create_a_storage(tmp_path):
+    with pytest.raises(StudyError, match=r"no study storage at .*db\.sqlite; start a search with `stl-tune run`"):
+        S.open_storage(sqlite_url(tmp_path), heartbeat=False, create=False)
+    assert not (tmp_path / "deep").exists()  # neither the file nor its folders
+    S.open_storage(sqlite_url(tmp_path))  # a worker creates it; then readers open it
+    assert S.open_storage(sqlite_url(tmp_path), heartbeat=False, create=False).heartbeat_interval is None
+
+
 def test_heartbeat_settings_come_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(S.HEARTBEAT_ENV, "7")
     monkeypatch.setenv(S.GRACE_ENV, "21")

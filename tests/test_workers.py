@@ -12,7 +12,9 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from typer.testing import CliRunner
 
+from stl_tune.cli import app
 from stl_tune.search import objective as objective_module
 from stl_tune.search.objective import Objective
 from stl_tune.search.space import StudySpec
@@ -143,3 +145,31 @@ def test_hopeless_study_stops_with_the_last_reason(tmp_path, tiny_study, monkeyp
     monkeypatch.undo()  # the cause is fixed: a new run is not stopped by the old failures
     work(study, Objective(spec, tmp_path / "artifacts"), 1, max_failures=3)
     assert _states(study) == {"FAIL": 3, "COMPLETE": 1}
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [(["--trials", "2", "--gpus", "7"], "no GPU 7 here"), (["--trials", "2", "--gpus", "abc"], "--gpus must be"),
+     ([], "has no trial budget yet; pass --trials N")],  # fmt: skip
+)
+def test_bad_run_arguments_leave_no_study_behind(args, needle, tmp_path, tiny_study):
+    study_file = tmp_path / "tiny.yaml"
+    study_file.write_text(yaml.safe_dump(tiny_study))
+    url = f"sqlite:///{tmp_path}/s.db"
+    r = CliRunner().invoke(app, ["run", "--study", str(study_file), "--storage", url, *args])
+    assert r.exit_code == 2 and needle in r.output, r.output
+    assert not (tmp_path / "s.db").exists() or optuna.get_all_study_names(url) == []
+
+
+def test_run_and_worker_with_the_budget_reached_do_nothing(tmp_path, tiny_study):
+    study_file = tmp_path / "tiny.yaml"
+    study_file.write_text(yaml.safe_dump(tiny_study))
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = create_or_load_study(StudySpec.from_dict(tiny_study), None, url)
+    for value in (0.2, 0.3):
+        study.add_trial(optuna.create_trial(value=value, params={}, distributions={}))
+    for cmd in (["run", "--study", str(study_file)], ["worker", "--name", "tiny", "--gpus", "none"]):
+        r = CliRunner().invoke(app, [*cmd, "--storage", url, "--trials", "1"])
+        assert r.exit_code == 0, r.output
+        assert "study tiny already has 2 finished trials (budget 1); nothing to do" in r.output
+    assert len(study.trials) == 2 and "n_trials" not in study.user_attrs  # nothing ran, nothing changed

@@ -33,10 +33,16 @@ def _fmt(v: Any) -> str:
 
 
 def _trial_row(t: FrozenTrial) -> list[str]:
+    from stl_tune.search.workers import fail_reason
+
     epochs = t.user_attrs.get("epochs_run", len(t.intermediate_values))  # live trials: reports so far
     seconds = t.user_attrs.get("seconds", t.duration.total_seconds() if t.duration else None)
-    note = t.user_attrs.get("fail_reason") or t.user_attrs.get("status", "")
     state = t.state.name
+    if state == "WAITING":  # a retry carries the attrs of the trial it retries: say which that was
+        retried = t.system_attrs.get("retry_history")
+        note = f"retry of trial {retried[-1]}" if retried else "queued"
+    else:
+        note = fail_reason(t) or t.user_attrs.get("status", "")
     return [
         str(t.number),
         f"[{_STATE_STYLE.get(state, '')}]{state}[/]",
@@ -70,7 +76,7 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     from stl_tune.search.space import StudyError
     from stl_tune.search.study import CONFIG_ATTR, describe, load_study, open_storage
 
-    store = open_storage(storage, heartbeat=False)
+    store = open_storage(storage, heartbeat=False, create=False)
     try:
         study, spec = load_study(name, store)
     except StudyError:  # without --name, a storage of several studies (or none): list them
@@ -110,17 +116,25 @@ def dashboard(
         str, typer.Option(help="Interface to bind. 0.0.0.0 exposes the study (and its delete buttons) "
                           "to the network, without authentication.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8080,
 ) -> None:
     """Serve optuna-dashboard (live plots of every study) on the same storage."""
+    import socket
+
     import optuna_dashboard
 
+    from stl_tune.errors import UserError
     from stl_tune.search.study import describe, open_storage
 
-    store = open_storage(storage, heartbeat=False)
+    store = open_storage(storage, heartbeat=False, create=False)
     url = f"http://{host}:{port}/dashboard"
     console.print(f"optuna-dashboard on {url} for {describe(store)} (Ctrl-C stops it)", soft_wrap=True)
-    optuna_dashboard.run_server(store, host=host, port=port)
+    try:
+        optuna_dashboard.run_server(store, host=host, port=port)
+    except socket.gaierror as e:  # before OSError: it is a subclass
+        raise UserError(f"--host {host}: {e.strerror}") from None
+    except OSError:  # binding failed: the port is taken, or privileged (below 1024)
+        raise UserError(f"port {port} on {host} is in use (or not allowed); pass --port") from None
 
 
 @app.command()
@@ -136,7 +150,7 @@ def export(
     from stl_tune.search.export import write_export
     from stl_tune.search.study import load_study, open_storage
 
-    study, spec = load_study(name, open_storage(storage, heartbeat=False))
+    study, spec = load_study(name, open_storage(storage, heartbeat=False, create=False))
     t = write_export(study, trial, output)
     console.print(
         f"Wrote trial {t.number} of study '{study.study_name}' ({spec.objective} = {t.value:.4f}) "

@@ -21,8 +21,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import os
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from optuna.trial import FrozenTrial
 from stl_tune import config as C
 from stl_tune.search.space import StudySpec, suggest_config
 from stl_tune.search.study import CONFIG_ATTR, experimental_ok
+from stl_tune.search.workers import worker_id
 from stl_tune.train import EpochMetrics, train
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ class Objective:
         # Local checkpoint files: the trainer writes here (atomically), we upload from here.
         self._tmp = tempfile.TemporaryDirectory(prefix="stl-tune-")
         self.workdir = Path(self._tmp.name)
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker = worker_id()
 
     def config(self, trial: optuna.Trial) -> C.TrainConfig:
         cfg = suggest_config(trial, self.spec)
@@ -165,10 +164,10 @@ class Objective:
         trial.set_user_attr("resumed_from_epoch", epoch)
         curve = list(previous.user_attrs.get("curve") or [])[:epoch] if previous is not None else []
         trial.set_user_attr("curve", curve)
-        reported = frozen.intermediate_values
-        for step, value in enumerate(curve, 1):  # the pruner compares whole curves
-            if step not in reported:
-                trial.report(value, step)
+        # The epochs taken over, for the pruner, which compares whole curves. Only those: the retry
+        # inherits no reports (study.retry_callback), since the epochs after the checkpoint run again.
+        for step, value in enumerate(curve, 1):
+            trial.report(value, step)
         return curve
 
     def _drop_checkpoint(self, trial: optuna.Trial) -> None:

@@ -17,7 +17,7 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
 
 Study = Annotated[Path | None, typer.Option("--study", help="Study file (search space, sampler, pruner).", show_default="studies/seed.yaml")]
 Name = Annotated[str | None, typer.Option(help="Study name.", show_default="the study file's name")]
-Trials = Annotated[int | None, typer.Option("--trials", min=1, help="Finished (complete or pruned) trials the study should have, counting those it has.", show_default="the study's budget from `run`")]
+Trials = Annotated[int | None, typer.Option("--trials", min=1, help="Finished (complete or pruned) trials the study should have, counting those it has; required for a new study.", show_default="the study's stored budget")]
 Gpus = Annotated[str, typer.Option(help="GPUs to use: all, none, or indices like 0,1 (all on a machine without GPUs: CPU workers).")]
 PerGpu = Annotated[int, typer.Option(min=1, help="Worker processes (trials at once) per GPU.")]
 Workers = Annotated[int | None, typer.Option(min=1, help="CPU worker processes when no GPU is used.", show_default="1")]
@@ -47,12 +47,15 @@ def run(
     from stl_tune.search.space import default_study_file, load_study_file
 
     spec = load_study_file(study_file if study_file is not None else default_study_file())
+    slots = W.plan_slots(gpus, workers_per_gpu, workers)  # every check before the study is created
     data_cfg = config.from_dict(None, {**spec.fixed, **({"data.dir": str(_abs(data_dir))} if data_dir else {})}).data
     ensure_downloaded(data_cfg)  # once here, not in every worker at the same time
     url = S.storage_url(storage)
-    study = S.create_or_load_study(spec, name, S.open_storage(url, heartbeat=False))
-    n_trials = _budget(trials, study)
-    slots = W.plan_slots(gpus, workers_per_gpu, workers)
+    store = S.open_storage(url, heartbeat=False)
+    name = name or spec.name
+    n_trials = trials or _stored_budget(store, name)
+    study = S.create_or_load_study(spec, name, store)
+    _stop_if_done(study, n_trials)
     art = W.artifacts_dir(artifacts, url, study)
     study.set_user_attr(W.N_TRIALS_ATTR, n_trials)
     study.set_user_attr(W.ARTIFACTS_ATTR, str(art))
@@ -83,32 +86,69 @@ def worker(
     slots = W.plan_slots(gpus, workers_per_gpu, workers)
     if len(slots) > 1 or (slots[0] is not None and torch.cuda.device_count() > 1):
         study, _ = S.load_study(name, S.open_storage(url, heartbeat=False))
+        n_trials = trials or _stored_budget(study._storage, study.study_name)
+        _stop_if_done(study, n_trials)
         art = W.artifacts_dir(artifacts, url, study)
-        code = W.launch(study, url, slots, _budget(trials, study), artifacts=art, data_dir=_abs(data_dir),
+        code = W.launch(study, url, slots, n_trials, artifacts=art, data_dir=_abs(data_dir),
                         max_failures=max_failures, first_index=worker_index)  # fmt: skip
         raise typer.Exit(code)
 
+    import optuna
+
     from stl_tune.search.objective import Objective
 
+    # Optuna's INFO line per trial (full-precision params) would bury the output: one short line instead.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, spec = S.load_study(name, S.open_storage(url, heartbeat=True), worker=worker_index)
-    n_trials = _budget(trials, study)
+    n_trials = trials or _stored_budget(study._storage, study.study_name)
+    _stop_if_done(study, n_trials)
+    W.requeue_dead_here(study)  # of an earlier run on this host: no need to wait for the heartbeat
     overrides = {"data.dir": str(_abs(data_dir))} if data_dir is not None else {}
     objective = Objective(spec, W.artifacts_dir(artifacts, url, study), overrides)
     try:
-        t = W.work(study, objective, n_trials, max_failures=max_failures)
+        t = W.work(study, objective, n_trials, max_failures=max_failures, callbacks=[_trial_line])
     except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
         typer.echo("interrupted: this worker's trial is queued to resume", err=True)
         raise typer.Exit(130) from None
     typer.echo(f"study {study.study_name}: {t.finished}/{n_trials} trials finished")
 
 
-def _budget(trials: int | None, study) -> int:
+def _stored_budget(storage, name: str) -> int:
+    """The budget a previous `run` stored for study `name`; a UserError (before anything is
+    created) when there is none."""
     from stl_tune.search.workers import N_TRIALS_ATTR
 
-    n = trials or study.user_attrs.get(N_TRIALS_ATTR)
+    try:
+        n = storage.get_study_user_attrs(storage.get_study_id_from_name(name)).get(N_TRIALS_ATTR)
+    except KeyError:  # no such study yet
+        n = None
     if not n:
-        raise UserError(f"study '{study.study_name}' has no trial budget yet; pass --trials N")
+        raise UserError(f"study '{name}' has no trial budget yet; pass --trials N")
     return int(n)
+
+
+def _stop_if_done(study, n_trials: int) -> None:
+    from stl_tune.search.workers import plural, tally
+
+    finished = tally(study).finished
+    if finished >= n_trials:
+        typer.echo(f"study {study.study_name} already has {plural(finished, 'finished trial')} "
+                   f"(budget {n_trials}); nothing to do")  # fmt: skip
+        raise typer.Exit(0)
+
+
+def _trial_line(study, trial) -> None:
+    """One line per trial this worker ran (surplus claims say nothing)."""
+    from stl_tune.search.workers import fail_reason
+
+    reason = fail_reason(trial)
+    if reason == "surplus":
+        return
+    value = f" {trial.value:.4f}" if trial.value is not None else ""
+    note = f" ({reason})" if reason else ""
+    epochs = trial.user_attrs.get("epochs_run")
+    after = f" after {epochs} epochs" if epochs else ""
+    typer.echo(f"trial {trial.number} {trial.state.name.lower()}{value}{after}{note}")
 
 
 def _abs(path: Path | None) -> Path | None:

@@ -342,7 +342,8 @@ class _Validator:
         for k in options:
             if k not in allowed:
                 valid = ", ".join(allowed) or "none"
-                raise self.fail(f"{key}.{k}", f"unknown option for {name}; valid: {valid}")
+                hint = config.nearest_key(str(k), allowed)
+                raise self.fail(f"{key}.{k}", f"unknown option for {name}{hint}; valid: {valid}")
         if name == "hyperband" and "max_resource" not in options:
             # One resource unit = one epoch (the objective reports once per epoch); a searched
             # epoch count leaves Optuna to infer it from the first finished trial.

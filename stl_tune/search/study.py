@@ -108,8 +108,10 @@ def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
 
 def retry_callback() -> RetryHeartbeatStaleTrialCallback:
     """What happens to a trial whose worker died or was interrupted: a new trial with the same
-    params, its intermediate values and user attrs, that resumes from the dead one's checkpoint."""
-    return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True)
+    params and user attrs, that resumes from the dead one's checkpoint. Its intermediate values
+    are not inherited: the dead trial may have reported epochs past its last checkpoint, which the
+    retry trains (and reports) again; the objective reports the epochs up to the checkpoint."""
+    return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 
 
 def open_storage(
@@ -118,15 +120,18 @@ def open_storage(
     heartbeat: bool = True,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
+    create: bool = True,
 ) -> BaseStorage:
     """The Optuna storage behind `url` (see storage_url), or a one-line StudyError.
 
     heartbeat: workers pass True so a trial whose process died is failed after `grace_period`
-    seconds and re-queued as a new WAITING trial with the same params, user attrs and reported
-    epochs (RetryHeartbeatStaleTrialCallback.retried_trial_number(trial) names the original, whose
-    checkpoint the objective can resume). Readers (status, export, dashboard) pass False.
+    seconds and re-queued as a new WAITING trial with the same params and user attrs
+    (RetryHeartbeatStaleTrialCallback.retried_trial_number(trial) names the original, whose
+    checkpoint the objective resumes; see retry_callback). Readers (status, export, dashboard) pass False.
     heartbeat_interval, grace_period (seconds): default $STL_TUNE_HEARTBEAT_INTERVAL and
     $STL_TUNE_GRACE_PERIOD, else HEARTBEAT_INTERVAL_S and GRACE_PERIOD_S.
+    create: False for readers, which must not leave an empty database (and its folders) behind
+    where a SQLite URL names no file.
     """
     url = storage_url(url)
     shown = mask_url(url)
@@ -142,6 +147,8 @@ def open_storage(
         u = sqlalchemy.make_url(url)
         db = sqlite_file(url)
         lock: Any = contextlib.nullcontext()
+        if db is not None and not create and not db.is_file():
+            raise StudyError(f"no study storage at {db}; start a search with `stl-tune run`")
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
             # RDBStorage creates its tables and stamps their schema version check-then-write:

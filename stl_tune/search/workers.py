@@ -22,11 +22,13 @@ Dead workers: each RUNNING trial has a heartbeat (study.open_storage); a trial s
 period is failed and re-queued as WAITING by RetryHeartbeatStaleTrialCallback, and the objective
 resumes it from its last checkpoint. Optuna checks for stale trials only when a worker asks for
 a trial, so a worker that is waiting in (1) checks too; otherwise the last live workers could wait
-forever on a dead one's RUNNING trial.
+forever on a dead one's RUNNING trial. Deaths seen on this host need no grace period: `launch`
+re-queues the trials of a worker process that exits abnormally at once, and a worker starting up
+those of dead processes of this host (requeue_dead), e.g. of a run whose terminal was closed.
 
 Ctrl-C / SIGTERM: the parent forwards the signal once; each worker fails its trial with
 fail_reason "interrupted" and re-queues it through the same retry callback (it resumes from its
-checkpoint on the next run), then exits. A second Ctrl-C kills the workers; heartbeats then clean up.
+checkpoint on the next run), then exits. A second Ctrl-C kills the workers and re-queues their trials.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ import logging
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -60,7 +63,9 @@ from stl_tune.search.study import describe, experimental_ok, retry_callback, sql
 N_TRIALS_ATTR = "n_trials"  # study user attr: the budget set by `stl-tune run --trials`
 ARTIFACTS_ATTR = "artifacts"  # study user attr: artifact folder chosen at `run` (same host workers)
 ARTIFACTS_ENV = "STL_TUNE_ARTIFACTS"
+PARENT_ENV = "STL_TUNE_LAUNCHED_BY"  # set by launch for its children: the pid of the process that reaps them
 NOT_AN_ERROR = (None, "surplus", "interrupted")  # fail reasons that say nothing about the study
+DIED = "worker died"  # fail reason of a trial whose worker process died (or stopped its heartbeats)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_S = 1.0  # how often a waiting worker and the live view re-read the study
 
@@ -78,7 +83,7 @@ class Tally:
     trials: int = 0  # all of them, surplus and interrupted ones too
     complete: int = 0
     pruned: int = 0
-    failed: int = 0  # errors and divergence (not surplus or interrupted trials)
+    failed: int = 0  # errors, divergence and dead workers (not surplus or interrupted trials)
     running: int = 0
     waiting: int = 0
     failure_streak: int = 0  # trials that ended most recently and all failed with an error
@@ -90,6 +95,15 @@ class Tally:
         return self.complete + self.pruned
 
 
+def fail_reason(trial: FrozenTrial) -> str | None:
+    """Why a trial failed: its fail_reason, or DIED for one failed by a heartbeat check, which
+    leaves the attrs as the dead worker wrote them (status still "running")."""
+    reason = trial.user_attrs.get("fail_reason")
+    if reason is None and trial.state == TrialState.FAIL and trial.user_attrs.get("status") == "running":
+        return DIED
+    return reason
+
+
 def tally(study: optuna.Study, since: datetime | None = None) -> Tally:
     """Counts of the study's trials; the failure streak only among trials started after `since`
     (a worker's start), so a re-run after fixing the cause is not stopped by old failures."""
@@ -97,7 +111,7 @@ def tally(study: optuna.Study, since: datetime | None = None) -> Tally:
     t = Tally(trials=len(trials))
     ended = []
     for tr in trials:
-        reason = tr.user_attrs.get("fail_reason")
+        reason = fail_reason(tr)
         if tr.state == TrialState.COMPLETE:
             t.complete += 1
         elif tr.state == TrialState.PRUNED:
@@ -117,7 +131,7 @@ def tally(study: optuna.Study, since: datetime | None = None) -> Tally:
         if tr.state != TrialState.FAIL:
             break
         t.failure_streak += 1
-        t.last_failure = t.last_failure or tr.user_attrs["fail_reason"]
+        t.last_failure = t.last_failure or fail_reason(tr)
     done = [tr for tr in trials if tr.state == TrialState.COMPLETE]
     if done:  # from the trials at hand: study.best_trial would query the storage again
         pick = max if study.direction == StudyDirection.MAXIMIZE else min
@@ -177,12 +191,15 @@ def work(
     *,
     max_failures: int = 5,
     poll_s: float = POLL_S,
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None,
 ) -> Tally:
     """Run trials in this process until the study has `n_trials` finished ones (see module doc).
+    callbacks: study.optimize's, called after each trial.
 
     Raises StudyStopped when the last `max_failures` trials failed, KeyboardInterrupt on a signal.
     """
     current: list[optuna.Trial] = []
+    interrupted: list[bool] = []
     started = datetime.now()  # Optuna's timestamps are local time too
     with _Stop() as stop:
 
@@ -197,7 +214,8 @@ def work(
                     return objective(trial)
             except KeyboardInterrupt:  # also before the objective began: _requeue looks for this
                 trial.set_user_attr("fail_reason", "interrupted")
-                raise
+                interrupted.append(True)
+                return math.nan  # FAIL too; raised, Optuna would log it with a 25-line traceback
 
         while not stop.requested:
             t = tally(study, since=started)
@@ -215,15 +233,14 @@ def work(
                 continue
             current.clear()
             try:
-                study.optimize(budgeted, n_trials=1, catch=(Exception,))
-            except KeyboardInterrupt:
-                if current:
-                    _requeue(study, current[0])
-                raise
+                study.optimize(budgeted, n_trials=1, catch=(Exception,), callbacks=callbacks)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # Our heartbeats missed the grace period (a stalled disk or network) and another
                 # worker failed the trial and queued its retry: that retry carries on; so do we.
                 log.warning("trial %s was failed as stale by another worker; going on", current[0].number if current else "?")
+            if interrupted:
+                _requeue(study, current[0])
+                raise KeyboardInterrupt
         raise KeyboardInterrupt
 
 
@@ -237,12 +254,73 @@ def fail_stale_trials(study: optuna.Study) -> None:
 def _requeue(study: optuna.Study, trial: optuna.Trial) -> None:
     """Queue a retry of an interrupted trial (Optuna has told it FAIL), which resumes from its
     checkpoint: the retry callback that heartbeats use for dead workers' trials."""
-    frozen = trial.storage.get_trial(trial._trial_id)
-    # A gRPC proxy storage has no heartbeat and so no callback of its own: use the same retry.
-    retry = getattr(trial.storage, "get_heartbeat_stale_trial_callback", lambda: None)() or retry_callback()
+    frozen = study._storage.get_trial(trial._trial_id)
     if frozen.state == TrialState.FAIL and frozen.user_attrs.get("fail_reason") == "interrupted":
-        with experimental_ok():
-            retry(study, frozen)
+        _retry(study, frozen)
+
+
+def _retry(study: optuna.Study, failed: FrozenTrial) -> None:
+    # A gRPC proxy or a reader's storage has no heartbeat and so no callback of its own: the same retry.
+    storage = study._storage
+    with experimental_ok():
+        retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)() or retry_callback()
+        retry(study, failed)
+
+
+def worker_id() -> str:
+    """host:pid, the "worker" user attr of the trials this process runs (objective.Objective)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def requeue_dead(study: optuna.Study, pids: Collection[int] | None = None) -> list[int]:
+    """Fail the RUNNING trials of dead worker processes of this host (fail_reason DIED) and queue
+    their retries at once, rather than after the heartbeat's grace period; the failed trials' numbers.
+
+    pids: processes known to have died (launch's children); None: every process of this host that
+    no longer exists. Trials of other hosts are left to the heartbeat. (Containers that share the
+    host's name but not its process table, e.g. Docker's --network host, must not share a study
+    with the host's workers: their processes look dead from each other.)
+    """
+    host = socket.gethostname()
+    done = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        where, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if where != host or not pid.isdigit():
+            continue
+        dead = int(pid) in pids if pids is not None else not _alive(int(pid))
+        if not dead:
+            continue
+        try:  # a finished trial is refused: of processes that do this at once, one fails it and retries
+            study._storage.set_trial_user_attr(t._trial_id, "status", "died")
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", DIED)
+            if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # a heartbeat check or another worker was first
+            continue
+        _retry(study, study._storage.get_trial(t._trial_id))
+        done.append(t.number)
+    return done
+
+
+def requeue_dead_here(study: optuna.Study, console: Console | None = None) -> None:
+    """requeue_dead once per start on a host: by the process that launches workers, or by a worker
+    started on its own; not by launched siblings, which would race for the same trials (SQLite has
+    no row locks to make that safe)."""
+    if os.environ.get(PARENT_ENV):
+        return
+    requeued = requeue_dead(study)
+    if requeued:
+        (console or Console()).print(f"queued {_numbers(requeued)} of dead workers on this host to resume")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
 
 
 # ------------------------------------------------------------------------------ worker processes
@@ -321,10 +399,11 @@ def launch(
     terminal's Ctrl-C reaches only this process, which forwards it once (see module doc).
     """
     console = console or Console()
+    requeue_dead_here(study, console)
     threads = max(1, len(os.sched_getaffinity(0)) // len(slots))
     procs: list[subprocess.Popen] = []
     for i, gpu in enumerate(slots):
-        env = {**os.environ, "STL_TUNE_STORAGE": storage_url, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "STL_TUNE_STORAGE": storage_url, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}
         env.setdefault("OMP_NUM_THREADS", str(threads))
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -333,13 +412,14 @@ def launch(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         ))  # fmt: skip
     where = ", ".join(f"GPU {g}" if g is not None else "CPU" for g in slots)
-    console.print(f"study {study.study_name} in {describe(study._storage)}: {n_trials} trials, "
-                  f"{len(slots)} workers ({where}), artifacts in {artifacts}", soft_wrap=True)  # fmt: skip
+    console.print(f"study {study.study_name} in {describe(study._storage)}: {plural(n_trials, 'trial')}, "
+                  f"{plural(len(slots), 'worker')} ({where}), artifacts in {artifacts}", soft_wrap=True)  # fmt: skip
 
     # Signals only set a flag here; the loop below acts on them (forward once, then kill).
     signals: list[int] = []
     handlers = {s: signal.signal(s, lambda signum, frame: signals.append(signum)) for s in STOP_SIGNALS}
     forwarded = 0
+    reaped: set[int] = set()  # indices of workers whose exit was dealt with
     try:
         with Live(_view(study, n_trials, procs), console=console, refresh_per_second=2) as live:
             readers = [
@@ -360,7 +440,9 @@ def launch(
                         for p in procs:
                             p.kill()
                     forwarded = len(signals)
+                _reap(study, procs, reaped, first_index, live.console, expected=130 if forwarded else 0)
                 live.update(_view(study, n_trials, procs))
+            _reap(study, procs, reaped, first_index, live.console, expected=130 if forwarded else 0)
             for r in readers:
                 r.join(timeout=5)
             live.update(_view(study, n_trials, procs))
@@ -380,6 +462,33 @@ def launch(
         console.print("[red]workers stopped before the budget was reached[/red] (see their output above)")
         return 1
     return 0
+
+
+def _reap(
+    study: optuna.Study, procs: list[subprocess.Popen], reaped: set[int], first_index: int, console: Console,
+    expected: int,
+) -> None:
+    """Name each worker that exited abnormally (a signal, or an exit code other than 0 and
+    `expected`) and re-queue its trials now: the others take the retries up at once."""
+    for i, p in enumerate(procs):
+        code = p.poll()
+        if code is None or i in reaped:
+            continue
+        reaped.add(i)
+        if code in (0, expected):
+            continue
+        how = f"died (signal {-code})" if code < 0 else f"exited with code {code}"
+        requeued = requeue_dead(study, [p.pid])
+        again = f"; {_numbers(requeued)} queued to resume" if requeued else ""
+        console.print(f"worker w{first_index + i} (pid {p.pid}) {how}{again}")
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _numbers(trials: list[int]) -> str:
+    return f"trial{'' if len(trials) == 1 else 's'} {', '.join(map(str, trials))}"
 
 
 def _relay(proc: subprocess.Popen, tag: str, console: Console) -> None:
