@@ -272,10 +272,18 @@ def train(
         history=history, classes=data.classes, param_count=param_count(model),
         device=str(device), resumed_from_epoch=start_epoch,
     )  # fmt: skip
+
+    def patience_spent(epochs_done: int) -> bool:
+        return has_val and cfg.eval.patience > 0 and epochs_done - best_epoch >= cfg.eval.patience
+
+    if patience_spent(start_epoch):  # resumed from the checkpoint of an early-stopped run
+        result.status = "early_stopped"
     bar = _ProgressBar(cfg.optim.epochs, start_epoch) if progress else None
     last_save = -math.inf
     try:
         for epoch in range(start_epoch, cfg.optim.epochs):
+            if result.status != "completed":
+                break
             t0 = time.perf_counter()
             model.train()
             smoothing = label_smoothing_at(epoch, cfg)
@@ -309,8 +317,7 @@ def train(
                 if best is None or val_acc > best:
                     best, best_epoch = val_acc, epoch + 1
             result.best_val_acc, result.val_acc = best, val_acc
-            patience = cfg.eval.patience
-            if has_val and patience > 0 and epoch + 1 - best_epoch >= patience:
+            if patience_spent(epoch + 1):
                 result.status = "early_stopped"
             # A checkpoint is ~16 bytes per parameter (weights, EMA, two AdamW moments): 180 MB at
             # width 64, too much to write every 0.5-s GPU epoch. Saving at most every
@@ -339,8 +346,6 @@ def train(
                 bar.update(metrics)
             if on_epoch_end is not None and on_epoch_end(metrics):
                 result.status = "stopped"
-            if result.status != "completed":
-                break
     finally:
         if bar is not None:
             bar.close()

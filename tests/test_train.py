@@ -140,12 +140,15 @@ def test_callback_sees_every_epoch_and_can_stop(data_dir):
     assert m.label_smoothing == pytest.approx(label_smoothing_at(0, tiny(data_dir)))
 
 
-def test_early_stopping(data_dir):
+def test_early_stopping(data_dir, tmp_path):
     # lr ~0 after warm-up start: nothing improves after epoch 1, so patience 2 stops at epoch 3
-    result = train(tiny(data_dir, **{"optim.epochs": 10, "optim.lr": 1e-8, "eval.patience": 2}))
+    cfg = tiny(data_dir, **{"optim.epochs": 10, "optim.lr": 1e-8, "eval.patience": 2})
+    result = train(cfg, checkpoint=tmp_path / "c.pt")
     assert result.status == "early_stopped"
     best_epoch = max(result.history, key=lambda h: h["val_acc"])["epoch"]
     assert result.epochs_run == best_epoch + 2
+    again = train(cfg, checkpoint=tmp_path / "c.pt")  # killed before its outputs were written
+    assert again.status == "early_stopped" and again.epochs_run == result.epochs_run
 
 
 def test_train_on_val_and_test_scoring(data_dir):
