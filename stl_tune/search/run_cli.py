@@ -40,16 +40,13 @@ def run(
     max_failures: MaxFailures = 5,
 ) -> None:
     """Create (or continue) a study and run its trials in one worker process per GPU slot."""
-    from stl_tune import config
-    from stl_tune.data import ensure_downloaded
     from stl_tune.search import study as S
     from stl_tune.search import workers as W
     from stl_tune.search.space import default_study_file, load_study_file
 
     spec = load_study_file(study_file if study_file is not None else default_study_file())
     slots = W.plan_slots(gpus, workers_per_gpu, workers)  # every check before the study is created
-    data_cfg = config.from_dict(None, {**spec.fixed, **({"data.dir": str(_abs(data_dir))} if data_dir else {})}).data
-    ensure_downloaded(data_cfg)  # once here, not in every worker at the same time
+    _download_once(spec, data_dir)
     url = S.storage_url(storage)
     store = S.open_storage(url, heartbeat=False)
     name = name or spec.name
@@ -85,9 +82,9 @@ def worker(
     url = S.storage_url(storage)
     slots = W.plan_slots(gpus, workers_per_gpu, workers)
     if len(slots) > 1 or (slots[0] is not None and torch.cuda.device_count() > 1):
-        study, _ = S.load_study(name, S.open_storage(url, heartbeat=False))
-        n_trials = trials or _stored_budget(study._storage, study.study_name)
-        _stop_if_done(study, n_trials)
+        study, spec = S.load_study(name, S.open_storage(url, heartbeat=False))
+        n_trials = _budget_left(study, trials)
+        _download_once(spec, data_dir)
         art = W.artifacts_dir(artifacts, url, study)
         code = W.launch(study, url, slots, n_trials, artifacts=art, data_dir=_abs(data_dir),
                         max_failures=max_failures, first_index=worker_index)  # fmt: skip
@@ -100,8 +97,7 @@ def worker(
     # Optuna's INFO line per trial (full-precision params) would bury the output: one short line instead.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, spec = S.load_study(name, S.open_storage(url, heartbeat=True), worker=worker_index)
-    n_trials = trials or _stored_budget(study._storage, study.study_name)
-    _stop_if_done(study, n_trials)
+    n_trials = _budget_left(study, trials)
     W.requeue_dead_here(study)  # of an earlier run on this host: no need to wait for the heartbeat
     overrides = {"data.dir": str(_abs(data_dir))} if data_dir is not None else {}
     objective = Objective(spec, W.artifacts_dir(artifacts, url, study), overrides)
@@ -125,6 +121,22 @@ def _stored_budget(storage, name: str) -> int:
     if not n:
         raise UserError(f"study '{name}' has no trial budget yet; pass --trials N")
     return int(n)
+
+
+def _budget_left(study, trials: int | None) -> int:
+    """A worker's budget: --trials, else the one `run` stored; exits when it is already met."""
+    n_trials = trials or _stored_budget(study._storage, study.study_name)
+    _stop_if_done(study, n_trials)
+    return n_trials
+
+
+def _download_once(spec, data_dir: Path | None) -> None:
+    """Fetch STL-10 here, before launching workers, rather than in every worker at the same time."""
+    from stl_tune import config
+    from stl_tune.data import ensure_downloaded
+
+    overrides = {"data.dir": str(_abs(data_dir))} if data_dir is not None else {}
+    ensure_downloaded(config.from_dict(None, {**spec.fixed, **overrides}).data)
 
 
 def _stop_if_done(study, n_trials: int) -> None:

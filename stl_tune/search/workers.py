@@ -436,7 +436,7 @@ def launch(
                         for p in procs:
                             if p.poll() is None:
                                 p.send_signal(signal.SIGINT)
-                    else:  # the second Ctrl-C: kill; heartbeats re-queue their trials later
+                    else:  # the second Ctrl-C: kill; _reap re-queues their trials
                         for p in procs:
                             p.kill()
                     forwarded = len(signals)
