@@ -26,72 +26,77 @@ class ConfigError(UserError):
 
 
 # ---------------------------------------------------------------------------------------- schema
+def bounded(default: float, lo: float, hi: float | None = None) -> Any:
+    """A numeric field with its inclusive range [lo, hi] (hi None: no upper bound), checked by validate()."""
+    return field(default=default, metadata={"range": (lo, hi)})
+
+
 @dataclass
 class DataConfig:
     source: Literal["stl10", "folder"] = "stl10"  # STL-10 binaries, or a folder of class sub-folders
     dir: str = "data"  # STL-10: holds stl10_binary/ (downloaded when missing); folder: the class folders
-    image_size: int = 96  # pixels per side; folder images are resized to it (STL-10 is 96 already)
-    val_fraction: float = 0.1  # share of the labelled training images held out, stratified by class
-    test_fraction: float = 0.2  # folder datasets only: share held out as test (STL-10 ships its own)
+    image_size: int = bounded(96, 8, 1024)  # pixels per side; folder images are resized to it (STL-10: 96)
+    val_fraction: float = bounded(0.1, 0.0, 0.5)  # share of labelled training images held out, stratified
+    test_fraction: float = bounded(0.2, 0.0, 0.5)  # folder datasets only: share held out as test
     train_on_val: bool = False  # final model: train on train+validation (no validation accuracy)
 
 
 @dataclass
 class ModelConfig:
-    width: int = 64  # channels of the first stage; stages are w-2w-4w-8w
+    width: int = bounded(64, 1, 1024)  # channels of the first stage; stages are w-2w-4w-8w
     blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])  # BasicBlocks per stage
-    stem_stride: int = 1  # 3x3 stem, no max-pool; 2 quarters the compute of every later layer
+    stem_stride: int = bounded(1, 1, 4)  # 3x3 stem, no max-pool; 2 quarters the compute of every later layer
     se: bool = True  # Squeeze-Excitation in every block
-    se_reduction: int = 16  # SE bottleneck = channels / se_reduction
-    drop_path: float = 0.1  # stochastic-depth rate of the deepest block; rises linearly from 0
+    se_reduction: int = bounded(16, 1, 1024)  # SE bottleneck = channels / se_reduction
+    drop_path: float = bounded(0.1, 0.0, 0.9)  # stochastic-depth rate of the deepest block; rises from 0
 
 
 @dataclass
 class OptimConfig:
     name: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
-    weight_decay: float = 0.05  # decoupled (AdamW) or L2 (SGD); never on norm weights or biases
-    momentum: float = 0.9  # SGD only
+    lr: float = bounded(1e-3, 1e-8, 10.0)  # peak learning rate, reached at the end of warm-up
+    weight_decay: float = bounded(0.05, 0.0, 1.0)  # decoupled (AdamW) or L2 (SGD); never on norms or biases
+    momentum: float = bounded(0.9, 0.0, 0.999)  # SGD only
     nesterov: bool = True  # SGD only
-    epochs: int = 200
-    batch_size: int = 64
-    warmup_epochs: float = 5.0  # linear warm-up from lr * warmup_start to lr, then cosine to 0
-    warmup_start: float = 0.01  # first-step learning rate as a share of lr
-    grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
+    epochs: int = bounded(200, 1, 10_000)
+    batch_size: int = bounded(64, 2, 8192)
+    warmup_epochs: float = bounded(5.0, 0.0, 10_000)  # linear from lr * warmup_start to lr, then cosine to 0
+    warmup_start: float = bounded(0.01, 1e-4, 1.0)  # first-step learning rate as a share of lr
+    grad_clip: float = bounded(0.0, 0.0)  # max global gradient norm; 0 turns clipping off
 
 
 @dataclass
 class AugmentConfig:
-    crop_padding: int = 12  # random crop after reflect-padding this many pixels per side
+    crop_padding: int = bounded(12, 0, 64)  # random crop after reflect-padding this many pixels per side
     flip: bool = True  # random horizontal flip
-    randaugment_ops: int = 2  # RandAugment ops per image (each image draws its own); 0 turns it off
-    randaugment_magnitude: int = 9  # RandAugment strength, 0..30 as in torchvision
-    mixup_alpha: float = 0.8  # Beta(alpha, alpha) for Mixup; 0 disables Mixup
-    cutmix_alpha: float = 1.0  # Beta(alpha, alpha) for CutMix; 0 disables CutMix
-    cutmix_prob: float = 0.5  # chance a batch uses CutMix rather than Mixup when both are on
-    mix_epochs: int = 100  # Mixup/CutMix (soft-target CE) for the first K epochs, then plain CE
+    randaugment_ops: int = bounded(2, 0, 14)  # RandAugment ops per image (each draws its own); 0 turns it off
+    randaugment_magnitude: int = bounded(9, 0, 30)  # RandAugment strength, 0..30 as in torchvision
+    mixup_alpha: float = bounded(0.8, 0.0, 10.0)  # Beta(alpha, alpha) for Mixup; 0 disables Mixup
+    cutmix_alpha: float = bounded(1.0, 0.0, 10.0)  # Beta(alpha, alpha) for CutMix; 0 disables CutMix
+    cutmix_prob: float = bounded(0.5, 0.0, 1.0)  # chance a batch uses CutMix rather than Mixup when both are on
+    mix_epochs: int = bounded(100, 0, 10_000)  # Mixup/CutMix (soft-target CE) for the first K epochs, then CE
 
 
 @dataclass
 class SmoothingConfig:
     shape: Literal["constant", "linear", "cosine"] = "linear"  # how it moves from start to end
-    start: float = 0.1  # label smoothing at epoch 0
-    end: float = 0.0  # label smoothing at the last epoch (lowered as training converges)
-    mix_scale: float = 0.5  # multiplier while Mixup/CutMix is on: mixed labels are soft already
+    start: float = bounded(0.1, 0.0, 0.5)  # label smoothing at epoch 0
+    end: float = bounded(0.0, 0.0, 0.5)  # label smoothing at the last epoch (lowered as training converges)
+    mix_scale: float = bounded(0.5, 0.0, 1.0)  # multiplier while Mixup/CutMix is on: mixed labels are soft
 
 
 @dataclass
 class EmaConfig:
     enabled: bool = True
-    decay: float = 0.999  # per optimizer step
+    decay: float = bounded(0.999, 0.0, 0.99999)  # per optimizer step
     warmup: bool = True  # decay ramps as min(decay, (1+n)/(10+n)) so early weights fade fast
 
 
 @dataclass
 class EvalConfig:
     tta: bool = True  # average logits of the image and its horizontal flip
-    patience: int = 40  # early stopping: epochs without a better validation accuracy; 0 = off
-    batch_size: int = 500  # images per evaluation batch
+    patience: int = bounded(40, 0)  # early stopping: epochs without a better validation accuracy; 0 = off
+    batch_size: int = bounded(500, 1, 100_000)  # images per evaluation batch
 
 
 @dataclass
@@ -100,12 +105,13 @@ class RuntimeConfig:
     amp: bool = True  # bf16 autocast (CUDA only)
     channels_last: bool = True  # (CUDA only)
     compile: bool = False  # torch.compile the model
-    checkpoint_interval_s: float = 30.0  # resume checkpoint at most this often (and at the end); 0 = every epoch
+    # resume checkpoint at most this often (and at the end); 0 = every epoch
+    checkpoint_interval_s: float = bounded(30.0, 0.0)
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
+    seed: int = bounded(0, 0)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -116,55 +122,31 @@ class TrainConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
-# Ranges checked by validate(): (low, high) inclusive; None means unbounded on that side.
-_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "seed": (0, None),
-    "data.image_size": (8, 1024),
-    "data.val_fraction": (0.0, 0.5),
-    "data.test_fraction": (0.0, 0.5),
-    "model.width": (1, 1024),
-    "model.stem_stride": (1, 4),
-    "model.se_reduction": (1, 1024),
-    "model.drop_path": (0.0, 0.9),
-    "optim.lr": (1e-8, 10.0),
-    "optim.weight_decay": (0.0, 1.0),
-    "optim.momentum": (0.0, 0.999),
-    "optim.epochs": (1, 10_000),
-    "optim.batch_size": (2, 8192),
-    "optim.warmup_epochs": (0.0, 10_000),
-    "optim.warmup_start": (1e-4, 1.0),
-    "optim.grad_clip": (0.0, None),
-    "augment.crop_padding": (0, 64),
-    "augment.randaugment_ops": (0, 14),
-    "augment.randaugment_magnitude": (0, 30),
-    "augment.mixup_alpha": (0.0, 10.0),
-    "augment.cutmix_alpha": (0.0, 10.0),
-    "augment.cutmix_prob": (0.0, 1.0),
-    "augment.mix_epochs": (0, 10_000),
-    "smoothing.start": (0.0, 0.5),
-    "smoothing.end": (0.0, 0.5),
-    "smoothing.mix_scale": (0.0, 1.0),
-    "ema.decay": (0.0, 0.99999),
-    "eval.patience": (0, None),
-    "eval.batch_size": (1, 100_000),
-    "runtime.checkpoint_interval_s": (0.0, None),
-}
-
-
 # ------------------------------------------------------------------------------ paths and types
-@functools.cache
-def field_types(cls: type = TrainConfig, prefix: str = "") -> dict[str, Any]:
-    """Every leaf field as {"a.b": type}, e.g. {"model.width": int, "optim.name": Literal[...]}.
-    Cached (the schema never changes at run time): do not modify the returned dict."""
-    out: dict[str, Any] = {}
+def _leaves(cls: type = TrainConfig, prefix: str = "") -> dict[str, tuple[Any, dataclasses.Field]]:
+    """Every leaf field as {"a.b": (type, field)}, in declaration order."""
+    out: dict[str, tuple[Any, dataclasses.Field]] = {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         path = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(hints[f.name]):
-            out.update(field_types(hints[f.name], path + "."))
+            out.update(_leaves(hints[f.name], path + "."))
         else:
-            out[path] = hints[f.name]
+            out[path] = (hints[f.name], f)
     return out
+
+
+# Cached (the schema never changes at run time): do not modify the returned dicts.
+@functools.cache
+def field_types() -> dict[str, Any]:
+    """{"a.b": type} of every leaf field, e.g. {"model.width": int, "optim.name": Literal[...]}."""
+    return {path: tp for path, (tp, _) in _leaves().items()}
+
+
+@functools.cache
+def field_ranges() -> dict[str, tuple[float, float | None]]:
+    """{"a.b": (lo, hi)} of every field declared with bounded()."""
+    return {path: f.metadata["range"] for path, (_, f) in _leaves().items() if "range" in f.metadata}
 
 
 def nearest_key(key: str, choices: list[str]) -> str:
@@ -279,9 +261,9 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Range and consistency checks; raises ConfigError with one line naming the key."""
-    for path, (lo, hi) in _RANGES.items():
+    for path, (lo, hi) in field_ranges().items():
         v = get(cfg, path)
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
+        if v < lo or (hi is not None and v > hi):
             span = f"[{lo}, {'inf' if hi is None else hi}]"
             raise ConfigError(f"{path}={v!r} is out of range {span}")
     if not cfg.model.blocks or any(b < 1 or b > 64 for b in cfg.model.blocks):

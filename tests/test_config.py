@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from stl_tune import config as C
@@ -59,3 +61,23 @@ def test_yaml_is_loaded_safely(tmp_path):
     evil.write_text("model: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(C.ConfigError, match="not valid YAML"):
         C.load(evil)
+
+
+def test_every_number_declares_its_range_and_validate_enforces_it():
+    types = C.field_types()
+    ranges = C.field_ranges()
+    assert sorted(ranges) == sorted(p for p, tp in types.items() if tp in (int, float))
+    for path, (lo, hi) in ranges.items():
+        for bound, sign in ((lo, -1), (hi, 1)):
+            if bound is None:
+                continue
+            step = 1 if types[path] is int else 1e-9 * max(1.0, abs(bound))
+            with pytest.raises(C.ConfigError, match=rf"^{re.escape(path)}=\S+ is out of range \[{lo}, "):
+                C.from_dict(None, {path: bound + sign * step})
+
+
+def test_string_choices_are_not_read_as_yaml():
+    # "on"/"off" would be YAML booleans: a string-only choice list keeps strings as they are
+    with pytest.raises(C.ConfigError, match="optim.name must be one of adamw, sgd, got 'on'"):
+        C.from_dict(None, {"optim.name": "on"})
+    assert C.from_dict(None, {"smoothing.shape": "cosine"}).smoothing.shape == "cosine"
