@@ -1,6 +1,8 @@
 """The trainer: one TrainConfig in, one TrainResult out. It knows nothing about Optuna or storage.
 
-Reads in pipeline order: device and seeding, schedules, optimizer, evaluation, checkpoints, the loop.
+Reads in pipeline order: device and schedules, optimizer, evaluation, checkpoints, then the run:
+its parts built from the config, one state()/restore() pair (the checkpoint), an epoch of training,
+the evaluations, and train() driving it epoch by epoch.
 The dataset lives on the training device as uint8; each epoch is augmented there in large chunks
 (stl_tune.augment), so the training step does no per-image Python work.
 """
@@ -195,7 +197,7 @@ def _recipe(d: dict) -> dict:
     }
 
 
-# ------------------------------------------------------------------------------------- the loop
+# ------------------------------------------------------------------------------------- the run
 
 
 def _epoch_batches(data: Dataset, cfg: C.TrainConfig, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
@@ -212,13 +214,129 @@ def _epoch_batches(data: Dataset, cfg: C.TrainConfig, device: torch.device) -> I
         yield from zip(x.split(batch), data.train_y[idx].split(batch))
 
 
+class _Run:
+    """One training run, in the manner of a torchtune recipe: its parts built from the config
+    (__init__), the one state dict a checkpoint holds (state / restore), an epoch of training, and
+    the evaluations. train() below drives it."""
+
+    def __init__(self, cfg: C.TrainConfig, evaluate_test: bool):
+        self.cfg = cfg
+        self.device = device = resolve_device(cfg.runtime.device)
+        torch.manual_seed(cfg.seed)  # seeds the CPU and every CUDA generator
+        self.data = data = load_data(cfg.data, cfg.seed, device, with_test=evaluate_test)
+        batch = cfg.optim.batch_size
+        self.steps_per_epoch = len(data.train_y) // batch
+        if self.steps_per_epoch == 0:
+            raise UserError(f"optim.batch_size={batch} exceeds the {len(data.train_y)} training images")
+
+        self.model = build_model(cfg.model, data.num_classes, data.mean, data.std).to(device)
+        if device.type == "cuda" and cfg.runtime.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=ema_multi_avg_fn(cfg.ema.decay, cfg.ema.warmup), use_buffers=True)
+            if cfg.ema.enabled
+            else None
+        )
+        self.opt = make_optimizer(self.model, cfg.optim, fused=device.type == "cuda")
+        self.sched = make_scheduler(self.opt, cfg.optim, self.steps_per_epoch)
+        self.step_model = torch.compile(self.model) if cfg.runtime.compile else self.model
+        self.mix = make_mixer(data.num_classes, cfg.augment)
+        self.eval_model = self.ema.module if self.ema is not None else self.model
+
+        # the loop's counters: with the parts' own states, all a checkpoint holds
+        self.epoch = 0  # epochs finished
+        self.history: list[dict] = []  # asdict(EpochMetrics) per epoch
+        self.best: float | None = None  # best validation accuracy so far
+        self.best_epoch = 0
+
+    # ------------------------------------------------------------------------- checkpoint state
+    def state(self) -> dict:
+        """Everything a resume needs, as tensors and plain values (loadable with weights_only=True)."""
+        cuda = self.device.type == "cuda"
+        return {
+            "config": C.to_dict(self.cfg), "epoch": self.epoch, "history": self.history,
+            "best_val_acc": self.best, "best_epoch": self.best_epoch,
+            "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else {},
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if cuda else torch.empty(0),
+        }  # fmt: skip
+
+    def restore(self, state: dict) -> None:
+        """The inverse of state(): the run continues exactly where that state was taken."""
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        self.epoch, self.history = state["epoch"], state["history"]
+        self.best, self.best_epoch = state["best_val_acc"], state["best_epoch"]
+
+    # ---------------------------------------------------------------------------------- epochs
+    def train_epoch(self, smoothing: float) -> float:
+        """One epoch of optimizer steps at this label smoothing; the mean training loss. The loss
+        is summed on the device: one host sync per epoch."""
+        cfg, device = self.cfg, self.device
+        self.model.train()
+        mixing = mixing_active(self.epoch, cfg.augment)
+        loss_sum = torch.zeros((), device=device)
+        for xb, yb in _epoch_batches(self.data, cfg, device):
+            target: Tensor = yb
+            if mixing:
+                xb, target = self.mix(xb, yb)
+            with _autocast(cfg, device):
+                logits = self.step_model(_to_input(xb, cfg, device))
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            loss_sum += loss.detach()
+        self.epoch += 1
+        return loss_sum.item() / self.steps_per_epoch
+
+    def validate(self) -> float | None:
+        """Validation accuracy of the evaluated (EMA) weights, remembering the best; None without
+        a validation split."""
+        if len(self.data.val_y) == 0:
+            return None
+        pred = predict(self.eval_model, self.data.val_x, self.cfg, self.device)
+        acc = (pred == self.data.val_y).float().mean().item()
+        if self.best is None or acc > self.best:
+            self.best, self.best_epoch = acc, self.epoch
+        return acc
+
+    def patience_spent(self) -> bool:
+        patience = self.cfg.eval.patience
+        return len(self.data.val_y) > 0 and patience > 0 and self.epoch - self.best_epoch >= patience
+
+    def final_evaluation(self, result: TrainResult, on_test: bool) -> None:
+        """Confusion matrix and per-class accuracy on test (on_test) or validation, and the test accuracy."""
+        data = self.data
+        x, y = (data.test_x, data.test_y) if on_test else (data.val_x, data.val_y)
+        if x is None or len(y) == 0:
+            return
+        pred = predict(self.eval_model, x, self.cfg, self.device)
+        cm = confusion_matrix(pred, y, data.num_classes)
+        result.confusion = cm.tolist()
+        result.per_class_acc = (cm.diag() / cm.sum(1).clamp(min=1)).tolist()
+        if on_test:
+            result.test_acc = (pred == y).float().mean().item()
+
+
 def train(
     cfg: C.TrainConfig,
     on_epoch_end: Callable[[EpochMetrics], bool | None] | None = None,
     *,
     checkpoint: str | Path | None = None,
     evaluate_test: bool = False,
-    progress: bool = False,
 ) -> TrainResult:
     """Train `cfg` and return its result.
 
@@ -229,156 +347,51 @@ def train(
     """
     C.validate(cfg)
     t_start = time.perf_counter()
-    device = resolve_device(cfg.runtime.device)
-    torch.manual_seed(cfg.seed)  # seeds the CPU and every CUDA generator
-    data = load_data(cfg.data, cfg.seed, device, with_test=evaluate_test)
-    batch = cfg.optim.batch_size
-    steps_per_epoch = len(data.train_y) // batch
-    if steps_per_epoch == 0:
-        raise UserError(f"optim.batch_size={batch} exceeds the {len(data.train_y)} training images")
-    has_val = len(data.val_y) > 0
-
-    model = build_model(cfg.model, data.num_classes, data.mean, data.std).to(device)
-    if device.type == "cuda" and cfg.runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ema = (
-        AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(cfg.ema.decay, cfg.ema.warmup), use_buffers=True)
-        if cfg.ema.enabled
-        else None
-    )
-    opt = make_optimizer(model, cfg.optim, fused=device.type == "cuda")
-    sched = make_scheduler(opt, cfg.optim, steps_per_epoch)
-    step_model = torch.compile(model) if cfg.runtime.compile else model
-    mix = make_mixer(data.num_classes, cfg.augment)
-    eval_model = ema.module if ema is not None else model
-
-    start_epoch, history, best, best_epoch = 0, [], None, 0
+    run = _Run(cfg, evaluate_test)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
-        state = _load_checkpoint(ckpt, cfg)
-        model.load_state_dict(state["model"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-        start_epoch, history = state["epoch"], state["history"]
-        best, best_epoch = state["best_val_acc"], state["best_epoch"]
-
+        run.restore(_load_checkpoint(ckpt, cfg))
     result = TrainResult(
-        status="completed", epochs_run=start_epoch, best_val_acc=best, val_acc=None,
-        history=history, classes=data.classes, param_count=param_count(model),
-        device=str(device), resumed_from_epoch=start_epoch,
+        status="completed", epochs_run=run.epoch, best_val_acc=run.best, val_acc=None,
+        history=run.history, classes=run.data.classes, param_count=param_count(run.model),
+        device=str(run.device), resumed_from_epoch=run.epoch,
     )  # fmt: skip
-
-    def patience_spent(epochs_done: int) -> bool:
-        return has_val and cfg.eval.patience > 0 and epochs_done - best_epoch >= cfg.eval.patience
-
-    if patience_spent(start_epoch):  # resumed from the checkpoint of an early-stopped run
+    if run.patience_spent():  # resumed from the checkpoint of an early-stopped run
         result.status = "early_stopped"
-    bar = _ProgressBar(cfg.optim.epochs, start_epoch) if progress else None
+
     last_save = -math.inf
-    try:
-        for epoch in range(start_epoch, cfg.optim.epochs):
-            if result.status != "completed":
-                break
-            t0 = time.perf_counter()
-            model.train()
-            smoothing = label_smoothing_at(epoch, cfg)
-            mixing = mixing_active(epoch, cfg.augment)
-            loss_sum = torch.zeros((), device=device)  # summed on device: one host sync per epoch
-            for xb, yb in _epoch_batches(data, cfg, device):
-                target: Tensor = yb
-                if mixing:
-                    xb, target = mix(xb, yb)
-                with _autocast(cfg, device):
-                    logits = step_model(_to_input(xb, cfg, device))
-                loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.optim.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                opt.step()
-                sched.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                loss_sum += loss.detach()
-            train_loss = loss_sum.item() / steps_per_epoch
-            result.epochs_run = epoch + 1
-            if not math.isfinite(train_loss):
-                result.status, result.diverged_epoch = "diverged", epoch + 1
-                break
-
-            val_acc = None
-            if has_val:
-                val_acc = (predict(eval_model, data.val_x, cfg, device) == data.val_y).float().mean().item()
-                if best is None or val_acc > best:
-                    best, best_epoch = val_acc, epoch + 1
-            result.best_val_acc, result.val_acc = best, val_acc
-            if patience_spent(epoch + 1):
-                result.status = "early_stopped"
-            # A checkpoint is ~16 bytes per parameter (weights, EMA, two AdamW moments): 180 MB at
-            # width 64, too much to write every 0.5-s GPU epoch. Saving at most every
-            # checkpoint_interval_s, and at the end, bounds both the cost and the work a crash loses.
-            save = ckpt is not None and (
-                time.perf_counter() - last_save >= cfg.runtime.checkpoint_interval_s
-                or epoch + 1 == cfg.optim.epochs or result.status != "completed"
-            )  # fmt: skip
-            metrics = EpochMetrics(
-                epoch=epoch + 1, train_loss=train_loss, val_acc=val_acc,
-                lr=sched.get_last_lr()[0], label_smoothing=smoothing,
-                seconds=time.perf_counter() - t0, checkpointed=save,
-            )  # fmt: skip
-            history.append(asdict(metrics))
-            if save:
-                last_save = time.perf_counter()
-                _save_checkpoint(ckpt, {
-                    "config": C.to_dict(cfg), "epoch": epoch + 1, "history": history,
-                    "best_val_acc": best, "best_epoch": best_epoch,
-                    "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else {},
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "rng_cpu": torch.get_rng_state(),
-                    "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0),
-                })  # fmt: skip
-            if bar is not None:
-                bar.update(metrics)
-            if on_epoch_end is not None and on_epoch_end(metrics):
-                result.status = "stopped"
-    finally:
-        if bar is not None:
-            bar.close()
-
-    eval_x, eval_y = (data.test_x, data.test_y) if evaluate_test else (data.val_x, data.val_y)
-    if result.status != "diverged" and eval_x is not None and len(eval_y) > 0:
-        pred = predict(eval_model, eval_x, cfg, device)
-        cm = confusion_matrix(pred, eval_y, data.num_classes)
-        result.confusion = cm.tolist()
-        result.per_class_acc = (cm.diag() / cm.sum(1).clamp(min=1)).tolist()
-        if evaluate_test:
-            result.test_acc = (pred == eval_y).float().mean().item()
-    result.seconds = time.perf_counter() - t_start
-    result.model = eval_model
-    return result
-
-
-class _ProgressBar:
-    """A rich progress bar: epoch, loss, validation accuracy and time left."""
-
-    def __init__(self, epochs: int, start: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("epoch"), MofNCompleteColumn(), BarColumn(),
-            TextColumn("loss {task.fields[loss]}  val {task.fields[acc]}"), TimeRemainingColumn(),
+    while result.status == "completed" and run.epoch < cfg.optim.epochs:
+        t0 = time.perf_counter()
+        smoothing = label_smoothing_at(run.epoch, cfg)
+        train_loss = run.train_epoch(smoothing)
+        result.epochs_run = run.epoch
+        if not math.isfinite(train_loss):
+            result.status, result.diverged_epoch = "diverged", run.epoch
+            break
+        val_acc = run.validate()
+        result.best_val_acc, result.val_acc = run.best, val_acc
+        if run.patience_spent():
+            result.status = "early_stopped"
+        # A checkpoint is ~16 bytes per parameter (weights, EMA, two AdamW moments): 180 MB at
+        # width 64, too much to write every 0.5-s GPU epoch. Saving at most every
+        # checkpoint_interval_s, and at the end, bounds both the cost and the work a crash loses.
+        save = ckpt is not None and (
+            time.perf_counter() - last_save >= cfg.runtime.checkpoint_interval_s
+            or run.epoch == cfg.optim.epochs or result.status != "completed"
         )  # fmt: skip
-        self.task = self.progress.add_task("train", total=epochs, completed=start, loss="-", acc="-")
-        self.progress.start()
+        metrics = EpochMetrics(
+            epoch=run.epoch, train_loss=train_loss, val_acc=val_acc, lr=run.sched.get_last_lr()[0],
+            label_smoothing=smoothing, seconds=time.perf_counter() - t0, checkpointed=save,
+        )  # fmt: skip
+        run.history.append(asdict(metrics))
+        if save:
+            last_save = time.perf_counter()
+            _save_checkpoint(ckpt, run.state())
+        if on_epoch_end is not None and on_epoch_end(metrics):
+            result.status = "stopped"
 
-    def update(self, m: EpochMetrics) -> None:
-        acc = "-" if m.val_acc is None else f"{m.val_acc:.2%}"
-        self.progress.update(self.task, advance=1, loss=f"{m.train_loss:.3f}", acc=acc)
-
-    def close(self) -> None:
-        self.progress.stop()
+    if result.status != "diverged":
+        run.final_evaluation(result, on_test=evaluate_test)
+    result.seconds = time.perf_counter() - t_start
+    result.model = run.eval_model
+    return result

@@ -1,9 +1,13 @@
+import io
+
 import pytest
 import torch
+from rich.console import Console
 
 from stl_tune import config as C
 from stl_tune.data import write_fake_stl10
 from stl_tune.errors import UserError
+from stl_tune.progress import EpochProgress
 from stl_tune.train import (
     ema_multi_avg_fn,
     label_smoothing_at,
@@ -187,6 +191,24 @@ def test_checkpoint_of_another_config_is_refused(data_dir, tmp_path):
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot read checkpoint"):
         train(tiny(data_dir, **{"optim.epochs": 1}), checkpoint=ckpt)
+
+
+def test_progress_bar_follows_the_callback_resumes_and_chains(data_dir, tmp_path):
+    cfg = tiny(data_dir, **{"runtime.checkpoint_interval_s": 0})
+    ckpt, seen, out = tmp_path / "c.pt", [], io.StringIO()
+
+    def run(stop_at: int | None) -> str:
+        def then(m):  # a chained callback: sees each epoch after the bar, and may stop the run
+            seen.append((m.epoch, bar.progress.tasks[0].completed))
+            return m.epoch == stop_at
+
+        with EpochProgress(cfg.optim.epochs, then=then, console=Console(file=out, width=100)) as bar:
+            return train(cfg, bar.on_epoch_end, checkpoint=ckpt).status
+
+    assert run(stop_at=1) == "stopped"
+    assert run(stop_at=None) == "completed"  # resumed at epoch 1: the bar starts there, not at 0
+    assert seen == [(1, 1), (2, 2), (3, 3)]
+    assert "epoch 3/3" in out.getvalue()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -1,0 +1,54 @@
+"""A rich progress bar for a training run, driven by the trainer's on_epoch_end callback.
+
+The trainer knows nothing about terminals: the command line wraps its call in the bar,
+
+    with EpochProgress(cfg.optim.epochs) as bar:
+        result = train(cfg, bar.on_epoch_end, checkpoint=...)
+
+and passes `then=` to chain another callback (its return value, True to stop, goes to the trainer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from stl_tune.train import EpochMetrics
+
+
+class EpochProgress:
+    """Epoch, loss, validation accuracy and time left. A resumed run starts at 0 of `epochs`
+    until its first epoch ends; that epoch's number tells where the run resumed, and the bar
+    jumps there without counting the resumed epochs as speed."""
+
+    def __init__(
+        self,
+        epochs: int,
+        then: Callable[[EpochMetrics], bool | None] | None = None,
+        console: Console | None = None,
+    ):
+        self.then = then
+        self.progress = Progress(
+            TextColumn("epoch"), MofNCompleteColumn(), BarColumn(),
+            TextColumn("loss {task.fields[loss]}  val {task.fields[acc]}"), TimeRemainingColumn(),
+            console=console,
+        )  # fmt: skip
+        self.task = self.progress.add_task("train", total=epochs, loss="-", acc="-")
+        self._started = False
+
+    def __enter__(self) -> EpochProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_epoch_end(self, m: EpochMetrics) -> bool | None:
+        if not self._started:  # the epochs before this one were done by an earlier run (or none)
+            self.progress.reset(self.task, completed=m.epoch - 1)
+            self._started = True
+        acc = "-" if m.val_acc is None else f"{m.val_acc:.2%}"
+        self.progress.update(self.task, advance=1, loss=f"{m.train_loss:.3f}", acc=acc)
+        return self.then(m) if self.then is not None else None
