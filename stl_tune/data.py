@@ -1,4 +1,5 @@
-"""Images in, uint8 tensors on the training device out: STL-10 binaries or a folder of class folders.
+"""Images in, uint8 tensors on the training device out: STL-10 binaries or a folder dataset, in the
+class layout (root/<class>/) or torchvision ImageFolder's split layout (root/train/<class>/, ...).
 
 The whole labelled dataset is small (STL-10 train: 5,000 x 3x96x96 bytes = 138 MB), so it is read once
 per process, kept as uint8 on the device, and split into train/validation by index; augmentation and
@@ -49,21 +50,40 @@ def read_stl10_split(root: Path, split: str) -> tuple[Tensor, Tensor]:
     are checked, so a truncated download is an error naming the file, never a silently wrong reshape.
     """
     x_path, y_path = (Path(root) / STL10.base_folder / name for name in STL10_FILES[split])
+    y = _stl10_labels(root, split)
     x = np.fromfile(x_path, dtype=np.uint8)
-    y = np.fromfile(y_path, dtype=np.uint8)
     if x.size == 0 or x.size % STL10_IMAGE_BYTES:
         raise DataError(
             f"{x_path}: {x.size} bytes is not a whole number of {STL10_IMAGE_BYTES}-byte 3x96x96 "
             "images; the file is truncated or not STL-10 (delete it to download it again)"
         )
     n = x.size // STL10_IMAGE_BYTES
-    if y.size != n:
-        raise DataError(f"{y_path}: {y.size} labels for {n} images in {x_path.name}")
-    if y.min() < 1 or y.max() > 10:
-        raise DataError(f"{y_path}: labels must be 1..10, found {y.min()}..{y.max()}")
+    if len(y) != n:
+        raise DataError(f"{y_path}: {len(y)} labels for {n} images in {x_path.name}")
     # [N, C, W, H] in file order -> swap the pixel axes; contiguous so later slicing stays cheap.
     images = torch.from_numpy(x).view(n, 3, STL10_SIDE, STL10_SIDE).transpose(2, 3).contiguous()
-    return images, torch.from_numpy(y).long() - 1
+    return images, y
+
+
+def _stl10_labels(root: Path, split: str) -> Tensor:
+    """int64 labels 0..9 of one split, from its y file alone (one byte per image: cheap to count)."""
+    y_path = Path(root) / STL10.base_folder / STL10_FILES[split][1]
+    if not y_path.is_file():
+        raise DataError(f"{y_path} not found: STL-10 is not downloaded yet")
+    y = np.fromfile(y_path, dtype=np.uint8)
+    if y.size and (y.min() < 1 or y.max() > 10):
+        raise DataError(f"{y_path}: labels must be 1..10, found {y.min()}..{y.max()}")
+    return torch.from_numpy(y).long() - 1
+
+
+def _stl10_classes(root: Path, y: Tensor) -> tuple[str, ...]:
+    """Class names from class_names.txt (STL-10's ten when it is missing), enough for labels `y`."""
+    names_file = Path(root) / STL10.base_folder / STL10.class_names_file
+    classes = names_file.read_text().splitlines() if names_file.is_file() else STL10_CLASSES
+    classes = [c.strip() for c in classes if c.strip()]
+    if len(y) and int(y.max()) >= len(classes):
+        raise DataError(f"{names_file}: {len(classes)} class names for labels up to {int(y.max()) + 1}")
+    return tuple(classes)
 
 
 def _write_stl10_split(root: Path, split: str, images: Tensor, labels: Tensor) -> None:
@@ -116,16 +136,10 @@ def _download_stl10(root: Path) -> None:
 @functools.lru_cache(maxsize=4)
 def _stl10(root: str, image_size: int, split: str) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     """One STL-10 split on the CPU, resized to image_size; downloaded first if any file is missing."""
-    folder = Path(root) / STL10.base_folder
     if not _stl10_present(Path(root), [split]):
         _download_stl10(Path(root))
     x, y = read_stl10_split(Path(root), split)
-    names_file = folder / STL10.class_names_file
-    classes = names_file.read_text().splitlines() if names_file.is_file() else STL10_CLASSES
-    classes = [c.strip() for c in classes if c.strip()]
-    if int(y.max()) >= len(classes):
-        raise DataError(f"{names_file}: {len(classes)} class names for labels up to {int(y.max()) + 1}")
-    return _resize(x, image_size), y, tuple(classes)
+    return _resize(x, image_size), y, _stl10_classes(Path(root), y)
 
 
 def _resize(x: Tensor, size: int) -> Tensor:
@@ -136,40 +150,109 @@ def _resize(x: Tensor, size: int) -> Tensor:
 
 
 # ------------------------------------------------------------------------------ folder datasets
+# Two layouts, told apart by the names of root's sub-folders (hidden ones are ignored):
+#   class layout  root/<class>/<images>, no sub-folder named train, val or test. A fixed stratified
+#                 share of each class (data.test_fraction, drawn with FOLDER_TEST_SEED) is the test
+#                 split; validation is carved from the rest by data.val_fraction.
+#   split layout  torchvision ImageFolder's root/train/<class>/ + root/test/<class>/, optionally
+#                 root/val/<class>/: root's sub-folders are exactly train and test, or train, val
+#                 and test. The test split is exactly test/; validation is val/ when present, else
+#                 carved from train/ by data.val_fraction; data.test_fraction is not used. Every
+#                 split must hold the same class folders.
+# A tree that names some of train/val/test but fits neither (train/ without test/, or train/ and
+# test/ beside a third folder) is refused as ambiguous rather than guessed.
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"}
-FOLDER_TEST_SEED = 0  # the test split of a folder dataset never changes with the training seed
+FOLDER_TEST_SEED = 0  # the test split of a class-layout folder never changes with the training seed
+SPLITS = ("train", "val", "test")  # split-layout folder names, in the order they are listed
 
 
-@functools.lru_cache(maxsize=2)
-def _folder(root: str, image_size: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
-    """Every image under root/<class>/ (classes in sorted order), decoded to RGB and resized.
+def _subfolders(d: Path) -> list[Path]:
+    return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _class_files(d: Path) -> dict[str, list[Path]]:
+    """{class name: its image files} of d/<class>/, both sorted; at least 2 classes, none empty."""
+    class_dirs = _subfolders(d)
+    if len(class_dirs) < 2:
+        raise DataError(f"{d}: a classifier needs at least 2 class sub-folders "
+                        f"({d}/<class name>/<image files>), found {len(class_dirs)}")
+    files = {}
+    for c in class_dirs:
+        files[c.name] = sorted(f for f in c.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files[c.name]:
+            raise DataError(f"{c}: empty class folder, no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def _class_labels(files: dict[str, list[Path]]) -> Tensor:
+    """int64 labels of _class_files' images, in its order: class i's files are label i."""
+    return torch.arange(len(files)).repeat_interleave(torch.tensor([len(f) for f in files.values()]))
+
+
+def _folder_splits(root: str | Path) -> dict[str, Path]:
+    """The class-folder directories of a folder dataset: {"all": root} in the class layout,
+    {"train": root/train, ["val": root/val,] "test": root/test} in the split layout (see above).
+
+    Checks the tree, not the image bytes: an ambiguous tree, an empty class folder or splits whose
+    class folders differ is a DataError naming the folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"folder dataset not found: {root}")
+    names = [d.name for d in _subfolders(root)]
+    found = [s for s in SPLITS if s in names]
+    if not found:
+        return {"all": root}
+    layout = "the split layout holds train/<class>/ and test/<class>/ (val/<class>/ optional) and nothing else"
+    if "train" not in found or "test" not in found:
+        missing = " or ".join(f"{s}/" for s in ("train", "test") if s not in found)
+        raise DataError(f"{root}: ambiguous folder tree, {'/, '.join(found)}/ but no {missing}: {layout}; "
+                        "the class layout (<class>/) cannot have a class named train, val or test")
+    if len(found) < len(names):
+        others = ", ".join(f"{n}/" for n in names if n not in SPLITS)
+        raise DataError(f"{root}: ambiguous folder tree, train/ and test/ beside {others}: {layout}")
+    splits = {s: root / s for s in found}
+    classes = {s: set(_class_files(d)) for s, d in splits.items()}
+    for s in found[1:]:
+        lacks, extra = classes["train"] - classes[s], classes[s] - classes["train"]
+        if lacks or extra:
+            parts = [f"{s}/ {what} {', '.join(map(repr, sorted(differ)))}"
+                     for what, differ in (("lacks", lacks), ("has extra", extra)) if differ]
+            raise DataError(f"{root}: class folders differ between train/ and {s}/: {'; '.join(parts)}")
+    return splits
+
+
+def _decode(f: Path) -> Tensor:
+    """uint8 [3,H,W] RGB pixels of one image file; grey, palette and RGBA images become RGB.
+
+    PIL, not torchvision.io: its image decoding is deprecated since torchvision 0.29. A 16-bit grey
+    PNG (PIL mode "I;16", or "I") keeps its high byte, as torchvision's to_dtype(scale=True) maps
+    16 to 8 bits: PIL's convert("RGB") would clip every value above 255 to white.
+    """
+    try:
+        with Image.open(f) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I"):
+                grey = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
+                rgb = np.repeat(grey[..., None], 3, axis=2)
+            else:
+                rgb = np.asarray(im.convert("RGB"))
+    except Exception as e:  # not an image, truncated, unsupported: PIL raises many exception types
+        raise DataError(f"{f}: cannot read this image ({e})") from None
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+
+
+@functools.lru_cache(maxsize=3)  # train/, val/ and test/ of one split-layout folder
+def _folder(d: str, image_size: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+    """Every image under d/<class>/ (classes in sorted order), decoded to RGB and resized; labels;
+    class names.
 
     Images are decoded one at a time; that is fine once per process for a small dataset, and the
     result is cached. Non-square images are stretched to a square so no part of the object is cut.
     """
-    base = Path(root)
-    if not base.is_dir():
-        raise DataError(f"folder dataset not found: {base}")
-    class_dirs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if len(class_dirs) < 2:
-        raise DataError(f"{base}: a classifier needs at least 2 class sub-folders "
-                        f"({base}/<class name>/<image files>), found {len(class_dirs)}")
-    images, labels = [], []
-    for label, d in enumerate(class_dirs):
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"{d}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        for f in files:
-            try:
-                # PIL, not torchvision.io: its image decoding is deprecated since torchvision 0.29
-                with Image.open(f) as im:
-                    rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-                img = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
-            except Exception as e:
-                raise DataError(f"{f}: cannot read this image ({e})") from None
-            images.append(_resize(img[None], image_size)[0])
-            labels.append(label)
-    return torch.stack(images), torch.tensor(labels), tuple(d.name for d in class_dirs)
+    files = _class_files(Path(d))
+    images = [_resize(_decode(f)[None], image_size)[0] for fs in files.values() for f in fs]
+    return torch.stack(images), _class_labels(files), tuple(files)
 
 
 # ---------------------------------------------------------------------------------------- splits
@@ -177,7 +260,8 @@ def stratified_split(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Ten
     """(keep, held) sorted index tensors; each class holds out round(fraction * its count) images.
 
     At least one image per class is held out when fraction > 0 and the class has two or more, so
-    tiny folder datasets still test every class. The draw depends only on (y, fraction, seed).
+    tiny folder datasets still test every class. The draw depends only on (y, fraction, seed); how
+    many images are held out depends only on the class counts and fraction, never on the seed.
     """
     g = torch.Generator().manual_seed(seed)
     keep, held = [], []
@@ -190,14 +274,84 @@ def stratified_split(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Ten
     return torch.cat(keep).sort().values, torch.cat(held).sort().values
 
 
-def _labelled(cfg: DataConfig, split: str) -> tuple[Tensor, Tensor, tuple[str, ...]]:
-    """CPU uint8 images, int64 labels and class names of the "train" or "test" split of a source."""
+Labelled = tuple[Tensor | None, Tensor, tuple[str, ...]]  # images (None: labels only), labels, classes
+
+
+def _labelled(cfg: DataConfig, split: str, images: bool = True) -> Labelled | None:
+    """CPU uint8 images, int64 labels and class names of one split of a source: "train" (the images
+    validation is carved from unless the dataset has its own), "val" (a split-layout folder's val/;
+    None for every other source) or "test".
+
+    With images=False nothing is decoded or downloaded: labels come from STL-10's one-byte-per-image
+    label files and from folder listings, so counting a dataset is cheap.
+    """
     if cfg.source == "stl10":
-        return _stl10(cfg.dir, cfg.image_size, split)
-    x, y, classes = _folder(cfg.dir, cfg.image_size)
-    rest, test = stratified_split(y, cfg.test_fraction, FOLDER_TEST_SEED)
-    idx = test if split == "test" else rest
-    return x[idx], y[idx], classes
+        if split == "val":
+            return None
+        if images:
+            return _stl10(cfg.dir, cfg.image_size, split)
+        y = _stl10_labels(Path(cfg.dir), split)
+        return None, y, _stl10_classes(Path(cfg.dir), y)
+    splits = _folder_splits(cfg.dir)
+    if split == "val" and "val" not in splits:
+        return None  # validation is carved from "train"
+    d = splits.get("all") or splits[split]
+    if images:
+        x, y, classes = _folder(str(d), cfg.image_size)
+    else:
+        files = _class_files(d)
+        x, y, classes = None, _class_labels(files), tuple(files)
+    if "all" in splits:  # the class layout: a fixed share of each class is the test split
+        rest, test = stratified_split(y, cfg.test_fraction, FOLDER_TEST_SEED)
+        idx = test if split == "test" else rest
+        x, y = (None if x is None else x[idx]), y[idx]
+    return x, y, classes
+
+
+def _train_val(
+    cfg: DataConfig, seed: int, images: bool = True
+) -> tuple[Tensor | None, Tensor, Tensor, Tensor, tuple[str, ...]]:
+    """The labelled images a run may see (never the test split): images (None unless `images`),
+    labels, the (train, val) index tensors into them, and the class names."""
+    x, y, classes = _labelled(cfg, "train", images)
+    own_val = _labelled(cfg, "val", images)
+    if own_val is not None:  # val/ is the validation split, appended after train/
+        vx, vy, _ = own_val
+        train, val = torch.arange(len(y)), torch.arange(len(y), len(y) + len(vy))
+        x, y = (None if x is None else torch.cat([x, vx])), torch.cat([y, vy])
+    else:
+        train, val = stratified_split(y, cfg.val_fraction, seed)
+    if cfg.train_on_val:
+        train, val = torch.arange(len(y)), torch.arange(0)
+    return x, y, train, val, classes
+
+
+def train_size(cfg: DataConfig) -> int:
+    """How many images a run of `cfg` trains on: len(load_data(cfg, seed).train_y), for any seed.
+
+    Counted from label files and folder listings: no image is decoded and nothing is downloaded
+    (a DataError when STL-10 is not there yet: call it after ensure_downloaded).
+    """
+    return len(_train_val(_resolved(cfg), seed=0, images=False)[2])
+
+
+def describe(cfg: DataConfig) -> str:
+    """One line on what a run of `cfg` reads, as cheap as train_size, e.g. "folder data/pets: split
+    layout (train/ val/ test/), 3 classes, 1,437 train / 160 val / 360 test images"."""
+    resolved = _resolved(cfg)
+    _, _, train, val, classes = _train_val(resolved, seed=0, images=False)
+    n_test = len(_labelled(resolved, "test", images=False)[1])
+    if cfg.source == "stl10":
+        layout = "STL-10 binaries"
+    else:
+        splits = _folder_splits(resolved.dir)
+        if "all" in splits:
+            layout = f"class layout (<class>/; test: {cfg.test_fraction:.0%} of each class, fixed)"
+        else:
+            carved = "" if "val" in splits or cfg.train_on_val else "; val: carved from train/"
+            layout = f"split layout ({' '.join(s + '/' for s in splits)}{carved})"
+    return (f"{cfg.source} {cfg.dir}: {layout}, {len(classes)} classes, "
+            f"{len(train):,} train / {len(val):,} val / {n_test:,} test images")
 
 
 # ----------------------------------------------------------------------------- the loaded dataset
@@ -249,18 +403,18 @@ def load_data(
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" share one copy
         device = torch.device("cuda", torch.cuda.current_device())
-    cfg = dataclasses.replace(cfg, dir=str(Path(cfg.dir).expanduser().resolve()))
-    return _load(dataclasses.astuple(cfg), seed, str(device), with_test)
+    return _load(dataclasses.astuple(_resolved(cfg)), seed, str(device), with_test)
+
+
+def _resolved(cfg: DataConfig) -> DataConfig:
+    """cfg with an absolute data.dir: one cache entry per folder however it is spelled."""
+    return dataclasses.replace(cfg, dir=str(Path(cfg.dir).expanduser().resolve()))
 
 
 @functools.lru_cache(maxsize=2)
 def _load(cfg_fields: tuple, seed: int, device: str, with_test: bool) -> Dataset:
     cfg = DataConfig(*cfg_fields)
-    x, y, classes = _labelled(cfg, "train")
-    if cfg.train_on_val:
-        train, val = torch.arange(len(y)), torch.arange(0)
-    else:
-        train, val = stratified_split(y, cfg.val_fraction, seed)
+    x, y, train, val, classes = _train_val(cfg, seed)
     train_x = x[train]
     mean, std = channel_stats(train_x)
     test_x = test_y = None

@@ -284,9 +284,10 @@ def test_folder_errors(tmp_path):
     with pytest.raises(DataError, match="at least 2 class sub-folders .*found 1"):
         load(tmp_path / "ds")
     (tmp_path / "ds" / "dogs").mkdir()
-    with pytest.raises(DataError, match=r"cats: no images"):
+    with pytest.raises(DataError, match=r"cats: empty class folder, no images"):
         load(tmp_path / "ds")
     (tmp_path / "ds" / "cats" / "broken.png").write_bytes(b"\x89PNG not really")
+    _save(_image(8, 8, 0), tmp_path / "ds" / "dogs" / "fine.png")
     with pytest.raises(DataError, match="broken.png"):
         load(tmp_path / "ds")
 
