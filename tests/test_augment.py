@@ -13,6 +13,7 @@ from stl_tune.augment import (
 from stl_tune.config import AugmentConfig
 
 PLAIN = dict(crop_padding=0, flip=False, randaugment_ops=0)  # every per-image augmentation off
+SIGNED = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast", "Sharpness"}
 
 
 def images(n: int, h: int = 16, w: int = 20, seed: int = 0) -> torch.Tensor:
@@ -92,46 +93,43 @@ def test_op_draws_uniform_and_signs():
     counts = torch.bincount(ops.flatten(), minlength=len(OPS))
     assert len(counts) == len(OPS)
     assert ((counts > 800) & (counts < 1200)).all()  # 1000 expected per op
-    signed = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"}
-    signed |= {"Brightness", "Color", "Contrast", "Sharpness"}
     for k, name in enumerate(OPS):
         share = negative[ops == k].float().mean()
-        assert (0.4 < share < 0.6) if name in signed else share == 0
+        assert (0.4 < share < 0.6) if name in SIGNED else share == 0
 
 
 def test_magnitude_zero_signed_ops_are_identity():
-    names = ["Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"]
-    names += ["Brightness", "Color", "Contrast", "Sharpness"]
+    names = ["Identity", *sorted(SIGNED)]
     ops = torch.tensor([[OPS.index(name) for name in names for _ in range(2)]])
     negative = torch.tensor([[False, True] * len(names)])
     x = images(ops.shape[1])
     assert torch.equal(apply_ops(x, ops, negative, magnitude=0), x)
 
 
-def test_grouped_ops_match_torchvision_per_image():
-    """Every (op, sign) group, interleaved in one batch, equals the public v2.RandAugment applied to
-    that image alone. The op and sign v2.RandAugment(num_ops=1) picks under a seed are read off by
-    replaying its two draws: torch.randint(len(OPS), ()) and, for signed ops, torch.rand(()) <= 0.5."""
-    magnitude = 9
-    reference = v2.RandAugment(num_ops=1, magnitude=magnitude)
-    x = images(60)
-    ops, negative, expected, seen = [], [], [], set()
+@pytest.mark.parametrize("magnitude, h, w", [(9, 16, 20), (30, 24, 24), (17, 11, 13)])
+def test_grouped_ops_match_torchvision_per_image(magnitude, h, w):
+    """Two rounds of (op, sign) groups, interleaved in one batch, equal the public
+    v2.RandAugment(num_ops=2) applied to each image alone, exactly (our geometric ops run as cached
+    pixel maps, Sharpness with a cached kernel). The ops and signs v2.RandAugment picks under a
+    seed are read off by replaying its draws: per op torch.randint(len(OPS), ()), then for a
+    signed op torch.rand(()) <= 0.5."""
+    reference = v2.RandAugment(num_ops=2, magnitude=magnitude)
+    x = images(80, h, w)
+    draws, expected = [], []
     for seed in range(len(x)):
         torch.manual_seed(seed)
-        op = int(torch.randint(len(OPS), ()))
-        neg = bool(torch.rand(()) <= 0.5) and OPS[op] in {
-            "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
-            "Brightness", "Color", "Contrast", "Sharpness",
-        }  # fmt: skip
+        for _ in range(2):
+            op = int(torch.randint(len(OPS), ()))
+            draws.append((op, OPS[op] in SIGNED and bool(torch.rand(()) <= 0.5)))
         torch.manual_seed(seed)
         expected.append(reference(x[seed]))
-        ops.append(op)
-        negative.append(neg)
-        seen.add((op, neg))
-    assert len(seen) >= 18  # most of the 23 groups occur, several images each, interleaved
-    out = apply_ops(x, torch.tensor([ops]), torch.tensor([negative]), magnitude)
+    ops, negative = (torch.tensor(d).view(len(x), 2).T for d in zip(*draws))  # [rounds, images]
+    seen = {(int(o), bool(n)) for o, n in zip(ops.flatten(), negative.flatten())}
+    assert len(seen) >= 20  # most of the 23 groups occur, several images each, interleaved
+    out = apply_ops(x, ops, negative, magnitude)
     for i in range(len(x)):
-        assert torch.equal(out[i], expected[i]), f"image {i}: {OPS[ops[i]]}, negative={negative[i]}"
+        names = [(OPS[o], bool(n)) for o, n in zip(ops[:, i], negative[:, i])]
+        assert torch.equal(out[i], expected[i]), f"image {i}: (op, negative) {names}"
 
 
 # --------------------------------------------------------------------------- Mixup / CutMix
