@@ -9,6 +9,7 @@ The dataset lives on the training device as uint8; each epoch is augmented there
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -19,7 +20,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel
 
 from stl_tune import config as C
 from stl_tune.augment import augment_images, make_mixer, mixing_active
@@ -118,20 +118,50 @@ def make_scheduler(
     return torch.optim.lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warmup])
 
 
-def ema_multi_avg_fn(decay: float, warmup: bool) -> Callable:
-    """torch.optim.swa_utils' EMA update plus the warm-up it lacks: the decay ramps as
-    min(decay, (1+n)/(10+n)), so the random initial weights fade within the first few hundred
-    steps. The decay stays a device tensor, adding no host sync (AveragedModel itself copies its
-    CPU step counter to the device once per update: to be measured on a GPU)."""
+class Ema:
+    """An exponential moving average of a model's weights and buffers, kept in a copy of the model.
 
-    def update(ema: list[Tensor], current: list[Tensor], n_averaged: Tensor) -> None:
-        if not torch.is_floating_point(ema[0]):  # BatchNorm's step counters: just follow
-            torch._foreach_copy_(ema, current)
-            return
-        d = torch.clamp((1 + n_averaged) / (10 + n_averaged), max=decay) if warmup else decay
-        torch._foreach_lerp_(ema, current, 1 - d)
+    Why not torch.optim.swa_utils.AveragedModel: it keeps its step counter as a CPU tensor and
+    copies it to the device on every update (a pageable host-to-device copy waits for the stream),
+    and a decay computed from that counter is a device tensor that _foreach_lerp_ reads back with
+    .item(): host syncs in every step. Here the counter and the decay are Python numbers and the
+    tensor lists are built once, so an update is one _foreach_lerp_ of the floating-point tensors
+    and one _foreach_copy_ of the integer ones (BatchNorm's num_batches_tracked), both queued
+    without waiting for the device. BatchNorm's running statistics are averaged like the weights.
+    """
 
-    return update
+    def __init__(self, model: nn.Module, decay: float, warmup: bool):
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay, self.warmup = decay, warmup
+        self.updates = 0
+        pairs = zip([*self.module.parameters(), *self.module.buffers()], [*model.parameters(), *model.buffers()])
+        floats, others = [], []
+        for ema, current in pairs:
+            (floats if ema.is_floating_point() else others).append((ema, current.detach()))
+        self._floats = [list(t) for t in zip(*floats)]  # [ema tensors, model tensors]
+        self._others = [list(t) for t in zip(*others)]
+
+    def decay_at(self, n: int) -> float:
+        """The decay of the update after n updates: 0 for the first (a copy, as AveragedModel
+        does), then min(decay, (1+n)/(10+n)) with warm-up, so the random initial weights fade
+        within the first few hundred steps, or the plain decay without."""
+        if n == 0:
+            return 0.0
+        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(*self._floats, 1.0 - self.decay_at(self.updates))  # weight 1: an exact copy
+        if self._others:
+            torch._foreach_copy_(*self._others)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "module": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = state["updates"]
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -232,11 +262,7 @@ class _Run:
         self.model = build_model(cfg.model, data.num_classes, data.mean, data.std).to(device)
         if device.type == "cuda" and cfg.runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = (
-            AveragedModel(self.model, multi_avg_fn=ema_multi_avg_fn(cfg.ema.decay, cfg.ema.warmup), use_buffers=True)
-            if cfg.ema.enabled
-            else None
-        )
+        self.ema = Ema(self.model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
         self.opt = make_optimizer(self.model, cfg.optim, fused=device.type == "cuda")
         self.sched = make_scheduler(self.opt, cfg.optim, self.steps_per_epoch)
         self.step_model = torch.compile(self.model) if cfg.runtime.compile else self.model
@@ -297,7 +323,7 @@ class _Run:
             self.opt.step()
             self.sched.step()
             if self.ema is not None:
-                self.ema.update_parameters(self.model)
+                self.ema.update()
             loss_sum += loss.detach()
         self.epoch += 1
         return loss_sum.item() / self.steps_per_epoch

@@ -3,13 +3,15 @@ import io
 import pytest
 import torch
 from rich.console import Console
+from torch.optim.swa_utils import AveragedModel
 
 from stl_tune import config as C
 from stl_tune.data import write_fake_stl10
 from stl_tune.errors import UserError
+from stl_tune.model import build_model
 from stl_tune.progress import EpochProgress
 from stl_tune.train import (
-    ema_multi_avg_fn,
+    Ema,
     label_smoothing_at,
     make_optimizer,
     make_scheduler,
@@ -86,17 +88,58 @@ def test_label_smoothing_is_turned_down_while_mixing():
     assert [label_smoothing_at(e, cfg) for e in (0, 2, 3)] == pytest.approx([0.025, 0.025, 0.1])
 
 
-def test_ema_warms_up_then_holds_its_decay():
-    update = ema_multi_avg_fn(decay=0.99, warmup=True)
-    ema, cur = [torch.zeros(2)], [torch.ones(2)]
-    update(ema, cur, torch.tensor(1))  # decay (1+1)/(10+1) = 2/11: mostly the new weights
-    assert ema[0][0].item() == pytest.approx(9 / 11)
-    ema = [torch.zeros(2)]
-    update(ema, cur, torch.tensor(10_000))  # warm-up over: decay 0.99
-    assert ema[0][0].item() == pytest.approx(0.01)
-    counters = [torch.tensor([3])]
-    update(counters, [torch.tensor([7])], torch.tensor(5))  # integer buffers follow the model
-    assert counters[0].item() == 7
+def test_ema_decay_copies_first_then_warms_up_then_holds():
+    model = torch.nn.Linear(2, 2)
+    warm, plain = Ema(model, decay=0.99, warmup=True), Ema(model, decay=0.99, warmup=False)
+    assert [warm.decay_at(n) for n in (0, 1, 10_000)] == pytest.approx([0.0, 2 / 11, 0.99])
+    assert [plain.decay_at(n) for n in (0, 1, 10_000)] == pytest.approx([0.0, 0.99, 0.99])
+
+
+def _averaged_model_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """The EMA the trainer used before its own: AveragedModel with a device-tensor decay."""
+
+    def update(ema, current, n_averaged):
+        if not torch.is_floating_point(ema[0]):
+            torch._foreach_copy_(ema, current)
+            return
+        torch._foreach_lerp_(ema, current, 1 - torch.clamp((1 + n_averaged) / (10 + n_averaged), max=decay))
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+def test_ema_equals_the_averaged_model_it_replaces():
+    torch.manual_seed(0)
+    model = build_model(C.ModelConfig(width=4, blocks=[1, 1, 1, 1]), 10)  # BN: float and integer buffers
+    ema, reference = Ema(model, decay=0.9, warmup=True), _averaged_model_ema(model, decay=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in range(40):  # warm-up (decay (1+n)/(10+n) < 0.9 up to n = 80) and beyond
+        loss = model(torch.rand(8, 3, 16, 16)).logsumexp(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update()
+        reference.update_parameters(model)
+        if step == 0:  # the first update copies, exactly
+            assert all(torch.equal(a, b) for a, b in zip(ema.module.state_dict().values(), model.state_dict().values()))
+    ours, theirs = ema.module.state_dict(), reference.module.state_dict()
+    assert ours.keys() == theirs.keys() and ema.updates == reference.n_averaged.item() == 40
+    for key in ours:
+        assert torch.allclose(ours[key], theirs[key], rtol=1e-5, atol=1e-6), key
+    assert not torch.allclose(ours["head.weight"], model.head.weight)  # an average, not a copy
+    assert ours["stem.0.1.num_batches_tracked"].item() == 40  # integer buffers follow the model
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_ema_update_waits_for_nothing_on_cuda():
+    model = build_model(C.ModelConfig(width=4, blocks=[1, 1, 1, 1]), 10).cuda()
+    ema = Ema(model, decay=0.9, warmup=True)
+    torch.cuda.set_sync_debug_mode("error")  # a device read or a blocking copy raises
+    try:
+        for _ in range(3):
+            ema.update()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert ema.updates == 3
 
 
 # ------------------------------------------------------------------------------------- training
