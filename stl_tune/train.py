@@ -376,7 +376,13 @@ def train(
     run = _Run(cfg, evaluate_test)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
-        run.restore(_load_checkpoint(ckpt, cfg))
+        state = _load_checkpoint(ckpt, cfg)
+        try:
+            run.restore(state)
+        except (KeyError, RuntimeError, ValueError):  # other keys or shapes: another trainer version
+            raise UserError(
+                f"checkpoint {ckpt} was written by another version of stl-tune; remove it to start over"
+            ) from None
     result = TrainResult(
         status="completed", epochs_run=run.epoch, best_val_acc=run.best, val_acc=None,
         history=run.history, classes=run.data.classes, param_count=param_count(run.model),

@@ -5,9 +5,10 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision.ops import SqueezeExcitation
 
 from stl_tune.config import ModelConfig
-from stl_tune.model import BasicBlock, build_model, param_count
+from stl_tune.model import BasicBlock, ResNet, build_model, param_count
 
 TINY = ModelConfig(width=4, blocks=[1, 1, 1, 1], se=True, se_reduction=16, drop_path=0.5)
 
@@ -60,8 +61,30 @@ def test_se_adds_exactly_its_layers(width, reduction):
     for stage, depth in enumerate(cfg.blocks):
         c = width * 2**stage
         s = max(1, c // reduction)
-        expected += depth * (c * s + s + s * c + c)  # two 1x1 convs with bias
+        expected += depth * (c * s + s + s * c + c)  # two linear layers with bias
     assert with_se - plain == expected
+
+
+def test_se_is_torchvisions_squeeze_excitation_with_linear_layers():
+    # The same network with torchvision's Conv2d SE, built from the same seed: the same weights
+    # under the same names (1x1 kernels flattened), the same outputs in train and eval mode.
+    cfg = tiny(drop_path=0.0)
+    torch.manual_seed(0)
+    ours = build_model(cfg, 10)
+    torch.manual_seed(0)
+    theirs = ResNet(
+        widths=[4, 8, 16, 32], blocks=cfg.blocks, num_classes=10, stem_stride=1, drop_path=0.0,
+        attn_layer=lambda c: SqueezeExcitation(c, max(1, c // cfg.se_reduction)), mean=(0.5,) * 3, std=(0.25,) * 3,
+    )  # fmt: skip
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys() and any(k.endswith("attn.fc1.weight") for k in a)
+    assert all(torch.equal(a[k], b[k].view_as(a[k])) for k in a)
+    randomize(ours), randomize(theirs)  # non-zero residual branches, so the SE output counts
+    x = torch.rand(4, 3, 16, 16)
+    for mode in (True, False):
+        ours.train(mode), theirs.train(mode)
+        with torch.no_grad():
+            assert torch.allclose(ours(x), theirs(x), atol=1e-5)
 
 
 def test_drop_path_is_identity_in_eval():

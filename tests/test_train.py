@@ -231,6 +231,12 @@ def test_checkpoint_of_another_config_is_refused(data_dir, tmp_path):
     # where the data lives and which device runs it are not the recipe: a retry elsewhere resumes
     moved = tiny(data_dir, **{"optim.epochs": 1, "runtime.device": "cpu", "data.dir": f"{data_dir}/."})
     assert train(moved, checkpoint=ckpt).resumed_from_epoch == 1
+    state = torch.load(ckpt, weights_only=True)
+    key = "stages.0.0.attn.fc1.weight"
+    state["model"][key] = state["model"][key][:, :, None, None]  # as torchvision's Conv2d SE saved it
+    torch.save(state, ckpt)
+    with pytest.raises(UserError, match="written by another version of stl-tune"):
+        train(tiny(data_dir, **{"optim.epochs": 1}), checkpoint=ckpt)
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot read checkpoint"):
         train(tiny(data_dir, **{"optim.epochs": 1}), checkpoint=ckpt)
