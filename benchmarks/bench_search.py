@@ -34,11 +34,11 @@ import yaml
 from optuna.trial import TrialState
 
 from stl_tune.data import write_fake_stl10
-from stl_tune.search import objective as objective_module
 from stl_tune.search.objective import Objective
 from stl_tune.search.space import StudySpec
 from stl_tune.search.study import create_or_load_study, mask_url, open_storage
 from stl_tune.search.workers import work
+from stl_tune.train import train
 
 
 def study_dict(data_dir: Path, epochs: int, pruner: str) -> dict:
@@ -68,7 +68,6 @@ class TimedTrain:
     def __init__(self) -> None:
         self.train_s = self.callback_s = 0.0
         self.epochs = 0
-        self._train = objective_module.train
 
     def __call__(self, cfg, on_epoch_end, **kw):
         def timed(m):
@@ -80,7 +79,7 @@ class TimedTrain:
 
         t = time.perf_counter()
         try:
-            return self._train(cfg, timed, **kw)
+            return train(cfg, timed, **kw)
         finally:
             self.train_s += time.perf_counter() - t
 
@@ -89,13 +88,9 @@ def in_process(url: str, data_dir: Path, workdir: Path, name: str, trials: int, 
     spec = StudySpec.from_dict(study_dict(data_dir, epochs, pruner))
     study = create_or_load_study(spec, name, open_storage(url))
     timer = TimedTrain()
-    objective_module.train = timer
-    try:
-        t = time.perf_counter()
-        work(study, Objective(spec, workdir / f"artifacts-{name}"), trials)
-        wall = time.perf_counter() - t
-    finally:
-        objective_module.train = timer._train
+    t = time.perf_counter()
+    work(study, Objective(spec, workdir / f"artifacts-{name}", trainer=timer), trials)
+    wall = time.perf_counter() - t
     pure = timer.train_s - timer.callback_s
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     return {

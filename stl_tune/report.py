@@ -21,8 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.search.export import write_export
 from stl_tune.search.space import StudyError
-from stl_tune.search.study import experimental_ok
-from stl_tune.search.workers import tally
+from stl_tune.search.optuna_compat import experimental_ok
+from stl_tune.search.trials import ranked, tally
 
 TOP_TRIALS = 10  # rows of the best-trials table, each with its config file
 LEGEND_MAX = 20  # trials named in a PNG's legend; more would hide the plot
@@ -83,9 +83,7 @@ def _plots(study: optuna.Study) -> Iterator[tuple]:
 
 # ------------------------------------------------------------------------------------- table
 def best_trials(study: optuna.Study, n: int = TOP_TRIALS) -> list[FrozenTrial]:
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(done, key=lambda t: t.value, reverse=maximize)[:n]
+    return ranked(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), study.direction)[:n]
 
 
 def _config_link(study: optuna.Study, trial: FrozenTrial, out: Path) -> str:

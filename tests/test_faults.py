@@ -64,8 +64,9 @@ def test_killed_worker_trial_resumes_from_its_checkpoint(tmp_path, tiny_study, w
     pid = int(victim.user_attrs["worker"].rpartition(":")[2])
     (dead,) = [p for p in procs if p.pid == pid]
     os.kill(pid, signal.SIGKILL)  # no handler runs: the trial stays RUNNING, its heartbeat stops
+    assert dead.wait() == -signal.SIGKILL  # reaped, as its parent (a shell, `stl-tune run`) would
     (survivor,) = [p for p in procs if p is not dead]
-    assert survivor.wait(timeout=180) == 0 and dead.wait() == -signal.SIGKILL
+    assert survivor.wait(timeout=180) == 0
 
     study = optuna.load_study(study_name=name, storage=url)
     assert len(_finished(study)) == n and set(t.state for t in study.trials) <= {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL}
@@ -77,7 +78,8 @@ def test_killed_worker_trial_resumes_from_its_checkpoint(tmp_path, tiny_study, w
     assert epoch >= 1 and retry.user_attrs["resumed_from_epoch"] == epoch
     assert retry.user_attrs["curve"][:epoch] == killed.user_attrs["curve"][:epoch]  # the curve continues
     assert len(retry.user_attrs["curve"]) == retry.user_attrs["epochs_run"] == 12
-    assert not any(artifacts.iterdir())
+    assert not any(artifacts.iterdir())  # not even a partial upload the kill cut short
+    assert not list(tmp_path.glob(f"stl-tune-{pid}-*"))  # nor the dead worker's local checkpoint copy
 
 
 def _run_cmd(study_file: Path, name: str, n: int, workers: int, url: str, artifacts: Path) -> list[str]:
@@ -185,3 +187,59 @@ def test_diverging_trial_fails_with_its_reason_and_the_others_finish(tmp_path, t
     assert diverged.state == TrialState.FAIL and diverged.user_attrs["status"] == "diverged"
     assert re.fullmatch(r"diverged at epoch \d", diverged.user_attrs["fail_reason"])
     assert [t.state for t in ok] == [TrialState.COMPLETE, TrialState.COMPLETE]
+
+
+def _stop_outside_a_write(pid: int, db: Path) -> None:
+    """SIGSTOP `pid` at a moment it holds no SQLite write lock: frozen mid-transaction, it would
+    block every other worker for the busy timeout, which is another fault than the one under test."""
+    import sqlite3
+
+    for _ in range(100):
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with sqlite3.connect(db, timeout=0.5, isolation_level=None) as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # "database is locked": it was writing; let it finish
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.05)
+    raise AssertionError(f"worker {pid} never left the database unlocked")
+
+
+@pytest.mark.slow
+def test_frozen_worker_wakes_drops_its_stale_trial_and_goes_on(tmp_path, tiny_study, worker_env):
+    """A worker frozen past the grace period (a closed laptop lid, a stopped container): another
+    worker fails and retries its trial; when it wakes, it drops the trial with one line, no
+    traceback, and helps finish the study, which ends with exactly N finished trials."""
+    n, name, db, artifacts = 2, "frozen", tmp_path / "study.db", tmp_path / "artifacts"
+    url = f"sqlite:///{db}"
+    spec = StudySpec.from_dict(yaml.safe_load(_study_file(tmp_path, tiny_study, epochs=12).read_text()))
+    create_or_load_study(spec, name, open_storage(url, heartbeat=False)).set_user_attr("n_trials", n)
+    cmd = [*STL_TUNE, "worker", "--name", name, "--storage", url, "--gpus", "none", "--artifacts", str(artifacts)]
+    procs = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=worker_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]  # fmt: skip
+    victim = _wait_for_checkpoint(url, name, procs)
+    pid = int(victim.user_attrs["worker"].rpartition(":")[2])
+    (frozen,) = [p for p in procs if p.pid == pid]
+    (other,) = [p for p in procs if p is not frozen]
+    _stop_outside_a_write(pid, db)
+    try:  # the other worker finishes its trial, then finds this one silent past the grace period
+        deadline = time.monotonic() + 120
+        while optuna.load_study(study_name=name, storage=url).trials[victim.number].state != TrialState.FAIL:
+            assert time.monotonic() < deadline, "the frozen worker's trial was never failed"
+            time.sleep(0.2)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    out_frozen, _ = frozen.communicate(timeout=120)
+    out_other, _ = other.communicate(timeout=120)
+    assert frozen.returncode == 0 and other.returncode == 0, out_frozen + out_other
+    assert "Traceback" not in out_frozen + out_other
+    dropped = f"trial {victim.number} was failed by another worker while this one was paused; its retry goes on"
+    assert out_frozen.count(dropped) == 1, out_frozen
+
+    study = optuna.load_study(study_name=name, storage=url)
+    assert len(_finished(study)) == n
+    (retry,) = [t for t in study.trials if t.system_attrs.get("retry_history") == [victim.number]]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 1
+    assert not any(artifacts.iterdir())

@@ -12,11 +12,11 @@ import torch
 from optuna.trial import TrialState
 
 from stl_tune import config as C
-from stl_tune.search import objective as objective_module
 from stl_tune.search.objective import Objective
 from stl_tune.search.space import StudySpec
 from stl_tune.search.study import create_or_load_study, open_storage
 from stl_tune.search.workers import work
+from stl_tune.train import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # in-process trainings
 
@@ -66,19 +66,17 @@ def test_pruned_trial_keeps_its_curve_and_no_checkpoint(tmp_path, tiny_study):
     assert not any(artifacts.iterdir())
 
 
-def test_failing_trial_is_recorded_and_the_worker_goes_on(setup, monkeypatch):
+def test_failing_trial_is_recorded_and_the_worker_goes_on(setup):
     spec, study, artifacts = setup
-    real_train = objective_module.train
     calls = []
 
     def out_of_memory_once(cfg, on_epoch_end=None, **kw):
         calls.append(cfg)
         if len(calls) == 1:  # the first trial dies before its first epoch ends
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_train(cfg, on_epoch_end, **kw)
+        return train(cfg, on_epoch_end, **kw)
 
-    monkeypatch.setattr(objective_module, "train", out_of_memory_once)
-    work(study, Objective(spec, artifacts), 1)
+    work(study, Objective(spec, artifacts, trainer=out_of_memory_once), 1)
 
     failed, ok = study.trials
     assert failed.state == TrialState.FAIL and ok.state == TrialState.COMPLETE
@@ -87,13 +85,12 @@ def test_failing_trial_is_recorded_and_the_worker_goes_on(setup, monkeypatch):
 
 
 @pytest.mark.parametrize("lag", [0, 1], ids=["checkpoint-at-interrupt", "checkpoint-an-epoch-earlier"])
-def test_interrupted_trial_resumes_from_its_checkpoint_exactly(setup, tiny_study, monkeypatch, lag):
+def test_interrupted_trial_resumes_from_its_checkpoint_exactly(setup, tiny_study, lag):
     """lag 1: epoch 2 was reported but not checkpointed (runtime.checkpoint_interval_s), so the
     retry trains and reports epoch 2 again: once, without Optuna's "already reported" warning."""
     tiny_study["fixed"]["optim"]["epochs"] = 3
     spec = StudySpec.from_dict(tiny_study)
     _, study, artifacts = setup
-    real_train = objective_module.train
 
     def interrupted_after_epoch_2(cfg, on_epoch_end, **kw):
         def cb(m):
@@ -104,14 +101,12 @@ def test_interrupted_trial_resumes_from_its_checkpoint_exactly(setup, tiny_study
                 raise KeyboardInterrupt  # as a Ctrl-C between two epochs would
             return stop
 
-        return real_train(cfg, cb, **kw)
+        return train(cfg, cb, **kw)
 
     params = {"optim.lr": 3e-3, "model.se": True}
     study.enqueue_trial(params)
-    monkeypatch.setattr(objective_module, "train", interrupted_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        work(study, Objective(spec, artifacts), 1)
-    monkeypatch.setattr(objective_module, "train", real_train)
+        work(study, Objective(spec, artifacts, trainer=interrupted_after_epoch_2), 1)
 
     first, retry = study.trials  # the worker queued a retry of the interrupted trial
     assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"

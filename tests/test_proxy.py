@@ -81,3 +81,14 @@ def test_proxy_fails_and_requeues_a_silent_trial_but_not_a_writing_one(tmp_path)
         retries = study.get_trials(states=(TrialState.WAITING,))
         assert [RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in retries] == [dead.number]
         study.tell(alive, 0.2)
+
+
+def test_proxy_in_front_of_a_proxy_is_refused_at_once_without_waiting():
+    """No server listens there: the refusal must come from the URL alone, not after a timeout."""
+    from typer.testing import CliRunner
+
+    from stl_tune.cli import app
+
+    r = CliRunner().invoke(app, ["proxy", "--storage", "grpc://user:secret@127.0.0.1:9"])
+    assert r.exit_code == 2 and "is a proxy itself; pass the database URL it should serve" in r.output
+    assert "secret" not in r.output

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stl_tune.errors import UserError
-from stl_tune.search import workers as W
+from stl_tune.search import launch as W
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from stl_tune.cli import app
-from stl_tune.search import objective as objective_module
 from stl_tune.search.objective import Objective
 from stl_tune.search.space import StudySpec
 from stl_tune.search.study import create_or_load_study, open_storage
-from stl_tune.search.workers import StudyStopped, is_surplus, tally, work
+from stl_tune.search.trials import is_surplus, tally
+from stl_tune.search.workers import StudyStopped, work
 
 STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]  # the installed console script
 
@@ -77,7 +77,8 @@ def test_racing_workers_finish_exactly_n_trials(storage_url, worker_env, tmp_pat
         import random, time, optuna
         from optuna.trial import TrialState
         from stl_tune.search.study import open_storage
-        from stl_tune.search.workers import is_surplus, work
+        from stl_tune.search.trials import is_surplus
+        from stl_tune.search.workers import work
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage({storage_url!r}, heartbeat=False)
         study = optuna.load_study(study_name={blind!r}, storage=storage)
@@ -131,18 +132,17 @@ def test_run_with_three_workers_finishes_exactly_n_trials(storage_url, worker_en
 
 
 @pytest.mark.usefixtures("single_thread")
-def test_hopeless_study_stops_with_the_last_reason(tmp_path, tiny_study, monkeypatch):
+def test_hopeless_study_stops_with_the_last_reason(tmp_path, tiny_study):
     def broken(cfg, on_epoch_end=None, **kw):
         raise FileNotFoundError("no stl10_binary/ in /data")
 
-    monkeypatch.setattr(objective_module, "train", broken)
     spec = StudySpec.from_dict(tiny_study)
     study = create_or_load_study(spec, None, open_storage(f"sqlite:///{tmp_path}/s.db"))
     with pytest.raises(StudyStopped, match=r"last 3 trials failed \(last: FileNotFoundError: no stl10_binary"):
-        work(study, Objective(spec, tmp_path / "artifacts"), 5, max_failures=3)
+        work(study, Objective(spec, tmp_path / "artifacts", trainer=broken), 5, max_failures=3)
     assert _states(study) == {"FAIL": 3}
 
-    monkeypatch.undo()  # the cause is fixed: a new run is not stopped by the old failures
+    # the cause is fixed: a new run is not stopped by the old failures
     work(study, Objective(spec, tmp_path / "artifacts"), 1, max_failures=3)
     assert _states(study) == {"FAIL": 3, "COMPLETE": 1}
 
@@ -173,3 +173,43 @@ def test_run_and_worker_with_the_budget_reached_do_nothing(tmp_path, tiny_study)
         assert r.exit_code == 0, r.output
         assert "study tiny already has 2 finished trials (budget 1); nothing to do" in r.output
     assert len(study.trials) == 2 and "n_trials" not in study.user_attrs  # nothing ran, nothing changed
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_trial_failed_by_another_worker_is_dropped_with_one_line(tmp_path, tiny_study, caplog):
+    """What a worker that was frozen past the grace period meets when it wakes: its trial failed
+    and re-queued by another. It drops the trial quietly and runs the retry itself."""
+    from stl_tune.search.trials import DIED, fail_reason, retry
+    from stl_tune.train import train
+
+    tiny_study["fixed"]["optim"]["epochs"] = 3
+    spec = StudySpec.from_dict(tiny_study)
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = create_or_load_study(spec, None, open_storage(url))
+    other = optuna.load_study(study_name=study.study_name, storage=open_storage(url, heartbeat=False))
+    calls = []
+
+    def failed_from_outside_after_epoch_1(cfg, on_epoch_end, **kw):
+        calls.append(1)
+
+        def cb(m):
+            stop = on_epoch_end(m)  # reports and uploads the epoch's checkpoint
+            if len(calls) == 1 and m.epoch == 1:  # as the other worker's heartbeat check would
+                (t,) = other.get_trials(states=(TrialState.RUNNING,))
+                other._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                retry(other, other._storage.get_trial(t._trial_id))
+            return stop
+
+        return train(cfg, cb, **kw)
+
+    artifacts = tmp_path / "artifacts"
+    with caplog.at_level("WARNING", logger="stl_tune.search.workers"):
+        t = work(study, Objective(spec, artifacts, trainer=failed_from_outside_after_epoch_1), 1)
+    assert t.finished == 1 and len(calls) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "trial 0 was failed by another worker while this one was paused; its retry goes on"
+    ]
+    first, resumed = study.trials
+    assert first.state == TrialState.FAIL and fail_reason(first) == DIED  # its attrs as a dead worker's
+    assert resumed.state == TrialState.COMPLETE and resumed.user_attrs["resumed_from_epoch"] == 1
+    assert not any(artifacts.iterdir())

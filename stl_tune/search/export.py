@@ -13,15 +13,17 @@ from stl_tune import config
 from stl_tune.config import ConfigError, TrainConfig
 from stl_tune.search.space import StudyError
 from stl_tune.search.study import CONFIG_ATTR, SPEC_ATTR
+from stl_tune.search.trials import ranked
 
 
 def pick_trial(study: optuna.Study, trial_number: int | None = None) -> FrozenTrial:
     """Trial `trial_number` of the study, or its best one; it must be COMPLETE."""
     trials = study.get_trials(deepcopy=False)
     if trial_number is None:
-        if not any(t.state == TrialState.COMPLETE for t in trials):
+        best = ranked(trials, study.direction)
+        if not best:
             raise StudyError(f"study '{study.study_name}' has no complete trial yet")
-        return study.best_trial
+        return best[0]
     found = [t for t in trials if t.number == trial_number]
     if not found:
         span = f"trials are 0..{len(trials) - 1}" if trials else "it has no trials"

@@ -1,10 +1,10 @@
-"""The one bridge between Optuna and the trainer: a trial becomes one `train()` call.
+"""The one bridge between Optuna and the trainer: a trial becomes one call of the trainer.
 
 Per trial it builds the config from the study's search space, reports validation accuracy after
-every epoch (the pruner may stop the run there), keeps the latest per-epoch checkpoint in Optuna's
-artifact store so that a retried trial (its worker died or was interrupted) resumes where the
-previous attempt stopped, and records in the trial's user attributes all it takes to reproduce and
-compare the trial:
+every epoch (the pruner may stop the run there), keeps the trainer's latest resume checkpoint
+(written at most every runtime.checkpoint_interval_s, and at the end) in the artifact store so
+that a retried trial (its worker died or was interrupted) resumes where the previous attempt last
+saved, and records in the trial's user attributes all it takes to reproduce and compare the trial:
 
   config              the fully resolved TrainConfig (config.to_dict); export reads it back
   curve               validation accuracy per epoch, updated every epoch (running and pruned trials too)
@@ -18,27 +18,31 @@ compare the trial:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.artifacts import download_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 from stl_tune import config as C
+from stl_tune.search import optuna_compat as compat
+from stl_tune.search.checkpoints import CheckpointStore, local_workdir, sweep_dead_workdirs
 from stl_tune.search.space import StudySpec, suggest_config
-from stl_tune.search.study import CONFIG_ATTR, experimental_ok
-from stl_tune.search.workers import worker_id
-from stl_tune.train import EpochMetrics, train
+from stl_tune.search.study import CONFIG_ATTR
+from stl_tune.search.trials import worker_id
+from stl_tune.train import EpochMetrics, TrainResult, train
 
 log = logging.getLogger(__name__)
+
+Trainer = Callable[..., TrainResult]  # stl_tune.train.train's signature: (cfg, on_epoch_end, *, checkpoint)
 
 
 class Objective:
@@ -49,15 +53,18 @@ class Objective:
     (a shared file system across hosts) for a retry on another host to find the checkpoint.
     overrides: {"a.b": value} applied to every trial after the search space, e.g. the data folder
     of this host ({"data.dir": ...}).
+    trainer: the function that trains one config (stl_tune.train.train; tests pass stand-ins).
     """
 
-    def __init__(self, spec: StudySpec, artifacts: str | Path, overrides: dict[str, Any] | None = None):
+    def __init__(
+        self, spec: StudySpec, artifacts: str | Path, overrides: dict[str, Any] | None = None, trainer: Trainer = train
+    ):
         self.spec = spec
-        Path(artifacts).mkdir(parents=True, exist_ok=True)
-        self.store = FileSystemArtifactStore(artifacts)
+        self.store = CheckpointStore(artifacts)
         self.overrides = dict(overrides or {})
+        self.trainer = trainer
         # Local checkpoint files: the trainer writes here (atomically), we upload from here.
-        self._tmp = tempfile.TemporaryDirectory(prefix="stl-tune-")
+        self._tmp = local_workdir()
         self.workdir = Path(self._tmp.name)
         self.worker = worker_id()
 
@@ -74,11 +81,12 @@ class Objective:
         trial.set_user_attr("worker", self.worker)
         ckpt = self.workdir / f"trial-{trial.number}.pt"
         keep_checkpoint = False
+        attempts: list[int] = []  # storage ids of this trial and the attempts it retries
         try:
             cfg = self.config(trial)
             trial.set_user_attr(CONFIG_ATTR, C.to_dict(cfg))
-            curve = self._resume(trial, ckpt)
-            result = train(cfg, self._epoch_callback(trial, cfg, ckpt, curve), checkpoint=ckpt)
+            curve = self._resume(trial, ckpt, attempts)
+            result = self.trainer(cfg, self._epoch_callback(trial, cfg, ckpt, curve), checkpoint=ckpt)
             for key in ("epochs_run", "seconds", "param_count", "device"):
                 trial.set_user_attr(key, getattr(result, key))
             status, value, diverged_epoch = result.status, getattr(result, self.spec.objective), result.diverged_epoch
@@ -112,8 +120,12 @@ class Objective:
             trial.set_user_attr("fail_reason", reason)
             raise
         finally:
-            if not keep_checkpoint:
-                self._drop_checkpoint(trial)
+            if not keep_checkpoint:  # the line of attempts ends here: remove all it wrote
+                self.store.sweep(attempts or [compat.trial_id(trial)])
+                if len(attempts) > 1:  # a retry: an earlier attempt's worker may have died on this host
+                    sweep_dead_workdirs()
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    trial.set_user_attr("checkpoint", None)
             ckpt.unlink(missing_ok=True)
             if torch.cuda.is_available():  # hand the trial's GPU memory back before the next one;
                 gc.collect()  # a full collection costs ~0.2 s with torch loaded: not worth it on CPU
@@ -131,23 +143,30 @@ class Objective:
                 return True  # the trial ends here: no checkpoint needed
             if not m.checkpointed:  # the trainer writes one every runtime.checkpoint_interval_s
                 return False
-            # Checkpoint for a retry: upload the new one before dropping the old, so a worker
-            # killed in between leaves at worst an orphan file, never a trial without a checkpoint.
-            artifact_id = upload_artifact(artifact_store=self.store, file_path=str(ckpt), study_or_trial=trial)
+            # Checkpoint for a retry: upload the new one before dropping the old, so a worker killed
+            # in between leaves a trial with a checkpoint (and a file that the end of its retry sweeps).
+            artifact_id = self.store.new_id(compat.trial_id(trial), m.epoch)
+            with open(ckpt, "rb") as f:
+                self.store.write(artifact_id, f)
             old = trial.user_attrs.get("checkpoint")
-            trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "epoch": m.epoch})
+            try:
+                trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "epoch": m.epoch})
+            except optuna.exceptions.UpdateFinishedTrialError:
+                self.store.remove(artifact_id)  # failed as stale meanwhile: nobody will read it
+                raise
             if old:
-                self._remove(old["artifact_id"])
+                self.store.remove(old["artifact_id"])
             return False
 
         return on_epoch_end
 
-    def _resume(self, trial: optuna.Trial, ckpt: Path) -> list[float]:
-        """Download the previous attempt's checkpoint when this trial retries one; the curve so far."""
-        frozen = trial.storage.get_trial(trial._trial_id)
-        with experimental_ok():
-            attempts = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
-        previous = _trial_by_number(trial.study, attempts[-1]) if attempts else None
+    def _resume(self, trial: optuna.Trial, ckpt: Path, attempts: list[int]) -> list[float]:
+        """Download the previous attempt's checkpoint when this trial retries one; the curve so far.
+        Fills `attempts` with the storage ids of the earlier attempts and of this trial."""
+        history = compat.retry_history(compat.frozen(trial))
+        earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number in history]
+        attempts[:] = [*map(compat.trial_id, earlier), compat.trial_id(trial)]
+        previous = next((t for t in earlier if t.number == history[-1]), None) if history else None
         saved = previous.user_attrs.get("checkpoint") if previous is not None else None
         epoch = 0
         if saved:
@@ -169,19 +188,3 @@ class Objective:
         for step, value in enumerate(curve, 1):
             trial.report(value, step)
         return curve
-
-    def _drop_checkpoint(self, trial: optuna.Trial) -> None:
-        saved = trial.user_attrs.get("checkpoint")
-        if saved:
-            self._remove(saved["artifact_id"])
-            trial.set_user_attr("checkpoint", None)
-
-    def _remove(self, artifact_id: str) -> None:
-        try:
-            self.store.remove(artifact_id)
-        except ArtifactNotFound:
-            pass
-
-
-def _trial_by_number(study: optuna.Study, number: int) -> FrozenTrial | None:
-    return next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)

@@ -13,16 +13,16 @@ import time
 import optuna
 import typer
 
+from stl_tune.search.optuna_compat import CachedStorage
 from stl_tune.search.study import error_line
-from stl_tune.search.workers import fail_stale_trials
+from stl_tune.search.trials import fail_stale_trials
 
 
-class HeartbeatOnWrite(optuna.storages._CachedStorage):
+class HeartbeatOnWrite(CachedStorage):
     """The database storage behind the proxy, taking every write for a trial as its heartbeat.
 
     Each trial write a worker sends (start, params, per-epoch values, attrs) records a heartbeat,
-    so a trial is judged alive while it writes at least once per grace period. _CachedStorage is
-    what Optuna itself wraps around an RDBStorage (optuna.storages.get_storage) for the proxy.
+    so a trial is judged alive while it writes at least once per grace period.
     """
 
     def create_new_trial(self, study_id, template_trial=None):

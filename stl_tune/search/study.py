@@ -15,8 +15,6 @@ import contextlib
 import os
 import re
 import sqlite3
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +24,8 @@ import sqlalchemy
 from filelock import FileLock, Timeout
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from stl_tune.search import optuna_compat as compat
+from stl_tune.search.optuna_compat import experimental_ok
 from stl_tune.search.options import (
     DEFAULT_STORAGE,
     GRACE_ENV,
@@ -40,16 +40,6 @@ SQLITE_TIMEOUT_S = 60  # wait this long for another worker's write lock instead 
 MAX_RETRY = 3  # re-runs of a trial whose worker died, as a new trial with the same params
 SPEC_ATTR = "spec"  # study user attr holding StudySpec.to_dict()
 CONFIG_ATTR = "config"  # trial user attr: config.to_dict of the trial's resolved TrainConfig
-
-
-@contextlib.contextmanager
-def experimental_ok() -> Iterator[None]:
-    """Silence Optuna's ExperimentalWarning inside: heartbeats and their retry callback, the gRPC
-    proxy, fail_stale_trials, TPE's `group` and the matplotlib plots are all marked experimental
-    (some since Optuna 2.x), and are what stl-tune needs."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
 
 
 # ------------------------------------------------------------------------------------ URLs
@@ -216,11 +206,11 @@ def _grpc_storage(url: str, shown: str) -> BaseStorage:
 
 def describe(storage: BaseStorage) -> str:
     """A printable, password-free name for an open storage."""
-    url = getattr(storage, "url", None) or getattr(getattr(storage, "_backend", None), "url", None)
+    url = compat.storage_url(storage)
     if url:
         return mask_url(url)
-    host = getattr(storage, "_host", None)
-    return f"grpc://{host}:{storage._port}" if host else type(storage).__name__  # type: ignore[attr-defined]
+    address = compat.grpc_address(storage)
+    return f"grpc://{address[0]}:{address[1]}" if address else type(storage).__name__
 
 
 def _open(storage: BaseStorage | str | None) -> BaseStorage:

@@ -1,10 +1,10 @@
 """`stl-tune run` (create or continue a study and run its workers) and `stl-tune worker` (join a
-study from any host). The main CLI merges this `app`; `run` starts its worker processes as
-`python -m stl_tune worker ...`.
+study from any host); `run` starts its worker processes as `python -m stl_tune worker ...`.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -40,23 +40,25 @@ def run(
     max_failures: MaxFailures = 5,
 ) -> None:
     """Create (or continue) a study and run its trials in one worker process per GPU slot."""
+    from stl_tune.search import launch as L
     from stl_tune.search import study as S
-    from stl_tune.search import workers as W
     from stl_tune.search.space import default_study_file, load_study_file
+    from stl_tune.search.trials import N_TRIALS_ATTR
 
-    spec = load_study_file(study_file if study_file is not None else default_study_file())
-    slots = W.plan_slots(gpus, workers_per_gpu, workers)  # every check before the study is created
-    _download_once(spec, data_dir)
+    study_file = study_file if study_file is not None else default_study_file()
+    spec = load_study_file(study_file)
+    slots = L.plan_slots(gpus, workers_per_gpu, workers)  # every check before the study is created
+    _prepare_data(spec, data_dir, str(study_file))
     url = S.storage_url(storage)
     store = S.open_storage(url, heartbeat=False)
     name = name or spec.name
     n_trials = trials or _stored_budget(store, name)
     study = S.create_or_load_study(spec, name, store)
     _stop_if_done(study, n_trials)
-    art = W.artifacts_dir(artifacts, url, study)
-    study.set_user_attr(W.N_TRIALS_ATTR, n_trials)
-    study.set_user_attr(W.ARTIFACTS_ATTR, str(art))
-    code = W.launch(study, url, slots, n_trials, artifacts=art, data_dir=_abs(data_dir), max_failures=max_failures)
+    art = L.artifacts_dir(artifacts, url, study)
+    study.set_user_attr(N_TRIALS_ATTR, n_trials)
+    study.set_user_attr(L.ARTIFACTS_ATTR, str(art))
+    code = L.launch(study, url, slots, n_trials, artifacts=art, data_dir=_abs(data_dir), max_failures=max_failures)
     raise typer.Exit(code)
 
 
@@ -76,33 +78,36 @@ def worker(
     """Join an existing study from any host: work on it until its budget is reached."""
     import torch
 
+    from stl_tune.search import launch as L
     from stl_tune.search import study as S
-    from stl_tune.search import workers as W
 
     url = S.storage_url(storage)
-    slots = W.plan_slots(gpus, workers_per_gpu, workers)
+    slots = L.plan_slots(gpus, workers_per_gpu, workers)
     if len(slots) > 1 or (slots[0] is not None and torch.cuda.device_count() > 1):
         study, spec = S.load_study(name, S.open_storage(url, heartbeat=False))
         n_trials = _budget_left(study, trials)
-        _download_once(spec, data_dir)
-        art = W.artifacts_dir(artifacts, url, study)
-        code = W.launch(study, url, slots, n_trials, artifacts=art, data_dir=_abs(data_dir),
+        _prepare_data(spec, data_dir, f"study '{study.study_name}'")
+        art = L.artifacts_dir(artifacts, url, study)
+        code = L.launch(study, url, slots, n_trials, artifacts=art, data_dir=_abs(data_dir),
                         max_failures=max_failures, first_index=worker_index)  # fmt: skip
         raise typer.Exit(code)
 
     import optuna
 
     from stl_tune.search.objective import Objective
+    from stl_tune.search.workers import work
 
     # Optuna's INFO line per trial (full-precision params) would bury the output: one short line instead.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, spec = S.load_study(name, S.open_storage(url, heartbeat=True), worker=worker_index)
     n_trials = _budget_left(study, trials)
-    W.requeue_dead_here(study)  # of an earlier run on this host: no need to wait for the heartbeat
+    if not os.environ.get(L.PARENT_ENV):  # on its own (another host): else the launching process did
+        _prepare_data(spec, data_dir, f"study '{study.study_name}'")
+    L.requeue_dead_here(study)  # of an earlier run on this host: no need to wait for the heartbeat
     overrides = {"data.dir": str(_abs(data_dir))} if data_dir is not None else {}
-    objective = Objective(spec, W.artifacts_dir(artifacts, url, study), overrides)
+    objective = Objective(spec, L.artifacts_dir(artifacts, url, study), overrides)
     try:
-        t = W.work(study, objective, n_trials, max_failures=max_failures, callbacks=[_trial_line])
+        t = work(study, objective, n_trials, max_failures=max_failures, callbacks=[_trial_line])
     except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
         typer.echo("interrupted: this worker's trial is queued to resume", err=True)
         raise typer.Exit(130) from None
@@ -112,7 +117,7 @@ def worker(
 def _stored_budget(storage, name: str) -> int:
     """The budget a previous `run` stored for study `name`; a UserError (before anything is
     created) when there is none."""
-    from stl_tune.search.workers import N_TRIALS_ATTR
+    from stl_tune.search.trials import N_TRIALS_ATTR
 
     try:
         n = storage.get_study_user_attrs(storage.get_study_id_from_name(name)).get(N_TRIALS_ATTR)
@@ -125,22 +130,30 @@ def _stored_budget(storage, name: str) -> int:
 
 def _budget_left(study, trials: int | None) -> int:
     """A worker's budget: --trials, else the one `run` stored; exits when it is already met."""
-    n_trials = trials or _stored_budget(study._storage, study.study_name)
+    from stl_tune.search import optuna_compat as compat
+
+    n_trials = trials or _stored_budget(compat.storage_of(study), study.study_name)
     _stop_if_done(study, n_trials)
     return n_trials
 
 
-def _download_once(spec, data_dir: Path | None) -> None:
-    """Fetch STL-10 here, before launching workers, rather than in every worker at the same time."""
+def _prepare_data(spec, data_dir: Path | None, source: str) -> None:
+    """Before any trial: fetch STL-10 here rather than in every worker at the same time, check the
+    study against the data (a batch size larger than the training set) and say what data it is."""
     from stl_tune import config
-    from stl_tune.data import ensure_downloaded
+    from stl_tune.data import describe, ensure_downloaded
+    from stl_tune.search.space import check_against_data
 
     overrides = {"data.dir": str(_abs(data_dir))} if data_dir is not None else {}
-    ensure_downloaded(config.from_dict(None, {**spec.fixed, **overrides}).data)
+    data = config.from_dict(None, {**spec.fixed, **overrides}).data
+    ensure_downloaded(data)
+    check_against_data(spec, _abs(data_dir), source=source)
+    typer.echo(f"data: {describe(data)}")
 
 
 def _stop_if_done(study, n_trials: int) -> None:
-    from stl_tune.search.workers import plural, tally
+    from stl_tune.search.launch import plural
+    from stl_tune.search.trials import tally
 
     finished = tally(study).finished
     if finished >= n_trials:
@@ -151,7 +164,7 @@ def _stop_if_done(study, n_trials: int) -> None:
 
 def _trial_line(study, trial) -> None:
     """One line per trial this worker ran (surplus claims say nothing)."""
-    from stl_tune.search.workers import fail_reason
+    from stl_tune.search.trials import fail_reason
 
     reason = fail_reason(trial)
     if reason == "surplus":

@@ -1,4 +1,4 @@
-"""`stl-tune status | dashboard | export`: read a study while workers fill it (run/worker: run_cli.py).
+"""`stl-tune status | export | report`: read a study while workers fill it (run/worker: search.py).
 
 Every command takes --storage (default $STL_TUNE_STORAGE, else sqlite:///storage/stl-tune.db) and
 prints storage URLs masked. Errors are StudyError (a UserError) that the main app prints as one line.
@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stl_tune import config
+from stl_tune.errors import UserError
 from stl_tune.search.options import NameOpt, StorageOpt
 
 if TYPE_CHECKING:
@@ -33,13 +34,14 @@ def _fmt(v: Any) -> str:
 
 
 def _trial_row(t: FrozenTrial) -> list[str]:
-    from stl_tune.search.workers import fail_reason
+    from stl_tune.search import optuna_compat as compat
+    from stl_tune.search.trials import fail_reason
 
     epochs = t.user_attrs.get("epochs_run", len(t.intermediate_values))  # live trials: reports so far
     seconds = t.user_attrs.get("seconds", t.duration.total_seconds() if t.duration else None)
     state = t.state.name
     if state == "WAITING":  # a retry carries the attrs of the trial it retries: say which that was
-        retried = t.system_attrs.get("retry_history")
+        retried = compat.retry_history(t)
         note = f"retry of trial {retried[-1]}" if retried else "queued"
     else:
         note = fail_reason(t) or t.user_attrs.get("status", "")
@@ -58,7 +60,7 @@ def _studies_table(storage: BaseStorage, studies: list[FrozenStudy]) -> Table:
     import optuna
 
     from stl_tune.search.study import describe
-    from stl_tune.search.workers import tally
+    from stl_tune.search.trials import tally
 
     table = Table("study", "trials", "complete", "best", title=f"Studies in {describe(storage)}")
     for s in studies:
@@ -71,10 +73,9 @@ def _studies_table(storage: BaseStorage, studies: list[FrozenStudy]) -> Table:
 @app.command()
 def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     """Trials of a study (state, value, epochs, seconds, params), its best trial and that config."""
-    from optuna.trial import TrialState
-
     from stl_tune.search.space import StudyError
     from stl_tune.search.study import CONFIG_ATTR, describe, load_study, open_storage
+    from stl_tune.search.trials import ranked
 
     store = open_storage(storage, heartbeat=False, create=False)
     try:
@@ -92,10 +93,11 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     for t in trials:
         table.add_row(*_trial_row(t))
     console.print(table)
-    if not any(t.state == TrialState.COMPLETE for t in trials):
+    ranking = ranked(trials, study.direction)
+    if not ranking:
         console.print("No complete trial yet.")
         return
-    best = study.best_trial
+    best = ranking[0]
     console.print(f"Best: trial {best.number}, {spec.objective} = {best.value:.4f}")
     if CONFIG_ATTR in best.user_attrs:  # only what differs from the defaults; export writes it all
         ours = config.flatten(best.user_attrs[CONFIG_ATTR])
@@ -107,34 +109,6 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
                 diff.add_row(key, _fmt(value), _fmt(defaults.get(key)))
         console.print(diff)
     console.print(f"Export it: stl-tune export --name {study.study_name} -o best.yaml", soft_wrap=True)
-
-
-@app.command()
-def dashboard(
-    storage: StorageOpt = None,
-    host: Annotated[
-        str, typer.Option(help="Interface to bind. 0.0.0.0 exposes the study (and its delete buttons) "
-                          "to the network, without authentication.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8080,
-) -> None:
-    """Serve optuna-dashboard (live plots of every study) on the same storage."""
-    import socket
-
-    import optuna_dashboard
-
-    from stl_tune.errors import UserError
-    from stl_tune.search.study import describe, open_storage
-
-    store = open_storage(storage, heartbeat=False, create=False)
-    url = f"http://{host}:{port}/dashboard"
-    console.print(f"optuna-dashboard on {url} for {describe(store)} (Ctrl-C stops it)", soft_wrap=True)
-    try:
-        optuna_dashboard.run_server(store, host=host, port=port)
-    except socket.gaierror as e:  # before OSError: it is a subclass
-        raise UserError(f"--host {host}: {e.strerror}") from None
-    except OSError:  # binding failed: the port is taken, or privileged (below 1024)
-        raise UserError(f"port {port} on {host} is in use (or not allowed); pass --port") from None
 
 
 @app.command()
@@ -157,3 +131,24 @@ def export(
         f"to {output}; train it with: stl-tune train --config {output}",
         soft_wrap=True,  # keep paths and commands whole for copying
     )
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for index.html, the PNG plots and configs/.")],
+    name: NameOpt = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Write a study's report: a self-contained HTML page (opens from disk), PNG plots, best configs."""
+    import optuna
+
+    from stl_tune.report import write_report
+    from stl_tune.search.study import describe, open_storage, resolve_study_name
+
+    store = open_storage(storage, heartbeat=False, create=False)
+    study = optuna.load_study(study_name=resolve_study_name(name, store), storage=store)
+    try:
+        page = write_report(study, out, storage=describe(store))
+    except OSError as e:  # the folder cannot be made or written (a read-only place, a file in the way)
+        raise UserError(f"cannot write the report to {out}: {e.strerror or e}") from None
+    typer.echo(f"wrote {page}")

@@ -1,40 +1,46 @@
-"""Operations commands: `stl-tune report` (a study as a static page) and `stl-tune proxy` (gRPC)."""
+"""Serving a storage: `stl-tune dashboard` (optuna-dashboard, localhost by default) and `stl-tune proxy`
+(Optuna's gRPC proxy, with the heartbeat that gRPC cannot carry)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from stl_tune.errors import UserError
-from stl_tune.search.options import GRACE_ENV, GRACE_PERIOD_S, NameOpt, StorageOpt
+from stl_tune.search.options import GRACE_ENV, GRACE_PERIOD_S, StorageOpt
 
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.command()
-def report(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for index.html, the PNG plots and configs/.")],
-    name: NameOpt = None,
+def dashboard(
     storage: StorageOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind. 0.0.0.0 exposes the study (and its delete buttons) "
+                          "to the network, without authentication.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8080,
 ) -> None:
-    """Write a study's report: a self-contained HTML page (opens from disk), PNG plots, best configs."""
-    import optuna
+    """Serve optuna-dashboard (live plots of every study) on the same storage."""
+    import socket
 
-    from stl_tune.report import write_report
-    from stl_tune.search.study import describe, open_storage, resolve_study_name
+    import optuna_dashboard
+
+    from stl_tune.search.study import describe, open_storage
 
     store = open_storage(storage, heartbeat=False, create=False)
-    study = optuna.load_study(study_name=resolve_study_name(name, store), storage=store)
+    url = f"http://{host}:{port}/dashboard"
+    typer.echo(f"optuna-dashboard on {url} for {describe(store)} (Ctrl-C stops it)")
     try:
-        page = write_report(study, out, storage=describe(store))
-    except OSError as e:  # the folder cannot be made or written (a read-only place, a file in the way)
-        raise UserError(f"cannot write the report to {out}: {e.strerror or e}") from None
-    typer.echo(f"wrote {page}")
+        optuna_dashboard.run_server(store, host=host, port=port)
+    except socket.gaierror as e:  # before OSError: it is a subclass
+        raise UserError(f"--host {host}: {e.strerror}") from None
+    except OSError:  # binding failed: the port is taken, or privileged (below 1024)
+        raise UserError(f"port {port} on {host} is in use (or not allowed); pass --port") from None
 
 
-# ------------------------------------------------------------------------------------- proxy
+
 @app.command()
 def proxy(
     storage: StorageOpt = None,
@@ -52,16 +58,16 @@ def proxy(
     import optuna
 
     from stl_tune.search.proxy import HeartbeatOnWrite, fail_stale_trials_forever
-    from stl_tune.search.study import describe, open_storage, storage_url
+    from stl_tune.search.study import describe, mask_url, open_storage, storage_url
 
+    url = storage_url(storage)
+    if url.startswith("grpc://"):  # before opening it, which would wait for that server first
+        raise UserError(f"proxy: {mask_url(url)} is a proxy itself; pass the database URL it should serve")
     # This process only serves, from gRPC and stale-check threads where a scoped experimental_ok()
     # would not reach: Optuna marks the proxy, heartbeats and fail_stale_trials experimental.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     interval = max(1, grace_period // 3)  # check three times per grace period
-    url = storage_url(storage)
     backend = open_storage(url, heartbeat=True, heartbeat_interval=interval, grace_period=grace_period)
-    if not isinstance(backend, optuna.storages.RDBStorage):
-        raise UserError(f"proxy: {describe(backend)} is not a database URL (a proxy cannot serve a proxy)")
     served = HeartbeatOnWrite(backend)
     threading.Thread(target=fail_stale_trials_forever, args=(served, url, interval), daemon=True).start()
     typer.echo(f"serving {describe(backend)} on {host}:{port}; workers: --storage grpc://{host}:{port}")

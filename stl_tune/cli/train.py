@@ -1,4 +1,5 @@
-"""The `stl-tune` command line: each command a few lines that call into the package."""
+"""`stl-tune train` (the final training, the only command that scores the test split) and
+`stl-tune data fake` (a small learnable dataset in STL-10's binary layout)."""
 
 from __future__ import annotations
 
@@ -6,31 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
-from stl_tune import ops_cli
-from stl_tune.errors import UserError
-from stl_tune.search import cli as search_cli
-from stl_tune.search import run_cli
-
-
-class _Group(TyperGroup):
-    """Bad input (UserError) becomes one line on stderr and exit code 2, never a traceback."""
-
-    def invoke(self, ctx: typer.Context):
-        try:
-            return super().invoke(ctx)
-        except UserError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
-
-
-app = typer.Typer(
-    cls=_Group, no_args_is_help=True, pretty_exceptions_show_locals=False,
-    help="Hyperparameter search and final training for STL-10 and other small image datasets.",
-)  # fmt: skip
-for sub in (run_cli.app, search_cli.app, ops_cli.app):  # run, worker | status, dashboard, export | report, proxy
-    app.add_typer(sub)
+app = typer.Typer(no_args_is_help=True)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate fake STL-10 data for tests and demos.")
 app.add_typer(data_app, name="data")
 
@@ -45,12 +23,14 @@ def train(
     """Train one model (final training: the test split is scored) and write its artefacts."""
     from stl_tune import config as C
     from stl_tune.outputs import write_outputs
+    from stl_tune.progress import EpochProgress
     from stl_tune.train import train as run_training
 
     overrides = list(set_ or []) + ([f"data.dir={data_dir}"] if data_dir is not None else [])
     cfg = C.load(config, overrides)
     out = out or Path("runs") / (config.stem if config is not None else "default")
-    result = run_training(cfg, checkpoint=out / "checkpoint.pt", evaluate_test=True, progress=True)
+    with EpochProgress(cfg.optim.epochs) as bar:
+        result = run_training(cfg, bar.on_epoch_end, checkpoint=out / "checkpoint.pt", evaluate_test=True)
     paths = write_outputs(out, cfg, result)
     if result.status == "diverged":
         typer.echo(f"diverged: the loss became NaN at epoch {result.diverged_epoch}; see {paths[1]}", err=True)

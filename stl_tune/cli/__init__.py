@@ -1,0 +1,36 @@
+"""The `stl-tune` command line: a typer app per group of commands, each command a few lines that
+call into the package. Heavy imports (torch, Optuna, SQLAlchemy) happen inside the commands, so
+`stl-tune --help` stays fast.
+
+    train.py    train, data fake
+    search.py   run, worker
+    inspect.py  status, export, report
+    serve.py    dashboard, proxy
+"""
+
+from __future__ import annotations
+
+import typer
+from typer.core import TyperGroup
+
+from stl_tune.cli import inspect, search, serve, train
+from stl_tune.errors import UserError
+
+
+class _Group(TyperGroup):
+    """Bad input (UserError) becomes one line on stderr and exit code 2, never a traceback."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    cls=_Group, no_args_is_help=True, pretty_exceptions_show_locals=False,
+    help="Hyperparameter search and final training for STL-10 and other small image datasets.",
+)  # fmt: skip
+for group in (search, inspect, serve, train):
+    app.add_typer(group.app)

@@ -1,0 +1,232 @@
+"""Worker processes on one host: GPU slots, launching `stl-tune worker` children, reaping the ones
+that die (their trials are re-queued at once), relaying their output, and the live view.
+
+Each child sees only its GPU (CUDA_VISIBLE_DEVICES, set before it imports torch) and gets an equal
+share of the CPU cores for torch's threads. Children run in their own session, so a terminal's
+Ctrl-C reaches only the launching process, which forwards it once; a second Ctrl-C kills them and
+re-queues their trials. The worker loop itself is search/workers.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from stl_tune.errors import UserError
+from stl_tune.search import optuna_compat as compat
+from stl_tune.search.study import describe, sqlite_file
+from stl_tune.search.trials import requeue_dead, tally
+from stl_tune.search.workers import POLL_S, STOP_SIGNALS
+
+ARTIFACTS_ATTR = "artifacts"  # study user attr: artifact folder chosen at `run` (same host workers)
+ARTIFACTS_ENV = "STL_TUNE_ARTIFACTS"
+PARENT_ENV = "STL_TUNE_LAUNCHED_BY"  # set by launch for its children: the pid of the process that reaps them
+
+
+def requeue_dead_here(study: optuna.Study, console: Console | None = None) -> None:
+    """requeue_dead once per start on a host: by the process that launches workers, or by a worker
+    started on its own; not by launched siblings, which would race for the same trials (SQLite has
+    no row locks to make that safe)."""
+    if os.environ.get(PARENT_ENV):
+        return
+    requeued = requeue_dead(study)
+    if requeued:
+        (console or Console()).print(f"queued {_numbers(requeued)} of dead workers on this host to resume")
+
+
+
+def artifacts_dir(arg: Path | None, url: str, study: optuna.Study) -> Path:
+    """Where checkpoints go: --artifacts, else $STL_TUNE_ARTIFACTS, else the folder `run` chose
+    for this study, else `artifacts/` next to the SQLite file (storage/artifacts for a server).
+    Workers on several hosts need one shared folder (e.g. NFS) mounted at this path."""
+    chosen = arg or os.environ.get(ARTIFACTS_ENV) or study.user_attrs.get(ARTIFACTS_ATTR)
+    if not chosen:
+        db = sqlite_file(url)
+        chosen = db.parent / "artifacts" if db is not None else Path("storage/artifacts")
+    return Path(chosen).expanduser().resolve()
+
+
+def plan_slots(gpus: str, workers_per_gpu: int = 1, workers: int | None = None) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES of each worker process; None for a CPU worker.
+
+    gpus: "all" (every visible GPU; CPU workers when there is none), "none", or "0,1,...".
+    workers: CPU worker processes when no GPU is used (default 1).
+    """
+    import torch  # here, not at import: the CLI's other commands should not pay for it
+
+    visible = [str(i) for i in range(torch.cuda.device_count())]
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env:  # index i of this process is the parent's i-th device: keep that name for children
+        visible = [d.strip() for d in env.split(",")][: len(visible)]
+    if gpus == "none":
+        chosen: list[str] = []
+    elif gpus == "all":
+        chosen = visible
+    else:
+        try:
+            indices = [int(g) for g in gpus.split(",")]
+        except ValueError:
+            raise UserError(f"--gpus must be all, none or indices like 0,1; got {gpus!r}") from None
+        bad = [i for i in indices if not 0 <= i < len(visible)]
+        if bad:
+            raise UserError(f"--gpus {gpus}: no GPU {bad[0]} here ({len(visible)} visible)")
+        chosen = [visible[i] for i in indices]
+    if workers_per_gpu < 1 or (workers is not None and workers < 1):
+        raise UserError("--workers and --workers-per-gpu must be at least 1")
+    if chosen:
+        return [g for g in chosen for _ in range(workers_per_gpu)]
+    return [None] * (workers or 1)
+
+
+def worker_command(
+    name: str, n_trials: int, artifacts: Path, data_dir: Path | None, max_failures: int, index: int, gpu: str | None
+) -> list[str]:
+    """The `stl-tune worker` command line of one slot (a single slot runs in that process).
+    The storage URL travels in the environment, not argv: `ps` shows argv to every user."""
+    cmd = [sys.executable, "-m", "stl_tune", "worker", "--name", name,
+           "--trials", str(n_trials), "--artifacts", str(artifacts), "--max-failures", str(max_failures),
+           "--worker-index", str(index), "--gpus", "none" if gpu is None else "all", "--workers", "1"]  # fmt: skip
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
+    return cmd
+
+
+def launch(
+    study: optuna.Study,
+    storage_url: str,
+    slots: list[str | None],
+    n_trials: int,
+    *,
+    artifacts: Path,
+    data_dir: Path | None = None,
+    max_failures: int = 5,
+    first_index: int = 0,
+    console: Console | None = None,
+) -> int:
+    """Start one worker process per slot, show the live view until they exit; the exit code.
+
+    Each child sees only its GPU (CUDA_VISIBLE_DEVICES, set before it imports torch) and gets an
+    equal share of the CPU cores for torch's threads. Children run in their own session, so a
+    terminal's Ctrl-C reaches only this process, which forwards it once (see module doc).
+    """
+    console = console or Console()
+    requeue_dead_here(study, console)
+    threads = max(1, len(os.sched_getaffinity(0)) // len(slots))
+    procs: list[subprocess.Popen] = []
+    for i, gpu in enumerate(slots):
+        env = {**os.environ, "STL_TUNE_STORAGE": storage_url, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        cmd = worker_command(study.study_name, n_trials, artifacts, data_dir, max_failures, first_index + i, gpu)
+        procs.append(subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        ))  # fmt: skip
+    where = ", ".join(f"GPU {g}" if g is not None else "CPU" for g in slots)
+    console.print(f"study {study.study_name} in {describe(compat.storage_of(study))}: {plural(n_trials, 'trial')}, "
+                  f"{plural(len(slots), 'worker')} ({where}), artifacts in {artifacts}", soft_wrap=True)  # fmt: skip
+
+    # Signals only set a flag here; the loop below acts on them (forward once, then kill).
+    signals: list[int] = []
+    handlers = {s: signal.signal(s, lambda signum, frame: signals.append(signum)) for s in STOP_SIGNALS}
+    forwarded = 0
+    reaped: set[int] = set()  # indices of workers whose exit was dealt with
+    try:
+        with Live(_view(study, n_trials, procs), console=console, refresh_per_second=2) as live:
+            readers = [
+                threading.Thread(target=_relay, args=(p, f"w{first_index + i}", live.console), daemon=True)
+                for i, p in enumerate(procs)
+            ]
+            for r in readers:
+                r.start()
+            while any(p.poll() is None for p in procs):
+                time.sleep(POLL_S)
+                if len(signals) > forwarded:
+                    if forwarded == 0:
+                        live.console.print("stopping: workers save their trials for the next run (Ctrl-C again to kill)")
+                        for p in procs:
+                            if p.poll() is None:
+                                p.send_signal(signal.SIGINT)
+                    else:  # the second Ctrl-C: kill; _reap re-queues their trials
+                        for p in procs:
+                            p.kill()
+                    forwarded = len(signals)
+                _reap(study, procs, reaped, first_index, live.console, expected=130 if forwarded else 0)
+                live.update(_view(study, n_trials, procs))
+            _reap(study, procs, reaped, first_index, live.console, expected=130 if forwarded else 0)
+            for r in readers:
+                r.join(timeout=5)
+            live.update(_view(study, n_trials, procs))
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if not console.is_terminal:
+        console.line()  # Live leaves its last frame without a line end when not on a terminal
+    t = tally(study)
+    best = f"best {t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no result yet"
+    console.print(f"{t.finished}/{n_trials} trials finished ({t.complete} complete, {t.pruned} pruned), "
+                  f"{t.failed} failed, {t.running} running; {best}")  # fmt: skip
+    if signals:
+        console.print("interrupted: run the same command again to continue")
+        return 130
+    if t.finished < n_trials:
+        console.print("[red]workers stopped before the budget was reached[/red] (see their output above)")
+        return 1
+    return 0
+
+
+def _reap(
+    study: optuna.Study, procs: list[subprocess.Popen], reaped: set[int], first_index: int, console: Console,
+    expected: int,
+) -> None:
+    """Name each worker that exited abnormally (a signal, or an exit code other than 0 and
+    `expected`) and re-queue its trials now: the others take the retries up at once."""
+    for i, p in enumerate(procs):
+        code = p.poll()
+        if code is None or i in reaped:
+            continue
+        reaped.add(i)
+        if code in (0, expected):
+            continue
+        how = f"died (signal {-code})" if code < 0 else f"exited with code {code}"
+        requeued = requeue_dead(study, [p.pid])
+        again = f"; {_numbers(requeued)} queued to resume" if requeued else ""
+        console.print(f"worker w{first_index + i} (pid {p.pid}) {how}{again}")
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _numbers(trials: list[int]) -> str:
+    return f"trial{'' if len(trials) == 1 else 's'} {', '.join(map(str, trials))}"
+
+
+def _relay(proc: subprocess.Popen, tag: str, console: Console) -> None:
+    """Print a worker's output above the live view, one tagged line at a time."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        console.print(Text(f"[{tag}] {line.rstrip()}"), soft_wrap=True)
+
+
+def _view(study: optuna.Study, n_trials: int, procs: list[subprocess.Popen]) -> Table:
+    t = tally(study)
+    table = Table(title=f"study {study.study_name}", title_justify="left")
+    for col in ("finished", "pruned", "failed", "running", "waiting", "best", "workers"):
+        table.add_column(col, justify="right")
+    best = f"{t.best.value:.4f} (#{t.best.number})" if t.best is not None else "-"
+    alive = sum(p.poll() is None for p in procs)
+    table.add_row(f"{t.finished}/{n_trials}", str(t.pruned), str(t.failed), str(t.running),
+                  str(t.waiting), best, f"{alive}/{len(procs)}")  # fmt: skip
+    return table

@@ -1,0 +1,84 @@
+"""The one door to Optuna internals: every private attribute or module stl-tune relies on.
+
+Optuna keeps no public API for these, so each is used here only, pinned by the version bound in
+pyproject.toml and by tests/test_optuna_compat.py, which checks the behaviour relied upon. When
+Optuna changes one of them, that test names it, and this file is the only one to mend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import optuna
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import FrozenTrial
+
+@contextlib.contextmanager
+def experimental_ok() -> Iterator[None]:
+    """Silence Optuna's ExperimentalWarning inside: heartbeats and their retry callback, the gRPC
+    proxy, fail_stale_trials, TPE's `group` and the matplotlib plots are all marked experimental
+    (some since Optuna 2.x), and are what stl-tune needs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+# The storage that Optuna itself wraps around an RDBStorage (optuna.storages.get_storage): a trial
+# cache for the process. stl-tune's gRPC proxy subclasses it to add heartbeats (search/proxy.py).
+CachedStorage = _CachedStorage
+
+
+def storage_of(study: optuna.Study) -> BaseStorage:
+    """The storage a study reads and writes (Study keeps it private)."""
+    return study._storage
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of a trial: unlike its number, what every storage call takes."""
+    return trial._trial_id
+
+
+def frozen(trial: optuna.Trial) -> FrozenTrial:
+    """A running trial as the storage has it now (its state may have been changed by another worker)."""
+    return trial.storage.get_trial(trial._trial_id)
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """study.ask() for a loop that runs the trial's heartbeat itself (heartbeat() below): Optuna
+    warns that heartbeats are meant for Study.optimize, which keeps that thread to itself."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        return study.ask()
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Record the trial's heartbeat in a thread while inside, as Study.optimize does for its trials
+    (a no-op on a storage without heartbeats)."""
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        yield
+
+
+def retry_history(trial: FrozenTrial) -> list[int]:
+    """Numbers of the trials a retried trial re-runs, oldest first; [] for a first attempt.
+    RetryHeartbeatStaleTrialCallback writes them into the trial's system attrs."""
+    with experimental_ok():
+        return list(RetryHeartbeatStaleTrialCallback.retry_history(trial) or [])
+
+
+def storage_url(storage: BaseStorage) -> str | None:
+    """The database URL behind an RDBStorage or the cache Optuna wraps around one; None otherwise."""
+    url = getattr(storage, "url", None)
+    if url is None and isinstance(storage, _CachedStorage):
+        url = storage._backend.url
+    return url
+
+
+def grpc_address(storage: BaseStorage) -> tuple[str, int] | None:
+    """(host, port) of a gRPC proxy client; None for any other storage."""
+    host, port = getattr(storage, "_host", None), getattr(storage, "_port", None)
+    return (host, port) if host is not None and port is not None else None

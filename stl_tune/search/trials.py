@@ -1,0 +1,172 @@
+"""Study state: what the trials of a study say, and the moves that keep it right.
+
+Counting (tally, the best trial), the exact budget's claim check (is_surplus), why a trial failed
+(fail_reason), and re-queueing: of interrupted trials, of trials whose worker process died on this
+host (requeue_dead) and of trials whose heartbeat went silent (fail_stale_trials). Re-queueing is
+Optuna's RetryHeartbeatStaleTrialCallback in every case: a new WAITING trial with the same params
+and user attrs, which resumes from the failed one's checkpoint (search/objective.py).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from stl_tune.search import optuna_compat as compat
+from stl_tune.search.study import retry_callback
+
+N_TRIALS_ATTR = "n_trials"  # study user attr: the budget set by `stl-tune run --trials`
+NOT_AN_ERROR = (None, "surplus", "interrupted")  # fail reasons that say nothing about the study
+DIED = "worker died"  # fail reason of a trial whose worker process died (or stopped its heartbeats)
+
+
+@dataclass
+class Tally:
+    trials: int = 0  # all of them, surplus and interrupted ones too
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0  # errors, divergence and dead workers (not surplus or interrupted trials)
+    running: int = 0
+    waiting: int = 0
+    failure_streak: int = 0  # trials that ended most recently and all failed with an error
+    last_failure: str = ""
+    best: FrozenTrial | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def fail_reason(trial: FrozenTrial) -> str | None:
+    """Why a trial failed: its fail_reason, or DIED for one failed by a heartbeat check, which
+    leaves the attrs as the dead worker wrote them (status still "running")."""
+    reason = trial.user_attrs.get("fail_reason")
+    if reason is None and trial.state == TrialState.FAIL and trial.user_attrs.get("status") == "running":
+        return DIED
+    return reason
+
+
+def ranked(trials: Iterable[FrozenTrial], direction: StudyDirection) -> list[FrozenTrial]:
+    """The COMPLETE trials, best first: the one definition of "the best trial" (tally, status,
+    export and the report all use it)."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    return sorted(done, key=lambda t: t.value, reverse=direction == StudyDirection.MAXIMIZE)
+
+
+def tally(study: optuna.Study, since: datetime | None = None) -> Tally:
+    """Counts of the study's trials; the failure streak only among trials started after `since`
+    (a worker's start), so a re-run after fixing the cause is not stopped by old failures."""
+    trials = study.get_trials(deepcopy=False)
+    t = Tally(trials=len(trials))
+    ended = []
+    for tr in trials:
+        reason = fail_reason(tr)
+        if tr.state == TrialState.COMPLETE:
+            t.complete += 1
+        elif tr.state == TrialState.PRUNED:
+            t.pruned += 1
+        elif tr.state == TrialState.RUNNING:
+            t.running += 1
+        elif tr.state == TrialState.WAITING:
+            t.waiting += 1
+        elif tr.state == TrialState.FAIL and reason not in NOT_AN_ERROR:
+            t.failed += 1
+        if tr.state.is_finished() and (tr.state != TrialState.FAIL or reason not in NOT_AN_ERROR):
+            ended.append(tr)
+    ended.sort(key=lambda tr: tr.datetime_complete)
+    for tr in reversed(ended):
+        if since is not None and (tr.datetime_start is None or tr.datetime_start < since):
+            break
+        if tr.state != TrialState.FAIL:
+            break
+        t.failure_streak += 1
+        t.last_failure = t.last_failure or fail_reason(tr)
+    best = ranked(trials, study.direction)  # from the trials at hand: study.best_trial would query again
+    t.best = best[0] if best else None
+    return t
+
+
+def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+    """Step (2) of search/workers.py's module doc: are N trials ahead of this one finished or in flight?"""
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    ahead = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
+    return len(ahead) >= n_trials
+
+
+# ------------------------------------------------------------------------------- re-queueing
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and, through the storage's retry callback, re-queue) the study's RUNNING trials whose
+    heartbeat is older than the grace period."""
+    with compat.experimental_ok():
+        optuna.storages.fail_stale_trials(study)
+
+
+def requeue_interrupted(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a retry of a trial that was stopped on purpose (fail_reason "interrupted") and told
+    FAIL; the retry resumes from its checkpoint."""
+    if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == "interrupted":
+        retry(study, trial)
+
+
+def retry(study: optuna.Study, failed: FrozenTrial) -> None:
+    """Queue a retry of a failed trial: the storage's heartbeat retry callback, or the same callback
+    where a storage has none (a gRPC proxy, a reader's storage without heartbeats)."""
+    storage = compat.storage_of(study)
+    with compat.experimental_ok():
+        callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)() or retry_callback()
+        callback(study, failed)
+
+
+def worker_id() -> str:
+    """host:pid, the "worker" user attr of the trials this process runs (objective.Objective)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def requeue_dead(study: optuna.Study, pids: Collection[int] | None = None) -> list[int]:
+    """Fail the RUNNING trials of dead worker processes of this host (fail_reason DIED) and queue
+    their retries at once, rather than after the heartbeat's grace period; the failed trials' numbers.
+
+    pids: processes known to have died (launch's children); None: every process of this host that
+    no longer exists. Trials of other hosts are left to the heartbeat. (Containers that share the
+    host's name but not its process table, e.g. Docker's --network host, must not share a study
+    with the host's workers: their processes look dead from each other.)
+    """
+    host = socket.gethostname()
+    storage = compat.storage_of(study)
+    done = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        where, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if where != host or not pid.isdigit():
+            continue
+        dead = int(pid) in pids if pids is not None else not alive(int(pid))
+        if not dead:
+            continue
+        tid = compat.trial_id(t)
+        try:  # a finished trial is refused: of processes that do this at once, one fails it and retries
+            storage.set_trial_user_attr(tid, "status", "died")
+            storage.set_trial_user_attr(tid, "fail_reason", DIED)
+            if not storage.set_trial_state_values(tid, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # a heartbeat check or another worker was first
+            continue
+        retry(study, storage.get_trial(tid))
+        done.append(t.number)
+    return done
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` of this host exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True

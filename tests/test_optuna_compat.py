@@ -1,0 +1,92 @@
+"""What stl-tune relies on in Optuna's internals (search/optuna_compat.py): when an Optuna upgrade
+changes one of them, the test named after it fails here rather than a search in production."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from stl_tune.search import optuna_compat as compat
+from stl_tune.search.study import open_storage
+
+
+@pytest.fixture
+def study(tmp_path) -> optuna.Study:
+    return optuna.create_study(study_name="compat", storage=open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=False))
+
+
+def test_storage_of_and_trial_id_address_the_trial(study):
+    trial = study.ask()
+    storage = compat.storage_of(study)
+    assert storage.get_trial_id_from_study_id_trial_number(study._study_id, trial.number) == compat.trial_id(trial)
+    assert compat.trial_id(storage.get_trial(compat.trial_id(trial))) == compat.trial_id(trial)
+
+
+def test_frozen_sees_a_change_made_through_another_handle(study, tmp_path):
+    trial = study.ask()
+    other = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=False)
+    other.set_trial_state_values(compat.trial_id(trial), TrialState.FAIL)
+    assert compat.frozen(trial).state == TrialState.FAIL
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # what a stale worker then meets
+        trial.set_user_attr("status", "late")
+
+
+def test_heartbeat_keeps_a_trial_alive_and_its_absence_fails_it(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="beat", storage=storage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna's "heartbeat is for Study.optimize" is silenced
+        trial = compat.ask(study)
+    with compat.heartbeat(study, trial):
+        time.sleep(3)  # longer than the grace period, but beating
+        with compat.experimental_ok():
+            optuna.storages.fail_stale_trials(study)
+        assert compat.frozen(trial).state == TrialState.RUNNING
+    time.sleep(3)  # silent past the grace period
+    with compat.experimental_ok():
+        optuna.storages.fail_stale_trials(study)
+    assert compat.frozen(trial).state == TrialState.FAIL
+
+
+def test_retry_history_names_the_retried_trials(study):
+    from stl_tune.search.study import retry_callback
+
+    first = study.ask()
+    assert compat.retry_history(compat.frozen(first)) == []
+    compat.storage_of(study).set_trial_state_values(compat.trial_id(first), TrialState.FAIL)
+    with compat.experimental_ok():
+        retry_callback()(study, compat.frozen(first))
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert compat.retry_history(retry) == [first.number]
+
+
+def test_storage_url_of_a_database_and_of_optunas_cache_around_it(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    rdb = open_storage(url, heartbeat=False)
+    assert compat.storage_url(rdb) == url
+    cached = compat.CachedStorage(rdb)  # what Optuna puts around an RDBStorage; the proxy extends it
+    assert compat.storage_url(cached) == url
+    study_id = cached.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "cached")
+    assert rdb.get_study_id_from_name("cached") == study_id
+    assert compat.grpc_address(rdb) is None
+
+
+def test_grpc_address_of_a_proxy_client():
+    pytest.importorskip("grpc")
+    with compat.experimental_ok():
+        client = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=13999)  # connects lazily
+    assert compat.grpc_address(client) == ("127.0.0.1", 13999)
+    assert compat.storage_url(client) is None
+
+
+def test_experimental_ok_silences_only_experimental_warnings():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with compat.experimental_ok():
+            warnings.warn("x", optuna.exceptions.ExperimentalWarning)
+            warnings.warn("y", UserWarning)
+    assert [str(w.message) for w in caught] == ["y"]
