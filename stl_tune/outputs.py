@@ -1,4 +1,5 @@
-"""What `stl-tune train` leaves in its output folder: config, metrics, weights and curves."""
+"""What `stl-tune train` leaves in its output folder: config, metrics, the model file and curves,
+and the model file's format (save_model / load_model)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from stl_tune import config as C
-from stl_tune.train import TrainResult
+from stl_tune.errors import UserError
+from stl_tune.model import ResNet, build_model
+from stl_tune.train import TrainResult, resolve_device
 
 
 def write_outputs(out: Path, cfg: C.TrainConfig, result: TrainResult) -> list[Path]:
@@ -20,8 +24,58 @@ def write_outputs(out: Path, cfg: C.TrainConfig, result: TrainResult) -> list[Pa
     plot_curves(result.history, paths[2], result.test_acc)
     if result.model is not None and result.status != "diverged":
         paths.append(out / "model.pt")
-        torch.save({"config": C.to_dict(cfg), "classes": result.classes, "state_dict": result.model.state_dict()}, paths[-1])
+        save_model(paths[-1], cfg, result.classes, result.model)
     return paths
+
+
+# ------------------------------------------------------------------------------ the model file
+MODEL_FORMAT = "stl-tune model"  # marks a model file apart from a resume checkpoint or other .pt
+MODEL_VERSION = 1  # raise when the keys below change; load_model refuses other versions
+
+
+def save_model(path: Path, cfg: C.TrainConfig, classes: list[str], model: nn.Module) -> None:
+    """The trained network alone: its weights (with the input mean/std, which are buffers of the
+    model) and what rebuilds it, the resolved config and the class names, all tensors and plain
+    values, so torch.load(path, weights_only=True) reads it."""
+    torch.save({"format": MODEL_FORMAT, "version": MODEL_VERSION, "config": C.to_dict(cfg),
+                "classes": list(classes), "state_dict": model.state_dict()}, path)  # fmt: skip
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> ResNet:
+    """The network of a model.pt written by `stl-tune train`, rebuilt, on `device`, in eval mode.
+
+    It takes float images in [0, 1], (N, 3, S, S) with S = .config.data.image_size, and returns
+    logits; two attributes come with it: .classes (list[str], the class of each logit) and .config
+    (the TrainConfig it was trained with, e.g. .config.eval.tta). Any other file is a UserError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file not found: {path}")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not written by torch.save, truncated, or holding arbitrary objects
+        raise UserError(f"{path} is not an stl-tune model file ({type(e).__name__}); "
+                        "`stl-tune train` writes one as model.pt") from None  # fmt: skip
+    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
+        hint = " (a resume checkpoint: use the model.pt beside it)" if isinstance(saved, dict) and "ema" in saved else ""
+        raise UserError(f"{path} is not an stl-tune model file{hint}; `stl-tune train` writes one as model.pt")
+    if saved.get("version") != MODEL_VERSION:
+        raise UserError(f"{path} is an stl-tune model file of format version {saved.get('version')}; "
+                        f"this stl-tune reads version {MODEL_VERSION}")  # fmt: skip
+    try:
+        cfg = C.from_dict(saved["config"])
+        state = saved["state_dict"]
+        # the input statistics are buffers in the weights: build with them, then load the rest
+        model = build_model(cfg.model, len(saved["classes"]), state["mean"].flatten().tolist(), state["std"].flatten().tolist())
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError, UserError):  # other keys or shapes than this model's
+        raise UserError(f"{path} was written by another version of stl-tune: its weights do not fit") from None
+    device = resolve_device(str(device))
+    model = model.to(device).eval()
+    if device.type == "cuda" and cfg.runtime.channels_last:  # as the trainer does: faster convolutions
+        model = model.to(memory_format=torch.channels_last)
+    model.classes, model.config = list(saved["classes"]), cfg
+    return model
 
 
 def plot_curves(history: list[dict], path: Path, test_acc: float | None = None) -> None:

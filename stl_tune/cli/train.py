@@ -1,5 +1,6 @@
-"""`stl-tune train` (the final training, the only command that scores the test split) and
-`stl-tune data fake` (a small learnable dataset in STL-10's binary layout)."""
+"""`stl-tune train` (the final training, the only command that scores the test split),
+`stl-tune evaluate` (a trained model file on a folder dataset) and `stl-tune data fake` (a small
+learnable dataset in STL-10's binary layout)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,30 @@ def train(
         f"{result.status} after {result.epochs_run} epochs in {result.seconds:.0f} s: "
         f"best val {val}, test {result.test_acc:.2%}\nwrote {', '.join(str(p) for p in paths)}"
     )
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="A model file written by `stl-tune train` (OUT/model.pt).")],
+    data_dir: Annotated[Path, typer.Option(help="Folder dataset: split layout (test/ is scored) or class layout (every image is scored).")],
+    out: Annotated[Path | None, typer.Option(help="Folder for metrics.json and confusion.png.", show_default="beside the model: eval-<data dir name>/")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+) -> None:
+    """Score a trained model on a folder dataset, without training: accuracy, per-class accuracy, confusion matrix."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from stl_tune.evaluate import evaluate as run_evaluation
+    from stl_tune.evaluate import write_evaluation
+
+    ev = run_evaluation(model, data_dir, device)
+    paths = write_evaluation(out or model.parent / f"eval-{data_dir.resolve().name}", ev)
+    table = Table("class", "images", "correct", "accuracy", title=f"{ev.model} on {ev.data_dir}")
+    for i, (name, row, acc) in enumerate(zip(ev.classes, ev.confusion, ev.per_class_acc)):
+        table.add_row(name, str(sum(row)), str(row[i]), f"{acc:.1%}")
+    Console().print(table)
+    typer.echo(f"scored {ev.scored}{', flip TTA' if ev.tta else ''}: accuracy {ev.accuracy:.2%}")
+    typer.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
 @data_app.command("fake")
