@@ -104,7 +104,7 @@ class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast (CUDA only)
     channels_last: bool = True  # (CUDA only)
-    compile: bool = False  # torch.compile the model
+    compile: Literal["auto", True, False] = "auto"  # torch.compile the model; auto: on CUDA, off on a CPU
     # resume checkpoint at most this often (and at the end); 0 = every epoch
     checkpoint_interval_s: float = bounded(30.0, 0.0)
 
@@ -170,16 +170,21 @@ def check_path(path: str) -> Any:
 def coerce(path: str, value: Any, tp: Any | None = None) -> Any:
     """`value` converted to the declared type of `path` (strings as YAML scalars), or ConfigError."""
     tp = check_path(path) if tp is None else tp
-    if isinstance(value, str) and tp is not str and typing.get_origin(tp) is not Literal:
+    origin = typing.get_origin(tp)
+    allowed = typing.get_args(tp) if origin is Literal else ()
+    # A string is read as a YAML scalar ("3e-4", "true", "[1, 2]") unless the field takes strings:
+    # a str field, a Literal of strings ("on" stays "on", not YAML's true), or a Literal's string
+    # choice ("auto" of runtime.compile, whose other choices are true and false).
+    str_choices = bool(allowed) and all(isinstance(a, str) for a in allowed)
+    if isinstance(value, str) and not (tp is str or str_choices or _one_of(value, allowed)):
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(f"{path}: cannot read {value!r} as a value") from None
-    origin = typing.get_origin(tp)
     if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{path} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        if not _one_of(value, allowed):
+            names = ", ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)
+            raise ConfigError(f"{path} must be one of {names}, got {value!r}")
         return value
     if origin is list:
         (item,) = typing.get_args(tp)
@@ -210,6 +215,11 @@ def coerce(path: str, value: Any, tp: Any | None = None) -> Any:
             raise ConfigError(f"{path} must be a string, got {value!r}")
         return str(value)
     raise TypeError(f"{path}: unsupported field type {tp}")  # a schema bug, not user input
+
+
+def _one_of(value: Any, choices: tuple) -> bool:
+    """`value` is one of `choices`, type included: 1 == True in Python, but 1 is no choice of true."""
+    return any(type(value) is type(c) and value == c for c in choices)
 
 
 # --------------------------------------------------------------------- building and validating

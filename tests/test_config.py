@@ -76,8 +76,28 @@ def test_every_number_declares_its_range_and_validate_enforces_it():
                 C.from_dict(None, {path: bound + sign * step})
 
 
-def test_string_choices_are_not_read_as_yaml():
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("auto", "auto"), ("true", True), ("false", False), (True, True), (False, False)],
+)
+def test_compile_is_auto_or_a_boolean(value, expected):
+    assert C.TrainConfig().runtime.compile == "auto"
+    for cfg in (C.from_dict(None, {"runtime.compile": value}), C.from_dict({"runtime": {"compile": value}})):
+        assert cfg.runtime.compile == expected and type(cfg.runtime.compile) is type(expected)
+
+
+@pytest.mark.parametrize("value", [1, "1", "maybe", "Auto"])
+def test_compile_refuses_other_values(value):
+    with pytest.raises(C.ConfigError, match=r"runtime.compile must be one of auto, true, false, got"):
+        C.from_dict(None, {"runtime.compile": value})
+
+
+def test_string_choices_are_not_read_as_yaml(tmp_path):
     # "on"/"off" would be YAML booleans: a string-only choice list keeps strings as they are
     with pytest.raises(C.ConfigError, match="optim.name must be one of adamw, sgd, got 'on'"):
         C.from_dict(None, {"optim.name": "on"})
     assert C.from_dict(None, {"smoothing.shape": "cosine"}).smoothing.shape == "cosine"
+    path = tmp_path / "old.yaml"
+    path.write_text("runtime: {compile: false}\n")  # configs written when compile was a boolean
+    assert C.load(path).runtime.compile is False
+    assert C.load(path, ["runtime.compile=auto"]).runtime.compile == "auto"

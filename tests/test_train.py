@@ -1,4 +1,5 @@
 import io
+import warnings
 
 import pytest
 import torch
@@ -12,10 +13,12 @@ from stl_tune.model import build_model
 from stl_tune.progress import EpochProgress
 from stl_tune.train import (
     Ema,
+    compile_wanted,
     label_smoothing_at,
     make_optimizer,
     make_scheduler,
     train,
+    use_compile_cache,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: more threads only contend
@@ -258,6 +261,63 @@ def test_progress_bar_follows_the_callback_resumes_and_chains(data_dir, tmp_path
     assert run(stop_at=None) == "completed"  # resumed at epoch 1: the bar starts there, not at 0
     assert seen == [(1, 1), (2, 2), (3, 3)]
     assert "epoch 3/3" in out.getvalue()
+
+
+# ------------------------------------------------------------------------------------- compile
+
+
+def test_compile_auto_means_cuda_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert [compile_wanted("auto", d) for d in (cpu, cuda)] == [False, True]
+    assert [compile_wanted(True, d) for d in (cpu, cuda)] == [True, True]
+    assert [compile_wanted(False, d) for d in (cpu, cuda)] == [False, False]
+
+
+def test_compile_cache_lives_in_the_user_cache_unless_set(monkeypatch, tmp_path):
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    ours = tmp_path / "stl-tune" / "inductor"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert use_compile_cache() == ours and cache_dir() == str(ours)  # where inductor writes
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # as importing torch._dynamo does
+    assert use_compile_cache() == ours and cache_dir() == str(ours)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert use_compile_cache() == tmp_path / "mine"
+
+
+def _spy_on_compile(monkeypatch, backend=None) -> list:
+    """Record torch.compile calls; with `backend`, compile with it instead of inductor."""
+    calls, real = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(model) or real(model, backend=backend or "inductor"))
+    return calls
+
+
+def test_compiled_run_on_cpu(data_dir, monkeypatch):
+    # The trainer's cache (~/.cache/stl-tune/inductor unless TORCHINDUCTOR_CACHE_DIR is set): the
+    # first run on a machine compiles (36-100 s on 2 busy cores), later runs load (~4 s).
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(use_compile_cache()))  # restored afterwards
+    calls = _spy_on_compile(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback warning
+        result = train(tiny(data_dir, **{"runtime.compile": True, "optim.epochs": 1}))
+    assert len(calls) == 1 and result.status == "completed" and result.best_val_acc is not None
+    assert result.compile_seconds > 0 and result.seconds > result.compile_seconds
+    auto = _spy_on_compile(monkeypatch)
+    assert train(tiny(data_dir, **{"optim.epochs": 1})).compile_seconds == 0.0 and auto == []  # auto: off on CPU
+
+
+def test_failed_compile_warns_once_and_trains_eagerly(data_dir, monkeypatch):
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C compiler here")
+
+    _spy_on_compile(monkeypatch, backend=broken_backend)
+    with pytest.warns(UserWarning, match="torch.compile failed, training without it: .*no C compiler here") as caught:
+        compiled = train(tiny(data_dir, **{"runtime.compile": True, "optim.epochs": 2}))
+    assert len([w for w in caught if "torch.compile failed" in str(w.message)]) == 1
+    eager = train(tiny(data_dir, **{"optim.epochs": 2}))
+    assert compiled.compile_seconds == 0.0 and compiled.status == "completed"
+    assert [h["train_loss"] for h in compiled.history] == [h["train_loss"] for h in eager.history]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
