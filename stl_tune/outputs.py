@@ -1,9 +1,10 @@
-"""What `stl-tune train` leaves in its output folder: config, metrics, the model file and curves,
-and the model file's format (save_model / load_model)."""
+"""What `stl-tune train` leaves in its output folder: config, metrics, the model file and curves;
+the model file's format (save_model / load_model); and the summary of a run over several seeds."""
 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import torch
@@ -76,6 +77,24 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ResNet:
         model = model.to(memory_format=torch.channels_last)
     model.classes, model.config = list(saved["classes"]), cfg
     return model
+
+
+# --------------------------------------------------------------------------------- several seeds
+def write_seed_summary(out: Path, results: dict[int, TrainResult]) -> dict:
+    """out/summary.json: each seed's status, folder and accuracies, and the mean and sample
+    standard deviation (n - 1) of the test accuracy over the seeds that finished (std None for
+    fewer than two)."""
+    runs = [{"seed": seed, "dir": f"seed-{seed}", "status": r.status, "test_acc": r.test_acc,
+             "best_val_acc": r.best_val_acc, "epochs_run": r.epochs_run} for seed, r in results.items()]  # fmt: skip
+    accs = [r["test_acc"] for r in runs if r["test_acc"] is not None]
+    summary = {
+        "seeds": list(results), "runs": runs, "finished": len(accs),
+        "test_acc_mean": statistics.fmean(accs) if accs else None,
+        "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def plot_curves(history: list[dict], path: Path, test_acc: float | None = None) -> None:

@@ -50,6 +50,32 @@ def test_train_end_to_end_writes_every_artefact(fake_dir, tmp_path):
     assert "holds a finished run" in again.output
 
 
+def test_train_seeds_writes_each_seed_and_the_spread(fake_dir, tmp_path):
+    out = tmp_path / "seeds"
+    learn = ["--set", "optim.epochs=4", "--set", "optim.lr=3e-3", "--set", "optim.batch_size=16",
+             "--set", "augment.mix_epochs=0", "--set", "ema.decay=0.9"]  # fmt: skip
+    args = ["train", "--data-dir", str(fake_dir), "--out", str(out), "--seeds", "0,3", *TINY, *learn]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    from stl_tune import config as C
+
+    accs = []
+    for seed in (0, 3):
+        assert C.load(out / f"seed-{seed}" / "config.yaml").seed == seed
+        assert (out / f"seed-{seed}" / "model.pt").is_file()
+        accs.append(json.loads((out / f"seed-{seed}" / "metrics.json").read_text())["test_acc"])
+    assert accs[0] != accs[1]  # the seeds ran apart: a spread of 0 would hide a wrong formula
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 3] and [r["test_acc"] for r in summary["runs"]] == accs
+    mean, std = torch.tensor(accs, dtype=torch.float64).mean().item(), torch.tensor(accs, dtype=torch.float64).std().item()
+    assert summary["test_acc_mean"] == pytest.approx(mean) and summary["test_acc_std"] == pytest.approx(std)
+    assert f"test accuracy {100 * mean:.1f} % ± {100 * std:.1f} over 2 seeds" in result.output
+    # each seed resumes like a single run: the same command again trains nothing
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and again.output.count("holds a finished run") == 2
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
 def test_train_reports_divergence(fake_dir, tmp_path, nan_loss):
     nan_loss(0)
     out = tmp_path / "nan"
@@ -66,6 +92,8 @@ def test_train_reports_divergence(fake_dir, tmp_path, nan_loss):
         (["--set", "optim.lr"], "error: --set expects key=value"),
         (["--config", "missing.yaml"], "error: config file not found: missing.yaml"),
         (["--config", "."], "error: . is a folder, not a config file"),
+        (["--seeds", "0,x"], "error: --seeds expects a comma list of seeds such as 0,1,2, got '0,x'"),
+        (["--seeds", "1,2,1"], "error: --seeds expects distinct seeds >= 0, got '1,2,1'"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, tmp_path):

@@ -1,13 +1,18 @@
-"""`stl-tune train` (the final training, the only command that scores the test split),
-`stl-tune evaluate` (a trained model file on a folder dataset) and `stl-tune data fake` (a small
-learnable dataset in STL-10's binary layout)."""
+"""`stl-tune train` (the final training, the only command that scores the test split; --seeds: once
+per seed, with the spread), `stl-tune evaluate` (a trained model file on a folder dataset) and
+`stl-tune data fake` (a small learnable dataset in STL-10's binary layout)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from stl_tune.config import TrainConfig
+    from stl_tune.train import TrainResult
 
 app = typer.Typer(no_args_is_help=True)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate fake STL-10 data for tests and demos.")
@@ -20,22 +25,58 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set optim.lr=3e-4 (repeatable).")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Dataset folder (sets data.dir).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder; an unfinished run there resumes.", show_default="runs/<config name>")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Train once per seed, e.g. 0,1,2, into OUT/seed-N/, and write OUT/summary.json: mean ± std of test accuracy.")] = None,
 ) -> None:
     """Train one model (final training: the test split is scored) and write its artefacts."""
     from stl_tune import config as C
-    from stl_tune.outputs import write_outputs
-    from stl_tune.progress import EpochProgress
-    from stl_tune.train import train as run_training
 
     overrides = list(set_ or []) + ([f"data.dir={data_dir}"] if data_dir is not None else [])
     cfg = C.load(config, overrides)
     out = out or Path("runs") / (config.stem if config is not None else "default")
+    if seeds is None:
+        if _train_one(cfg, out).status == "diverged":
+            raise typer.Exit(1)
+        return
+    from stl_tune.outputs import write_seed_summary
+
+    results: dict[int, TrainResult] = {}
+    for seed in _parse_seeds(seeds):
+        typer.echo(f"seed {seed}: {out / f'seed-{seed}'}")
+        results[seed] = _train_one(dataclasses.replace(cfg, seed=seed), out / f"seed-{seed}")
+    s = write_seed_summary(out, results)
+    if s["finished"]:
+        spread = "" if s["test_acc_std"] is None else f" ± {100 * s['test_acc_std']:.1f}"
+        typer.echo(f"test accuracy {100 * s['test_acc_mean']:.1f} %{spread} over {s['finished']} seeds")
+    diverged = [seed for seed, r in results.items() if r.status == "diverged"]
+    typer.echo(f"wrote {out / 'summary.json'}" + (f"; diverged: seeds {', '.join(map(str, diverged))}" if diverged else ""))
+    if diverged:
+        raise typer.Exit(1)
+
+
+def _parse_seeds(text: str) -> list[int]:
+    from stl_tune.errors import UserError
+
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds expects a comma list of seeds such as 0,1,2, got {text!r}") from None
+    if len(set(seeds)) < len(seeds) or min(seeds) < 0:
+        raise UserError(f"--seeds expects distinct seeds >= 0, got {text!r}")
+    return seeds
+
+
+def _train_one(cfg: TrainConfig, out: Path) -> TrainResult:
+    """Train `cfg` into `out` (resuming a run there), write its artefacts and say how it went."""
+    from stl_tune.outputs import write_outputs
+    from stl_tune.progress import EpochProgress
+    from stl_tune.train import train as run_training
+
     with EpochProgress(cfg.optim.epochs) as bar:
         result = run_training(cfg, bar.on_epoch_end, checkpoint=out / "checkpoint.pt", evaluate_test=True)
     paths = write_outputs(out, cfg, result)
     if result.status == "diverged":
         typer.echo(f"diverged: the loss became NaN at epoch {result.diverged_epoch}; see {paths[1]}", err=True)
-        raise typer.Exit(1)
+        return result
     if result.resumed_from_epoch == result.epochs_run:
         typer.echo(f"{out} holds a finished run: its results again (remove {out / 'checkpoint.pt'} to retrain)")
     elif result.resumed_from_epoch:
@@ -45,6 +86,7 @@ def train(
         f"{result.status} after {result.epochs_run} epochs in {result.seconds:.0f} s: "
         f"best val {val}, test {result.test_acc:.2%}\nwrote {', '.join(str(p) for p in paths)}"
     )
+    return result
 
 
 @app.command()
