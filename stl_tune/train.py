@@ -1,8 +1,8 @@
 """The trainer: one TrainConfig in, one TrainResult out. It knows nothing about Optuna or storage.
 
-Reads in pipeline order: device and schedules, optimizer, evaluation, checkpoints, then the run:
-its parts built from the config, one state()/restore() pair (the checkpoint), an epoch of training,
-the evaluations, and train() driving it epoch by epoch.
+Reads in pipeline order: device and compilation, schedules and optimizer, EMA, evaluation,
+checkpoints, then the run: its parts built from the config, one state()/restore() pair (the
+checkpoint), an epoch of training, the evaluations, and train() driving it epoch by epoch.
 The dataset lives on the training device as uint8; each epoch is augmented there in large chunks
 (stl_tune.augment), so the training step does no per-image Python work.
 """
@@ -70,7 +70,7 @@ class TrainResult:
         return d
 
 
-# ------------------------------------------------------------------------ device and schedules
+# ---------------------------------------------------------------------------- device and compilation
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,7 +92,7 @@ def use_compile_cache() -> Path:
     default) in ~/.cache/stl-tune/inductor rather than /tmp/torchinductor_<user>: a place that
     outlives a reboot and can be mounted into a container. A worker's next process then loads what
     an earlier one compiled; within one process a second model of the same architecture reuses the
-    compiled code outright. Measured on the 2-core CPU dev VM, first step of a tiny model: 36-103 s
+    compiled code outright. Measured on the 2-core CPU dev VM, first step of a tiny model: 36-154 s
     cold, 2.1-2.7 s from the disk cache in a new process, 0.01 s for a second model in the same
     process. A TORCHINDUCTOR_CACHE_DIR of the user's wins.
 
@@ -105,6 +105,9 @@ def use_compile_cache() -> Path:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(base / "stl-tune" / "inductor")
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+# --------------------------------------------------------------------------- schedules and optimizer
 
 
 def label_smoothing_at(epoch: int, cfg: C.TrainConfig) -> float:
@@ -147,6 +150,9 @@ def make_scheduler(
         opt, start_factor=cfg.warmup_start, end_factor=1.0, total_iters=warmup
     )
     return torch.optim.lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warmup])
+
+
+# ------------------------------------------------------------------------------------------- EMA
 
 
 class Ema:

@@ -295,7 +295,7 @@ def _spy_on_compile(monkeypatch, backend=None) -> list:
 
 def test_compiled_run_on_cpu(data_dir, monkeypatch):
     # The trainer's cache (~/.cache/stl-tune/inductor unless TORCHINDUCTOR_CACHE_DIR is set): the
-    # first run on a machine compiles (36-100 s on 2 busy cores), later runs load (~4 s).
+    # first run on a machine compiles (36-154 s on 2 busy cores), later runs load (~4-9 s).
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(use_compile_cache()))  # restored afterwards
     calls = _spy_on_compile(monkeypatch)
     with warnings.catch_warnings():
