@@ -70,7 +70,7 @@ class TrainResult:
         return d
 
 
-# ---------------------------------------------------------------------------- device and compilation
+# ------------------------------------------------------------------------ device and compilation
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,7 +107,7 @@ def use_compile_cache() -> Path:
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
-# --------------------------------------------------------------------------- schedules and optimizer
+# ----------------------------------------------------------------------- schedules and optimizer
 
 
 def label_smoothing_at(epoch: int, cfg: C.TrainConfig) -> float:
