@@ -289,7 +289,12 @@ def test_compile_cache_lives_in_the_user_cache_unless_set(monkeypatch, tmp_path)
 def _spy_on_compile(monkeypatch, backend=None) -> list:
     """Record torch.compile calls; with `backend`, compile with it instead of inductor."""
     calls, real = [], torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(model) or real(model, backend=backend or "inductor"))
+
+    def compile(model, **kw):
+        calls.append(model)
+        return real(model, **kw, **({"backend": backend} if backend else {}))
+
+    monkeypatch.setattr(torch, "compile", compile)
     return calls
 
 
