@@ -34,6 +34,7 @@ from stl_tune.search.options import (
     HEARTBEAT_INTERVAL_S,
     STORAGE_ENV,
 )
+from stl_tune.search.reconnect import ReconnectingRDBStorage
 from stl_tune.search.space import PRUNERS, SAMPLERS, StudyError, StudySpec
 
 SQLITE_TIMEOUT_S = 60  # wait this long for another worker's write lock instead of failing
@@ -151,7 +152,7 @@ def open_storage(
                 sqlalchemy.event.listen(sqlalchemy.Engine, "connect", _sqlite_wal)
             engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
         else:  # a server: test pooled connections so a database restart does not kill workers
-            engine_kwargs = {"pool_pre_ping": True}
+            engine_kwargs = {"pool_pre_ping": True}  # ... and wait out a restart (search/reconnect.py)
         with lock, experimental_ok():  # heartbeats and their retry are "experimental"
             beat: dict[str, Any] = {}
             if heartbeat:
@@ -160,7 +161,8 @@ def open_storage(
                     grace_period=grace_period,
                     heartbeat_stale_trial_callback=retry_callback(),
                 )
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+            cls = RDBStorage if u.get_backend_name() == "sqlite" else ReconnectingRDBStorage
+            return cls(url, engine_kwargs=engine_kwargs, **beat)
     except sqlalchemy.exc.NoSuchModuleError:  # before ArgumentError: it is a subclass
         raise StudyError(f"storage {shown}: unknown database scheme '{url.split(':', 1)[0]}'") from None
     except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: e.g. a port that is no number

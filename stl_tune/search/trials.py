@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import Counter
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import optuna
@@ -20,6 +21,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.search import optuna_compat as compat
+from stl_tune.search.reconnect import database_of
 from stl_tune.search.study import retry_callback
 
 N_TRIALS_ATTR = "n_trials"  # study user attr: the budget set by `stl-tune run --trials`
@@ -38,6 +40,8 @@ class Tally:
     failure_streak: int = 0  # trials that ended most recently and all failed with an error
     last_failure: str = ""
     best: FrozenTrial | None = None
+    states: Counter[TrialState] = field(default_factory=Counter)  # every trial, as count_states counts
+
 
     @property
     def finished(self) -> int:
@@ -64,7 +68,7 @@ def tally(study: optuna.Study, since: datetime | None = None) -> Tally:
     """Counts of the study's trials; the failure streak only among trials started after `since`
     (a worker's start), so a re-run after fixing the cause is not stopped by old failures."""
     trials = study.get_trials(deepcopy=False)
-    t = Tally(trials=len(trials))
+    t = Tally(trials=len(trials), states=Counter(tr.state for tr in trials))
     ended = []
     for tr in trials:
         reason = fail_reason(tr)
@@ -91,6 +95,18 @@ def tally(study: optuna.Study, since: datetime | None = None) -> Tally:
     best = ranked(trials, study.direction)  # from the trials at hand: study.best_trial would query again
     t.best = best[0] if best else None
     return t
+
+
+def count_states(study: optuna.Study) -> Counter[TrialState]:
+    """The study's trials per state, all of them (Tally.states of a tally made now). On a server
+    the database counts them in one statement that returns a few numbers and reads no params, attrs
+    or reports: what waiting workers poll (a tally re-reads every unfinished trial with all of
+    those, in up to seven statements). Elsewhere from the trials."""
+    found = database_of(study)
+    if found is not None:
+        storage, study_id = found
+        return storage.count_states(study_id)
+    return Counter(t.state for t in study.get_trials(deepcopy=False))
 
 
 def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:

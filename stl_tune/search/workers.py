@@ -47,10 +47,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.errors import UserError
 from stl_tune.search import optuna_compat as compat
-from stl_tune.search.trials import Tally, fail_stale_trials, is_surplus, requeue_interrupted, tally
+from stl_tune.search.trials import Tally, count_states, fail_stale_trials, is_surplus, requeue_interrupted, tally
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-POLL_S = 1.0  # how often a waiting worker re-reads the study
+POLL_S = 1.0  # a waiting worker's first pause between looks at the study ...
+MAX_POLL_S = 10.0  # ... doubled while nothing changes, up to this (docs/BENCHMARKS.md, "Database load")
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,7 @@ def work(
                 )
             fail_stale_trials(study)  # before ask(), as Study.optimize does: retries come first
             if t.finished + t.running >= n_trials:
-                with stop.interruptible():
-                    time.sleep(poll_s)
+                _wait_for_a_change(study, t, stop, poll_s)
                 continue
             frozen = _run_trial(study, objective, n_trials, stop)
             if frozen is None:
@@ -132,6 +132,22 @@ def work(
             for callback in callbacks or []:
                 callback(study, frozen)
         raise KeyboardInterrupt
+
+
+def _wait_for_a_change(study: optuna.Study, seen: Tally, stop: _Stop, poll_s: float) -> None:
+    """Sleep until a trial of the study changes state after the tally `seen` (one ends, a retry is
+    queued, another worker claims one), failing stale trials meanwhile; the caller then tallies
+    anew. Each look is one count by the database (trials.count_states), and the pause doubles from
+    poll_s up to MAX_POLL_S while nothing changes: idle workers at the end of a long search cost the
+    database little, and notice a change within MAX_POLL_S."""
+    pause = poll_s
+    while True:
+        with stop.interruptible():
+            time.sleep(pause)
+        fail_stale_trials(study)
+        if count_states(study) != seen.states:
+            return
+        pause = min(2 * pause, max(poll_s, MAX_POLL_S))
 
 
 def _run_trial(
