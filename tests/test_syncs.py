@@ -165,9 +165,9 @@ def test_training_run_has_under_a_quarter_sync_per_step(data_dir, monkeypatch):
         result = T.train(cfg)
     steps = 2 * (360 // 8)
     assert result.epochs_run == 2 and len(chunks) == 2  # 360 images: one chunk per epoch
+    assert trace.syncs / steps < 0.25, f"{trace.syncs} syncs in {steps} steps:\n{trace.where()}"
     augment_reads = sum(n for (kind, line), n in trace.events.items() if kind == "read" and "augment.py" in line)
     assert augment_reads == len(chunks), trace.where()  # the trace sees the device work
-    assert trace.syncs / steps < 0.25, f"{trace.syncs} syncs in {steps} steps:\n{trace.where()}"
 
 
 # ----------------------------------------------------------------------------------------- CUDA
