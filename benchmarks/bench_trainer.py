@@ -42,8 +42,8 @@ the same figures on stderr. Figures, per row:
                      100 plain, its epochs and mix_epochs defaults)
   ratio              stl-tune img/s over each reference's
 
-CPU (about 5 minutes on the 2-core dev VM; a small size, for regressions):
-  python benchmarks/bench_trainer.py --device cpu --threads 1 --width 16 --image-size 32 --images 900 --epochs 1
+CPU (3-5 minutes on the shared 2-core dev VM; a small size, for regressions):
+  python benchmarks/bench_trainer.py --device cpu --threads 1 --width 16 --image-size 32 --images 1800 --epochs 2
 H200, the default model and size (width 64, 96 px, batch 64, 4,500 + 500 images):
   python benchmarks/bench_trainer.py --device cuda
 Results go to docs/BENCHMARKS.md.
