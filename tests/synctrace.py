@@ -94,6 +94,11 @@ class SyncTrace:
     def stop(self) -> None:
         self.counting = False
 
+    def mark_host(self, *tensors: torch.Tensor) -> None:
+        """Declare tensors made before the trace as host tensors (a DataLoader's dataset)."""
+        for x in tensors:
+            self._place[x] = HOST
+
     def reset(self) -> None:
         self.events.clear()
         self.ops = 0
