@@ -154,10 +154,16 @@ def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(tmp_path, tiny_study, w
     out, _ = run.communicate(timeout=120)
     assert run.returncode == 130, out
     assert "Traceback" not in out  # an interrupted trial is one line, not Optuna's traceback
+    # one calm line per worker, and nothing from Optuna's logger about a failure or nan
+    stops = re.findall(r"^\[w(\d)\] (?:trial (\d+) stopped at epoch \d+, queued to resume from (?:epoch \d+|the "
+                       r"start \(no checkpoint yet\))|stopped; no trial was running)$", out, re.M)  # fmt: skip
+    assert sorted(w for w, _ in stops) == ["0", "1"], out
+    assert not re.search(r"(?i)trial \d+ failed|failed with|\bnan\b|^\[w\d\] \[W ", out, re.M), out
     study = optuna.load_study(study_name=name, storage=url)
     failed = study.get_trials(states=(TrialState.FAIL,))
     interrupted = [t for t in failed if t.user_attrs["fail_reason"] == "interrupted"]
     assert interrupted and {t.user_attrs["fail_reason"] for t in failed} <= {"interrupted", "surplus"}
+    assert sorted(int(n) for _, n in stops if n) == sorted(t.number for t in interrupted)
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert len(study.get_trials(states=(TrialState.WAITING,))) == len(interrupted)  # queued to resume
 

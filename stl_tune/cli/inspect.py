@@ -72,10 +72,11 @@ def _studies_table(storage: BaseStorage, studies: list[FrozenStudy]) -> Table:
 
 @app.command()
 def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
-    """Trials of a study (state, value, epochs, seconds, params), its best trial and that config."""
+    """Trials of a study (state, value, epochs, seconds, params), the time left, its best trial and that config."""
+    from stl_tune.search.eta import estimate
     from stl_tune.search.space import StudyError
     from stl_tune.search.study import CONFIG_ATTR, describe, load_study, open_storage
-    from stl_tune.search.trials import ranked
+    from stl_tune.search.trials import N_TRIALS_ATTR, ranked, tally
 
     store = open_storage(storage, heartbeat=False, create=False)
     try:
@@ -93,6 +94,11 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     for t in trials:
         table.add_row(*_trial_row(t))
     console.print(table)
+    n_trials = study.user_attrs.get(N_TRIALS_ATTR)
+    if n_trials:  # the same figure as the live view's, from the storage alone
+        finished = tally(study).finished
+        left = estimate(trials, n_trials, finished, spec)
+        console.print(f"{finished}/{n_trials} finished; {left} ({left.detail()})")
     ranking = ranked(trials, study.direction)
     if not ranking:
         console.print("No complete trial yet.")

@@ -4,6 +4,7 @@ study from any host); `run` starts its worker processes as `python -m stl_tune w
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated
@@ -58,6 +59,7 @@ def run(
     art = L.artifacts_dir(artifacts, url, study)
     study.set_user_attr(N_TRIALS_ATTR, n_trials)
     study.set_user_attr(L.ARTIFACTS_ATTR, str(art))
+    _cost_note(spec, study, slots, data_dir, L.threads_per_worker(len(slots)))
     code = L.launch(study, url, slots, n_trials, artifacts=art, data_dir=_abs(data_dir), max_failures=max_failures)
     raise typer.Exit(code)
 
@@ -88,28 +90,41 @@ def worker(
         n_trials = _budget_left(study, trials)
         _prepare_data(spec, data_dir, f"study '{study.study_name}'")
         art = L.artifacts_dir(artifacts, url, study)
+        _cost_note(spec, study, slots, data_dir, L.threads_per_worker(len(slots)))
         code = L.launch(study, url, slots, n_trials, artifacts=art, data_dir=_abs(data_dir),
                         max_failures=max_failures, first_index=worker_index)  # fmt: skip
         raise typer.Exit(code)
 
     import optuna
+    from rich.console import Console
 
+    from stl_tune.search.live import EPOCH_LINES_ENV, EpochLog, View
     from stl_tune.search.objective import Objective
-    from stl_tune.search.workers import work
+    from stl_tune.search.workers import POLL_S, work
 
     # Optuna's INFO line per trial (full-precision params) would bury the output: one short line instead.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, spec = S.load_study(name, S.open_storage(url, heartbeat=True), worker=worker_index)
     n_trials = _budget_left(study, trials)
-    if not os.environ.get(L.PARENT_ENV):  # on its own (another host): else the launching process did
+    on_its_own = not os.environ.get(L.PARENT_ENV)  # else the launching process checks, shows and reaps
+    if on_its_own:
         _prepare_data(spec, data_dir, f"study '{study.study_name}'")
+        _cost_note(spec, study, slots, data_dir, torch.get_num_threads())
     L.requeue_dead_here(study)  # of an earlier run on this host: no need to wait for the heartbeat
     overrides = {"data.dir": str(_abs(data_dir))} if data_dir is not None else {}
     objective = Objective(spec, L.artifacts_dir(artifacts, url, study), overrides)
+    console = Console()
+    if os.environ.get(EPOCH_LINES_ENV, "0" if console.is_terminal else "1") == "1":
+        objective = EpochLog(console).around(objective)
+    callbacks = [_trial_line]
+    view = View(study, n_trials, console, {os.getpid(): f"w{worker_index}"}) if on_its_own else None
+    if view is not None and view.live is None:  # a log: the study's line after each trial
+        callbacks.append(lambda *_: view.refresh())
     try:
-        t = work(study, objective, n_trials, max_failures=max_failures, callbacks=[_trial_line])
-    except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
-        typer.echo("interrupted: this worker's trial is queued to resume", err=True)
+        with view.following(POLL_S) if view is not None else contextlib.nullcontext():
+            t = work(study, objective, n_trials, max_failures=max_failures, callbacks=callbacks)
+    except KeyboardInterrupt as e:  # click would print "Aborted!" and exit 1
+        typer.echo(_stopped(study, e), err=True)
         raise typer.Exit(130) from None
     typer.echo(f"study {study.study_name}: {t.finished}/{n_trials} trials finished")
 
@@ -160,6 +175,54 @@ def _stop_if_done(study, n_trials: int) -> None:
         typer.echo(f"study {study.study_name} already has {plural(finished, 'finished trial')} "
                    f"(budget {n_trials}); nothing to do")  # fmt: skip
         raise typer.Exit(0)
+
+
+COST_NOTE_S = 600  # the start-up check speaks when one trial would take longer than this here
+
+
+def _cost_note(spec, study, slots: list[str | None], data_dir: Path | None, threads: int) -> None:
+    """On a host without a GPU, before a study's first trial: time one training step and say in
+    one line what a full trial of the study's first config takes here, when that is long. It
+    informs; the run goes on."""
+    from optuna.trial import TrialState
+
+    from stl_tune import data
+    from stl_tune.search.eta import duration, reference_config, secs, trial_cost
+
+    if any(slot is not None for slot in slots):
+        return
+    if any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+        return  # trials have run: their epoch times give the time left instead
+    cfg = reference_config(spec)
+    if data_dir is not None:
+        cfg.data.dir = str(_abs(data_dir))
+    cost = trial_cost(cfg, data.train_size(cfg.data), threads)
+    if cost.seconds < COST_NOTE_S:
+        return
+    m = cfg.model
+    typer.echo(
+        f"note: no GPU here: one trial (width {m.width}, batch {cfg.optim.batch_size}, {cfg.data.image_size} px, "
+        f"{cost.epochs} epochs) takes about {duration(cost.seconds)} on this CPU ({cost.steps} steps of "
+        f"{secs(cost.step_s)} s + {secs(cost.eval_s)} s of validation per epoch, {threads} threads); "
+        "use a GPU (--gpus), a smaller study (--study studies/smoke.yaml) or --time-budget"
+    )
+
+
+def _stopped(study, e: KeyboardInterrupt) -> str:
+    """A worker's one line on a stop signal: where its trial stopped and where it will resume."""
+    from stl_tune.search import optuna_compat as compat
+    from stl_tune.search.study import MAX_RETRY
+    from stl_tune.search.workers import Interrupted
+
+    if not isinstance(e, Interrupted):
+        return "stopped; no trial was running"
+    t = e.trial
+    done = len(t.user_attrs.get("curve") or [])
+    if not any(compat.retry_history(r)[-1:] == [t.number] for r in study.get_trials(deepcopy=False)):
+        return f"trial {t.number} stopped at epoch {done}; not queued again: it was retried {MAX_RETRY} times"
+    saved = (t.user_attrs.get("checkpoint") or {}).get("epoch", 0)
+    resume = f"from epoch {saved}" if saved else "from the start (no checkpoint yet)"
+    return f"trial {t.number} stopped at epoch {done}, queued to resume {resume}"
 
 
 def _trial_line(study, trial) -> None:

@@ -1,5 +1,6 @@
 """Worker processes on one host: GPU slots, launching `stl-tune worker` children, reaping the ones
-that die (their trials are re-queued at once), relaying their output, and the live view.
+that die (their trials are re-queued at once), relaying their output under the live view
+(search/live.py).
 
 Each child sees only its GPU (CUDA_VISIBLE_DEVICES, set before it imports torch) and gets an equal
 share of the CPU cores for torch's threads. Children run in their own session, so a terminal's
@@ -19,12 +20,11 @@ from pathlib import Path
 
 import optuna
 from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from stl_tune.errors import UserError
 from stl_tune.search import optuna_compat as compat
+from stl_tune.search.live import EPOCH_LINES_ENV, View
 from stl_tune.search.study import describe, sqlite_file
 from stl_tune.search.trials import requeue_dead, tally
 from stl_tune.search.workers import POLL_S, STOP_SIGNALS
@@ -89,6 +89,16 @@ def plan_slots(gpus: str, workers_per_gpu: int = 1, workers: int | None = None) 
     return [None] * (workers or 1)
 
 
+def threads_per_worker(workers: int) -> int:
+    """torch threads of each of `workers` worker processes launched on this host: $OMP_NUM_THREADS
+    when set, else an equal share of the CPU cores."""
+    share = max(1, len(os.sched_getaffinity(0)) // workers)
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", share)))
+    except ValueError:  # torch ignores a value that is no number too
+        return share
+
+
 def worker_command(
     name: str, n_trials: int, artifacts: Path, data_dir: Path | None, max_failures: int, index: int, gpu: str | None
 ) -> list[str]:
@@ -122,10 +132,11 @@ def launch(
     """
     console = console or Console()
     requeue_dead_here(study, console)
-    threads = max(1, len(os.sched_getaffinity(0)) // len(slots))
+    threads = threads_per_worker(len(slots))
     procs: list[subprocess.Popen] = []
     for i, gpu in enumerate(slots):
-        env = {**os.environ, "STL_TUNE_STORAGE": storage_url, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}
+        env = {**os.environ, "STL_TUNE_STORAGE": storage_url, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()),
+               EPOCH_LINES_ENV: "0" if console.is_terminal else "1"}  # a terminal's table shows the epochs
         env.setdefault("OMP_NUM_THREADS", str(threads))
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -143,18 +154,16 @@ def launch(
     forwarded = 0
     reaped: set[int] = set()  # indices of workers whose exit was dealt with
     try:
-        with Live(_view(study, n_trials, procs), console=console, refresh_per_second=2) as live:
-            readers = [
-                threading.Thread(target=_relay, args=(p, f"w{first_index + i}", live.console), daemon=True)
-                for i, p in enumerate(procs)
-            ]
+        names = {p.pid: f"w{first_index + i}" for i, p in enumerate(procs)}
+        with View(study, n_trials, console, names, procs=procs) as view:
+            readers = [threading.Thread(target=_relay, args=(p, names[p.pid], console), daemon=True) for p in procs]
             for r in readers:
                 r.start()
             while any(p.poll() is None for p in procs):
                 time.sleep(POLL_S)
                 if len(signals) > forwarded:
                     if forwarded == 0:
-                        live.console.print("stopping: workers save their trials for the next run (Ctrl-C again to kill)")
+                        console.print("stopping: each worker queues its trial to resume (Ctrl-C again to kill them)")
                         for p in procs:
                             if p.poll() is None:
                                 p.send_signal(signal.SIGINT)
@@ -162,21 +171,19 @@ def launch(
                         for p in procs:
                             p.kill()
                     forwarded = len(signals)
-                _reap(study, procs, reaped, first_index, live.console, expected=130 if forwarded else 0)
-                live.update(_view(study, n_trials, procs))
-            _reap(study, procs, reaped, first_index, live.console, expected=130 if forwarded else 0)
+                _reap(study, procs, reaped, first_index, console, expected=130 if forwarded else 0)
+                view.refresh()
+            _reap(study, procs, reaped, first_index, console, expected=130 if forwarded else 0)
             for r in readers:
                 r.join(timeout=5)
-            live.update(_view(study, n_trials, procs))
+            view.refresh()
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
-    if not console.is_terminal:
-        console.line()  # Live leaves its last frame without a line end when not on a terminal
     t = tally(study)
     best = f"best {t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no result yet"
     console.print(f"{t.finished}/{n_trials} trials finished ({t.complete} complete, {t.pruned} pruned), "
-                  f"{t.failed} failed, {t.running} running; {best}")  # fmt: skip
+                  f"{t.failed} failed, {t.running} running; {best}", soft_wrap=True)  # fmt: skip
     if signals:
         console.print("interrupted: run the same command again to continue")
         return 130
@@ -219,14 +226,3 @@ def _relay(proc: subprocess.Popen, tag: str, console: Console) -> None:
     for line in proc.stdout:
         console.print(Text(f"[{tag}] {line.rstrip()}"), soft_wrap=True)
 
-
-def _view(study: optuna.Study, n_trials: int, procs: list[subprocess.Popen]) -> Table:
-    t = tally(study)
-    table = Table(title=f"study {study.study_name}", title_justify="left")
-    for col in ("finished", "pruned", "failed", "running", "waiting", "best", "workers"):
-        table.add_column(col, justify="right")
-    best = f"{t.best.value:.4f} (#{t.best.number})" if t.best is not None else "-"
-    alive = sum(p.poll() is None for p in procs)
-    table.add_row(f"{t.finished}/{n_trials}", str(t.pruned), str(t.failed), str(t.running),
-                  str(t.waiting), best, f"{alive}/{len(procs)}")  # fmt: skip
-    return table

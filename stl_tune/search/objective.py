@@ -13,6 +13,8 @@ saved, and records in the trial's user attributes all it takes to reproduce and 
   fail_reason         why the trial failed ("diverged at epoch 3", "OutOfMemoryError: ..."), else None
   checkpoint          {"artifact_id", "epoch"} of the latest checkpoint while a retry may need it, else None
   resumed_from_epoch  epochs taken over from a previous attempt's checkpoint (0: a fresh start)
+  epoch_seconds       wall time of each epoch this attempt ran (a retry shows its predecessor's
+                      until its first epoch ends): the live view's pace and time left (search/eta.py)
   worker              host:pid of the process that ran the trial
 """
 
@@ -35,6 +37,7 @@ from optuna.trial import FrozenTrial
 from stl_tune import config as C
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.checkpoints import CheckpointStore, local_workdir, sweep_dead_workdirs
+from stl_tune.search.eta import EPOCH_SECONDS_ATTR
 from stl_tune.search.space import StudySpec, suggest_config
 from stl_tune.search.study import CONFIG_ATTR
 from stl_tune.search.trials import worker_id
@@ -132,9 +135,13 @@ class Objective:
                 torch.cuda.empty_cache()
 
     def _epoch_callback(self, trial: optuna.Trial, cfg: C.TrainConfig, ckpt: Path, curve: list[float]):
+        seconds: list[float] = []
+
         def on_epoch_end(m: EpochMetrics) -> bool:
             curve.append(m.val_acc)
             trial.set_user_attr("curve", curve)
+            seconds.append(round(m.seconds, 3))
+            trial.set_user_attr(EPOCH_SECONDS_ATTR, seconds)
             trial.set_user_attr("epochs_run", m.epoch)
             trial.report(m.val_acc, m.epoch)
             if m.epoch >= cfg.optim.epochs:

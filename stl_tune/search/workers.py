@@ -60,6 +60,15 @@ class StudyStopped(UserError):
     """Every recent trial failed: running more would fail too."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop signal ended the worker's trial, which is told FAIL ("interrupted") and re-queued
+    (up to study.MAX_RETRY times): `trial` as told, for the worker's line on where it stopped."""
+
+    def __init__(self, trial: FrozenTrial) -> None:
+        super().__init__()
+        self.trial = trial
+
+
 class _Stop:
     """While active, SIGINT/SIGTERM raise KeyboardInterrupt only inside `interruptible()` (a
     trial's own work, or waiting): never inside Optuna's ask/tell, so no trial is left half-made or
@@ -154,8 +163,8 @@ def _run_trial(
     study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int, stop: _Stop
 ) -> FrozenTrial | None:
     """Ask for one trial, run it with a heartbeat, tell its outcome; the trial as told, or None for
-    one that another worker failed as stale meanwhile. Raises KeyboardInterrupt after re-queueing
-    the trial on a stop signal."""
+    one that another worker failed as stale meanwhile. Raises Interrupted after re-queueing the
+    trial on a stop signal."""
     trial = compat.ask(study)
     state, value, interrupted, stale = TrialState.FAIL, None, False, False
     with compat.heartbeat(study, trial):
@@ -181,7 +190,7 @@ def _run_trial(
     told = study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
     if interrupted:
         requeue_interrupted(study, told)
-        raise KeyboardInterrupt
+        raise Interrupted(told)
     if stale or told.state != state:
         # Our heartbeats missed the grace period (this process was frozen, or its disk or network
         # stalled) and another worker failed the trial and queued its retry, which carries on.

@@ -1,0 +1,239 @@
+"""The live view of a search: what every running trial is doing, and how long the study has left.
+
+- In a terminal (View): a table under the workers' output, which keeps the finished trials' lines
+  above it: the study's counts, best trial and time left, then one row per running trial (its
+  worker, key parameters, epoch k of N, latest validation accuracy, seconds per epoch). It is drawn
+  from the storage, so it shows the study's workers on every host; the process that runs workers
+  here refreshes it (`stl-tune run`'s launcher after each poll, or a thread of a `stl-tune worker`
+  started on its own).
+- Otherwise (a log file, a scheduler's capture): plain lines, no control characters. Each worker
+  writes its trials' progress itself (EpochLog: one line per epoch at most every LOG_EVERY_S, from
+  the trainer's epoch callback, so a log costs the database nothing), and the study's line with
+  the time left comes when the count of finished trials changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from stl_tune.search.eta import Estimate, epochs_done, estimate, secs, study_epochs, trial_epochs, trial_pace
+from stl_tune.search.space import StudySpec
+from stl_tune.search.study import SPEC_ATTR
+from stl_tune.search.trials import Tally, tally
+
+if TYPE_CHECKING:
+    from stl_tune.config import TrainConfig
+    from stl_tune.search.objective import Objective, Trainer
+    from stl_tune.train import EpochMetrics
+
+LOG_EVERY_S = 5.0  # a trial's progress line in a log, at most this often
+MAX_ROWS = 10  # running trials listed in the table; the rest are counted in one more row
+EPOCH_LINES_ENV = "STL_TUNE_EPOCH_LINES"  # "1": a worker logs its epochs; "0": a launcher's table shows them
+
+log = logging.getLogger(__name__)
+
+
+class View:
+    """The view of study `study` with budget `n_trials`, drawn on `console`: a live table on a
+    terminal, else the study's line whenever the count of finished trials changes.
+
+    workers: {pid: name} of the worker processes of this host ("w0", ...): their trials come first
+    in the table; other workers are shown as host:pid. procs: processes launched here, counted as
+    alive or not.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        n_trials: int,
+        console: Console,
+        workers: Mapping[int, str],
+        *,
+        procs: Sequence[Any] = (),
+    ):
+        self.study, self.n_trials, self.console, self.procs = study, n_trials, console, procs
+        host = socket.gethostname()
+        self.names = {f"{host}:{pid}": name for pid, name in workers.items()}
+        attrs = study.user_attrs
+        self.spec = StudySpec.from_dict(attrs[SPEC_ATTR]) if SPEC_ATTR in attrs else None  # None: not stl-tune's
+        self.epochs = study_epochs(self.spec) if self.spec is not None else None
+        self.live = Live(console=console, refresh_per_second=2) if console.is_terminal else None
+        self._finished: int | None = None  # at the last line written (no terminal)
+
+    def __enter__(self) -> View:
+        self.refresh()
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    def refresh(self) -> None:
+        """Redraw the table (a terminal), or write the study's line when a trial has finished."""
+        t = tally(self.study)
+        if self.live is None and t.finished == self._finished:
+            return  # a log reads the trials only when there is something to write
+        trials = self.study.get_trials(deepcopy=False)
+        left = estimate(trials, self.n_trials, t.finished, self.spec) if self.spec is not None else None
+        if self.live is not None:
+            running = sorted((tr for tr in trials if tr.state == TrialState.RUNNING), key=self._order)
+            self.live.update(self.render(t, running, left))
+        else:
+            self._finished = t.finished
+            self.console.print(Text(self.line(t, left)), soft_wrap=True)
+
+    @contextlib.contextmanager
+    def following(self, every: float) -> Iterator[View]:
+        """Inside, a thread refreshes the table every `every` seconds (for a worker whose main
+        thread runs trials); a failed read (the database restarting) skips a refresh, never the
+        worker. In a log there is no thread: the worker calls refresh() when a trial ends."""
+        if self.live is None:
+            with self:
+                yield self
+            return
+        done = threading.Event()
+
+        def loop() -> None:
+            while not done.wait(every):
+                try:
+                    self.refresh()
+                except Exception:
+                    log.debug("live view: refresh failed", exc_info=True)
+
+        thread = threading.Thread(target=loop, name="stl-tune-view", daemon=True)
+        with self:
+            thread.start()
+            try:
+                yield self
+            finally:
+                done.set()
+                thread.join(timeout=5)
+
+    # ------------------------------------------------------------------------------- drawing
+    def render(self, t: Tally, running: list[FrozenTrial], left: Estimate | None) -> Group:
+        """The terminal's view: two lines on the study, then the running trials, fitted to the width."""
+        table = Table()
+        table.add_column("trial", justify="right", no_wrap=True, min_width=5)
+        table.add_column("worker", no_wrap=True, overflow="ellipsis", min_width=6, max_width=14)
+        table.add_column("epoch", justify="right", no_wrap=True, min_width=7)
+        table.add_column("val", justify="right", no_wrap=True, min_width=6)
+        table.add_column("s/epoch", justify="right", no_wrap=True, min_width=7)
+        table.add_column("params")  # wrappable, so the one to narrow; its cells end in an ellipsis instead
+        for tr in running[:MAX_ROWS]:
+            params = Text(short_params(tr.params), no_wrap=True, overflow="ellipsis")
+            table.add_row(str(tr.number), self._name(tr), self._epoch(tr), _val(tr), _pace(tr), params)
+        if len(running) > MAX_ROWS:
+            table.add_row("", f"{len(running) - MAX_ROWS} more", "", "", "", "")
+        alive = sum(p.poll() is None for p in self.procs)
+        here = f" ({alive}/{len(self.procs)} workers here alive)" if self.procs else ""
+        head = Text(f"{self.line(t)}\n{t.running} running{here}; {_left(left)}")
+        return Group(head, table) if running else head
+
+    def line(self, t: Tally, left: Estimate | None = None) -> str:
+        """The study in one line: counts, best trial and, given an estimate, the time left."""
+        best = f"best {t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no result yet"
+        line = (f"study {self.study.study_name}: {t.finished}/{self.n_trials} finished ({t.pruned} pruned), "
+                f"{t.failed} failed, {t.waiting} queued; {best}")  # fmt: skip
+        return line if left is None else f"{line}; {left}"
+
+    def _order(self, tr: FrozenTrial) -> tuple[int, str, int]:
+        name = self.names.get(tr.user_attrs.get("worker"))
+        return (name is None, name or "", tr.number)
+
+    def _name(self, tr: FrozenTrial) -> str:
+        worker = str(tr.user_attrs.get("worker", "?"))
+        host, _, pid = worker.rpartition(":")
+        return self.names.get(worker) or f"{host.split('.')[0]}:{pid}"
+
+    def _epoch(self, tr: FrozenTrial) -> str:
+        total = trial_epochs(tr, self.epochs) if self.epochs is not None else None
+        return f"{epochs_done(tr)}/{total if total is not None else '?'}"
+
+
+class EpochLog:
+    """Progress lines of the trials this process runs, for a log: a trial's first epoch, then one
+    line per epoch at most every `every` seconds, written from the trainer's epoch callback:
+
+        work(study, EpochLog(console).around(Objective(spec, artifacts)), n_trials)
+    """
+
+    def __init__(self, console: Console, every: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic):
+        self.console, self.every, self.clock = console, every, clock
+        self._trial: optuna.Trial
+        self._last = -math.inf  # clock at the current trial's last line
+
+    def around(self, objective: Objective) -> Callable[[optuna.Trial], float]:
+        """`objective`, its trainer writing the lines of the trial it runs."""
+        objective.trainer = self._trainer(objective.trainer)
+
+        def run(trial: optuna.Trial) -> float:
+            self._trial, self._last = trial, -math.inf
+            return objective(trial)
+
+        return run
+
+    def _trainer(self, trainer: Trainer) -> Trainer:
+        """`trainer` (stl_tune.train.train's signature), writing a line after its epoch callbacks."""
+
+        def run(cfg: TrainConfig, on_epoch_end: Callable[[EpochMetrics], bool | None] | None = None, **kw: Any):
+            def callback(m: EpochMetrics) -> bool | None:
+                stop = on_epoch_end(m) if on_epoch_end is not None else None
+                self._line(cfg, m)
+                return stop
+
+            return trainer(cfg, callback, **kw)
+
+        return run
+
+    def _line(self, cfg: TrainConfig, m: EpochMetrics) -> None:
+        now = self.clock()
+        if now - self._last < self.every:
+            return
+        first, self._last = self._last == -math.inf, now
+        trial = self._trial  # set by around(), the only way in
+        val = f"{m.val_acc:.4f}" if m.val_acc is not None else "-"
+        line = f"trial {trial.number}: epoch {m.epoch}/{cfg.optim.epochs}, val {val}, {secs(m.seconds)} s/epoch"
+        if first:  # its first line says what it tries
+            line += f" ({short_params(trial.params)})"
+        self.console.print(Text(line), soft_wrap=True)  # Text: no markup; soft_wrap: one line at any width
+
+
+def _left(left: Estimate | None) -> str:
+    return str(left) if left is not None else "time left: unknown (no study file in the storage)"
+
+
+def _val(tr: FrozenTrial) -> str:
+    curve = tr.user_attrs.get("curve") or []
+    return f"{curve[-1]:.4f}" if curve and curve[-1] is not None else "-"
+
+
+def _pace(tr: FrozenTrial) -> str:
+    pace = trial_pace(tr)
+    return secs(pace) if pace is not None else "-"
+
+
+def short_params(params: Mapping[str, Any]) -> str:
+    """'width=64 se=True optim=adamw lr_adamw=0.0012': a parameter by the last part of its name
+    (the section for a `name`), numbers to 3 significant digits."""
+    parts = []
+    for key, value in params.items():
+        section, _, field = key.rpartition(".")
+        label = section if field == "name" and section else field
+        parts.append(f"{label}={value:.3g}" if isinstance(value, float) else f"{label}={value}")
+    return " ".join(parts)
