@@ -189,7 +189,7 @@ def _class_labels(files: dict[str, list[Path]]) -> Tensor:
     return torch.arange(len(files)).repeat_interleave(torch.tensor([len(f) for f in files.values()]))
 
 
-def _folder_splits(root: str | Path) -> dict[str, Path]:
+def folder_splits(root: str | Path) -> dict[str, Path]:
     """The class-folder directories of a folder dataset: {"all": root} in the class layout,
     {"train": root/train, ["val": root/val,] "test": root/test} in the split layout (see above).
 
@@ -243,7 +243,7 @@ def _decode(f: Path) -> Tensor:
 
 
 @functools.lru_cache(maxsize=3)  # train/, val/ and test/ of one split-layout folder
-def _folder(d: str, image_size: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+def read_folder(d: str, image_size: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     """Every image under d/<class>/ (classes in sorted order), decoded to RGB and resized; labels;
     class names.
 
@@ -292,12 +292,12 @@ def _labelled(cfg: DataConfig, split: str, images: bool = True) -> Labelled | No
             return _stl10(cfg.dir, cfg.image_size, split)
         y = _stl10_labels(Path(cfg.dir), split)
         return None, y, _stl10_classes(Path(cfg.dir), y)
-    splits = _folder_splits(cfg.dir)
+    splits = folder_splits(cfg.dir)
     if split == "val" and "val" not in splits:
         return None  # validation is carved from "train"
     d = splits.get("all") or splits[split]
     if images:
-        x, y, classes = _folder(str(d), cfg.image_size)
+        x, y, classes = read_folder(str(d), cfg.image_size)
     else:
         files = _class_files(d)
         x, y, classes = None, _class_labels(files), tuple(files)
@@ -344,7 +344,7 @@ def describe(cfg: DataConfig) -> str:
     if cfg.source == "stl10":
         layout = "STL-10 binaries"
     else:
-        splits = _folder_splits(resolved.dir)
+        splits = folder_splits(resolved.dir)
         if "all" in splits:
             layout = f"class layout (<class>/; test: {cfg.test_fraction:.0%} of each class, fixed)"
         else:
@@ -436,7 +436,7 @@ def _load(cfg_fields: tuple, seed: int, device: str, with_test: bool) -> Dataset
 
 def clear_cache() -> None:
     """Forget every cached read and device copy (tests; freeing device memory)."""
-    for cached in (_stl10, _folder, _load):
+    for cached in (_stl10, read_folder, _load):
         cached.cache_clear()
 
 

@@ -44,8 +44,8 @@ def folder_images(root: str | Path, image_size: int) -> tuple[Tensor, Tensor, tu
     """The images to score in a folder dataset: uint8 [N,3,S,S], int64 labels, class names (sorted
     folder names), the layout ("split" | "class") and which images, in words."""
     # data.py's own layout detection and reader: a folder means here what it means to `train`
-    splits = data._folder_splits(root)
-    x, y, classes = data._folder(str(splits.get("all") or splits["test"]), image_size)
+    splits = data.folder_splits(root)
+    x, y, classes = data.read_folder(str(splits.get("all") or splits["test"]), image_size)
     if "all" in splits:
         return x, y, classes, "class", f"all {len(y):,} images (class layout <class>/: the whole folder as new data)"
     return x, y, classes, "split", f"the {len(y):,} images of test/ (split layout: train/ and val/ are not scored)"
