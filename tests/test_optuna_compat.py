@@ -69,7 +69,7 @@ def test_storage_url_of_a_database_and_of_optunas_cache_around_it(tmp_path):
     rdb = open_storage(url, heartbeat=False)
     assert compat.storage_url(rdb) == url
     cached = compat.CachedStorage(rdb)  # what Optuna puts around an RDBStorage; the proxy extends it
-    assert compat.storage_url(cached) == url
+    assert compat.storage_url(cached) == url and compat.backend(cached) is rdb and compat.backend(rdb) is rdb
     study_id = cached.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "cached")
     assert rdb.get_study_id_from_name("cached") == study_id
     assert compat.grpc_address(rdb) is None
@@ -90,3 +90,16 @@ def test_experimental_ok_silences_only_experimental_warnings():
             warnings.warn("x", optuna.exceptions.ExperimentalWarning)
             warnings.warn("y", UserWarning)
     assert [str(w.message) for w in caught] == ["y"]
+
+
+def test_study_id_and_the_trial_table_count_a_study(study):
+    import sqlalchemy
+
+    study.ask()
+    study.tell(study.ask(), 0.5)
+    storage = compat.storage_of(study)
+    assert compat.study_id(study) == storage.get_study_id_from_name(study.study_name)
+    t = compat.TrialModel
+    query = sqlalchemy.select(t.state, sqlalchemy.func.count()).where(t.study_id == compat.study_id(study)).group_by(t.state)
+    with compat.backend(storage).engine.connect() as conn:
+        assert dict(conn.execute(query).all()) == {TrialState.RUNNING: 1, TrialState.COMPLETE: 1}

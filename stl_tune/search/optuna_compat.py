@@ -15,6 +15,7 @@ import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.storages._rdb.models import TrialModel
 from optuna.trial import FrozenTrial
 
 @contextlib.contextmanager
@@ -30,6 +31,18 @@ def experimental_ok() -> Iterator[None]:
 # The storage that Optuna itself wraps around an RDBStorage (optuna.storages.get_storage): a trial
 # cache for the process. stl-tune's gRPC proxy subclasses it to add heartbeats (search/proxy.py).
 CachedStorage = _CachedStorage
+# RDBStorage's table of trials (SQLAlchemy model): search/reconnect.py counts it by state in SQL.
+TrialModel = TrialModel
+
+
+def study_id(study: optuna.Study) -> int:
+    """The storage's id of a study (Study keeps it private)."""
+    return study._study_id
+
+
+def backend(storage: BaseStorage) -> BaseStorage:
+    """The database storage inside the trial cache Optuna wraps around it; any other storage itself."""
+    return storage._backend if isinstance(storage, _CachedStorage) else storage
 
 
 def storage_of(study: optuna.Study) -> BaseStorage:
@@ -72,10 +85,7 @@ def retry_history(trial: FrozenTrial) -> list[int]:
 
 def storage_url(storage: BaseStorage) -> str | None:
     """The database URL behind an RDBStorage or the cache Optuna wraps around one; None otherwise."""
-    url = getattr(storage, "url", None)
-    if url is None and isinstance(storage, _CachedStorage):
-        url = storage._backend.url
-    return url
+    return getattr(backend(storage), "url", None)
 
 
 def grpc_address(storage: BaseStorage) -> tuple[str, int] | None:

@@ -15,9 +15,9 @@ crash or a cut link at that very moment). Re-run, such a call finds its work don
 finished trial's state again raises UpdateFinishedTrialError, and a trial may be created twice,
 as Optuna's own re-run of create_new_trial on deadlocks can.
 
-Optuna internals used here (to move behind search/optuna_compat.py): RDBStorage's one transaction
-per method, methods handed a `session` running inside another's; optuna.storages._rdb.models;
-the cached storage's `_backend`; Study._study_id. tests/test_postgres_faults.py covers them.
+Relied upon in Optuna: RDBStorage's one transaction per method, methods handed a `session` running
+inside another's (tests/test_postgres_faults.py covers it); its private trial table and attributes
+come through search/optuna_compat.py.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage
-from optuna.storages._rdb.models import TrialModel
 from optuna.trial import TrialState
 
 from stl_tune.search import optuna_compat as compat
@@ -96,11 +95,8 @@ class ReconnectingRDBStorage(RDBStorage):
     def count_states(self, study_id: int) -> Counter[TrialState]:
         """The study's trials per state, counted by the database: one GROUP BY over the trial rows
         (no params, attrs or reports)."""
-        query = (
-            sqlalchemy.select(TrialModel.state, sqlalchemy.func.count())
-            .where(TrialModel.study_id == study_id)
-            .group_by(TrialModel.state)
-        )
+        trial = compat.TrialModel
+        query = sqlalchemy.select(trial.state, sqlalchemy.func.count()).where(trial.study_id == study_id).group_by(trial.state)
         with self.engine.connect() as conn:
             return Counter({state: n for state, n in conn.execute(query)})
 
@@ -128,6 +124,5 @@ for _name, _method in inspect.getmembers(RDBStorage, inspect.isfunction):
 def database_of(study: optuna.Study) -> tuple[ReconnectingRDBStorage, int] | None:
     """The server storage behind a study (inside the trial cache Optuna wraps around it) and the
     study's id there; None for SQLite, a gRPC proxy or memory."""
-    storage = compat.storage_of(study)
-    backend = getattr(storage, "_backend", storage)
-    return (backend, study._study_id) if isinstance(backend, ReconnectingRDBStorage) else None
+    backend = compat.backend(compat.storage_of(study))
+    return (backend, compat.study_id(study)) if isinstance(backend, ReconnectingRDBStorage) else None
