@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from stl_tune.search.confirm import CONFIRMED_ATTR, best_confirmed
 from stl_tune.search.export import write_export
 from stl_tune.search.space import StudyError
 from stl_tune.search.optuna_compat import experimental_ok
@@ -98,13 +99,16 @@ def _config_link(study: optuna.Study, trial: FrozenTrial, out: Path) -> str:
 
 
 def _table(study: optuna.Study, out: Path) -> str:
+    confirmed = study.user_attrs.get(CONFIRMED_ATTR) or {}
     rows = []
     for t in best_trials(study):
+        c = confirmed.get(str(t.number))
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         seconds = t.user_attrs.get("seconds")
         cells = [
             str(t.number),
             f"{t.value:.4f}",
+            f"{c['mean']:.4f} ± {c['std']:.4f} ({len(c['values'])} seeds)" if c else "",
             str(t.user_attrs.get("epochs_run", "")),
             "" if seconds is None else f"{seconds:.0f}",
             html.escape(str(t.user_attrs.get("device", ""))),
@@ -114,7 +118,7 @@ def _table(study: optuna.Study, out: Path) -> str:
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     if not rows:
         return "<p>No complete trial yet.</p>"
-    columns = ("trial", "objective", "epochs", "seconds", "device", "parameters", "config")
+    columns = ("trial", "objective", "confirmed", "epochs", "seconds", "device", "parameters", "config")
     head = "".join(f"<th>{h}</th>" for h in columns)
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
@@ -138,6 +142,7 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "") -> 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t = tally(study)
+    confirmed = best_confirmed(study)
     counted = {"complete": t.complete, "pruned": t.pruned, "failed": t.failed, "running": t.running,
                "waiting": t.waiting}  # fmt: skip
     counted["surplus or interrupted"] = t.trials - sum(counted.values())
@@ -146,6 +151,8 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "") -> 
         ("direction", study.direction.name.lower()),
         ("trials", f"{t.trials} (" + ", ".join(f"{n} {s}" for s, n in counted.items() if n) + ")"),
         ("best", f"{t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no complete trial yet"),
+        ("best confirmed", f"trial {confirmed[0]}: {confirmed[1]['mean']:.4f} ± {confirmed[1]['std']:.4f} over "
+                           f"{len(confirmed[1]['values'])} new seeds (stl-tune confirm; export takes it)" if confirmed else ""),
         ("storage", storage),
         ("generated", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
     ]

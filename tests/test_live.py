@@ -27,6 +27,7 @@ from stl_tune.search.live import EpochLog, View
 from stl_tune.search.space import StudySpec
 from stl_tune.search.study import create_or_load_study, open_storage
 from stl_tune.search.trials import N_TRIALS_ATTR, tally
+from stl_tune.search.warmstart import ENQUEUED_ATTR
 from stl_tune.train import EpochMetrics
 
 STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]
@@ -135,6 +136,11 @@ def test_time_left_from_known_epoch_times(known_study):
     left = estimate(study.get_trials(), 6, 2, halving)
     assert left.expected_epochs == pytest.approx(2.625)
     assert left.seconds == pytest.approx((2.5 * 3 + 2.5 * 1 + 2 * 2.625 * 2) / 2)
+
+    # A queued trial (the known recipe, --enqueue) is never pruned: one still to start counts in full.
+    study.enqueue_trial({"model.width": 32, "optim.lr": 0.001234}, user_attrs={ENQUEUED_ATTR: "known recipe"})
+    left = estimate(study.get_trials(), 6, 2, halving)
+    assert left.seconds == pytest.approx((2.5 * 3 + 2.5 * 1 + (10 + 2.625) * 2) / 2)
 
     assert estimate(study.get_trials(), 2, 2, halving).seconds == 0  # the budget is met
     fresh = estimate([], 6, 0, halving)

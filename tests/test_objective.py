@@ -130,3 +130,16 @@ def test_interrupted_trial_resumes_from_its_checkpoint_exactly(setup, tiny_study
     assert resumed.intermediate_values == reference.intermediate_values  # each epoch reported once
     assert resumed.value == reference.value
     assert not any(artifacts.iterdir())  # the finished trial's checkpoint was removed
+
+
+def test_last5_objective_is_the_mean_of_the_last_five_epochs():
+    from stl_tune.search.objective import objective_value
+    from stl_tune.train import TrainResult
+
+    accs = [0.2, 0.9, 0.5, 0.6, 0.7, 0.8, 0.6]  # a lucky epoch 2 does not make the value
+    result = TrainResult(status="completed", epochs_run=7, best_val_acc=max(accs), val_acc=accs[-1],
+                         history=[{"epoch": i + 1, "val_acc": a} for i, a in enumerate(accs)])  # fmt: skip
+    assert objective_value(result, "last5_val_acc") == pytest.approx(sum(accs[-5:]) / 5)
+    assert objective_value(result, "best_val_acc") == 0.9 and objective_value(result, "val_acc") == 0.6
+    result.history = result.history[:2]  # fewer epochs than five: the mean of those
+    assert objective_value(result, "last5_val_acc") == pytest.approx(0.55)

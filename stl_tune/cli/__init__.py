@@ -2,7 +2,7 @@
 call into the package. Heavy imports (torch, Optuna, SQLAlchemy) happen inside the commands, so
 `stl-tune --help` stays fast.
 
-    train.py    train, data fake
+    train.py    train, evaluate, data fake
     search.py   run, worker
     inspect.py  status, export, report
     serve.py    dashboard, proxy

@@ -73,7 +73,9 @@ def _studies_table(storage: BaseStorage, studies: list[FrozenStudy]) -> Table:
 @app.command()
 def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     """Trials of a study (state, value, epochs, seconds, params), the time left, its best trial and that config."""
-    from stl_tune.search.eta import estimate
+    from stl_tune.search import budget as B
+    from stl_tune.search.confirm import CONFIRMED_ATTR, best_confirmed
+    from stl_tune.search.eta import duration, estimate
     from stl_tune.search.space import StudyError
     from stl_tune.search.study import CONFIG_ATTR, describe, load_study, open_storage
     from stl_tune.search.trials import N_TRIALS_ATTR, ranked, tally
@@ -99,12 +101,26 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
         finished = tally(study).finished
         left = estimate(trials, n_trials, finished, spec)
         console.print(f"{finished}/{n_trials} finished; {left} ({left.detail()})")
+    budget_left = B.time_left(study.user_attrs)
+    if budget_left is not None:  # `run --time-budget`: no trial starts after the deadline
+        spent = budget_left.total_seconds() <= 0
+        console.print(f"time budget: {'spent' if spent else duration(budget_left.total_seconds()) + ' left'}"
+                      f" (deadline {B.deadline(study.user_attrs):%Y-%m-%d %H:%M:%S} UTC)")  # fmt: skip
     ranking = ranked(trials, study.direction)
     if not ranking:
         console.print("No complete trial yet.")
         return
     best = ranking[0]
     console.print(f"Best: trial {best.number}, {spec.objective} = {best.value:.4f}")
+    confirmed = study.user_attrs.get(CONFIRMED_ATTR) or {}
+    if confirmed:  # `stl-tune confirm`: export takes the best mean
+        table = Table("trial", spec.objective, "confirmed mean ± std", "seeds", title="Confirmed with new seeds")
+        for number, c in sorted(confirmed.items(), key=lambda kv: -kv[1]["mean"]):
+            table.add_row(number, f"{trials[int(number)].value:.4f}", f"{c['mean']:.4f} ± {c['std']:.4f}",
+                          ", ".join(map(str, c["seeds"])))  # fmt: skip
+        console.print(table)
+        best = trials[best_confirmed(study)[0]]
+        console.print(f"Best confirmed: trial {best.number}")
     if CONFIG_ATTR in best.user_attrs:  # only what differs from the defaults; export writes it all
         ours = config.flatten(best.user_attrs[CONFIG_ATTR])
         defaults = config.flatten(config.to_dict(config.TrainConfig()))

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from stl_tune.errors import UserError
-from stl_tune.search.options import StorageOpt
+from stl_tune.search.options import NameOpt, StorageOpt
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
 
@@ -25,6 +25,10 @@ Workers = Annotated[int | None, typer.Option(min=1, help="CPU worker processes w
 DataDir = Annotated[Path | None, typer.Option(help="Dataset folder on this host (sets data.dir for every trial).")]
 Artifacts = Annotated[Path | None, typer.Option(help="Checkpoint folder; workers on several hosts need one shared folder (e.g. NFS) at this path.", show_default="$STL_TUNE_ARTIFACTS, else the study's, else artifacts/ next to the SQLite file")]
 MaxFailures = Annotated[int, typer.Option(min=1, help="Stop when this many trials in a row have failed.")]
+Enqueue = Annotated[list[Path] | None, typer.Option("--enqueue", help="A config YAML (e.g. an export) to try next, run to full length (repeatable).")]
+TimeBudget = Annotated[str | None, typer.Option(help="Stop starting trials after this long, e.g. 90s, 45m, 6h, on every host; trials running then pause and resume on the next run.", show_default="the study file's time_budget, else none")]
+Patience = Annotated[int | None, typer.Option("--patience-trials", min=1, help="Stop when this many finished trials in a row did not beat the best.")]
+FromStudy = Annotated[str | None, typer.Option("--from-study", help="Copy the finished trials of this study (same storage) whose parameters fit the new space, so the sampler starts warm.")]
 
 
 @app.command()
@@ -39,23 +43,47 @@ def run(
     data_dir: DataDir = None,
     artifacts: Artifacts = None,
     max_failures: MaxFailures = 5,
+    enqueue: Enqueue = None,
+    time_budget: TimeBudget = None,
+    patience_trials: Patience = None,
+    from_study: FromStudy = None,
 ) -> None:
-    """Create (or continue) a study and run its trials in one worker process per GPU slot."""
+    """Create (or continue) a study and run its trials in one worker process per GPU slot.
+
+    A new study's first trial is the known recipe (the config defaults), run to full length."""
+    from stl_tune import config as C
+    from stl_tune.search import budget as B
     from stl_tune.search import launch as L
     from stl_tune.search import study as S
+    from stl_tune.search import warmstart
     from stl_tune.search.space import default_study_file, load_study_file
     from stl_tune.search.trials import N_TRIALS_ATTR
 
     study_file = study_file if study_file is not None else default_study_file()
     spec = load_study_file(study_file)
     slots = L.plan_slots(gpus, workers_per_gpu, workers)  # every check before the study is created
+    deadline = B.parse_duration(time_budget or spec.time_budget) if (time_budget or spec.time_budget) else None
+    queued = [C.load(path) for path in enqueue or []]  # a bad file is refused before anything is made
     _prepare_data(spec, data_dir, str(study_file))
     url = S.storage_url(storage)
     store = S.open_storage(url, heartbeat=False)
     name = name or spec.name
     n_trials = trials or _stored_budget(store, name)
+    if from_study is not None:
+        S.resolve_study_name(from_study, store)  # a clear error before the new study exists
     study = S.create_or_load_study(spec, name, store)
     _stop_if_done(study, n_trials)
+    if warmstart.enqueue_known_recipe(study, spec):
+        typer.echo("trial 0 is the known recipe (the config defaults), run to full length")
+    if from_study is not None:
+        copied, skipped = warmstart.copy_trials(S.load_study(from_study, store)[0], study, spec)
+        typer.echo(f"copied {copied} finished trials of study '{from_study}' ({skipped} did not fit this space)")
+    for path, cfg in zip(enqueue or [], queued):
+        warmstart.enqueue(study, spec, cfg, str(path))
+        typer.echo(f"queued {path} to run to full length")
+    at = B.set_budgets(study, deadline, patience_trials)
+    if at is not None:
+        typer.echo(f"time budget: no trial starts after {at:%Y-%m-%d %H:%M:%S} UTC")
     art = L.artifacts_dir(artifacts, url, study)
     study.set_user_attr(N_TRIALS_ATTR, n_trials)
     study.set_user_attr(L.ARTIFACTS_ATTR, str(art))
@@ -98,6 +126,7 @@ def worker(
     import optuna
     from rich.console import Console
 
+    from stl_tune.search.budget import stop_reason
     from stl_tune.search.live import EPOCH_LINES_ENV, EpochLog, View
     from stl_tune.search.objective import Objective
     from stl_tune.search.workers import POLL_S, work
@@ -126,7 +155,8 @@ def worker(
     except KeyboardInterrupt as e:  # click would print "Aborted!" and exit 1
         typer.echo(_stopped(study, e), err=True)
         raise typer.Exit(130) from None
-    typer.echo(f"study {study.study_name}: {t.finished}/{n_trials} trials finished")
+    stopped = stop_reason(study) if t.finished < n_trials else None
+    typer.echo(f"study {study.study_name}: {t.finished}/{n_trials} trials finished" + (f"; stopped: {stopped}" if stopped else ""))
 
 
 def _stored_budget(storage, name: str) -> int:
@@ -242,3 +272,51 @@ def _trial_line(study, trial) -> None:
 def _abs(path: Path | None) -> Path | None:
     # Workers may start in another directory (and hosts mount data elsewhere): pass absolute paths.
     return path.expanduser().resolve() if path is not None else None
+
+
+@app.command()
+def confirm(
+    name: NameOpt = None,
+    storage: StorageOpt = None,
+    top: Annotated[int, typer.Option(min=1, help="Candidates: the study's best K complete trials.")] = 3,
+    seeds: Annotated[int, typer.Option(min=1, help="New seeds per candidate (each also draws a new validation split).")] = 3,
+    gpus: Gpus = "all",
+    workers_per_gpu: PerGpu = 1,
+    workers: Workers = None,
+    data_dir: DataDir = None,
+    artifacts: Artifacts = None,
+    max_failures: MaxFailures = 5,
+) -> None:
+    """Re-train the best K trials with S new seeds (study NAME.confirm, same workers), then rank them by mean."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from stl_tune.search import confirm as CF
+    from stl_tune.search import launch as L
+    from stl_tune.search import study as S
+    from stl_tune.search.trials import tally
+
+    url = S.storage_url(storage)
+    search, spec = S.load_study(name, S.open_storage(url, heartbeat=False, create=False))
+    slots = L.plan_slots(gpus, workers_per_gpu, workers)
+    study, candidates, seed_list = CF.prepare(search, spec, top, seeds)
+    n_trials = len(candidates) * len(seed_list)
+    code = 0
+    if tally(study).finished < n_trials:  # else: confirmed already, by an identical call
+        _prepare_data(spec, data_dir, f"study '{search.study_name}'")
+        art = L.artifacts_dir(artifacts, url, study)
+        study.set_user_attr(L.ARTIFACTS_ATTR, str(art))
+        code = L.launch(study, url, slots, n_trials, artifacts=art, data_dir=_abs(data_dir), max_failures=max_failures)
+    summary = CF.summarize(study, search)
+    table = Table("trial", f"search {spec.objective}", f"mean ± std over seeds {', '.join(map(str, seed_list))}",
+                  title=f"Confirmed: the best {len(candidates)} trials of '{search.study_name}'")  # fmt: skip
+    best = CF.best_confirmed(search)
+    for t in candidates:
+        s = summary.get(str(t.number))
+        mark = " (best)" if best is not None and best[0] == t.number else ""
+        cell = f"{s['mean']:.4f} ± {s['std']:.4f} (n={len(s['values'])}){mark}" if s else "not confirmed"
+        table.add_row(str(t.number), f"{t.value:.4f}", cell)
+    Console().print(table)
+    if best is not None:
+        typer.echo(f"export it: stl-tune export --name {search.study_name} -o best.yaml (takes trial {best[0]})")
+    raise typer.Exit(code)

@@ -35,6 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from stl_tune import config
 from stl_tune.config import TrainConfig
 from stl_tune.search.space import PRUNERS, StudySpec
+from stl_tune.search.warmstart import ENQUEUED_ATTR
 
 EPOCH_SECONDS_ATTR = "epoch_seconds"  # trial user attr: wall time of each epoch this attempt ran
 
@@ -166,9 +167,13 @@ def estimate(trials: Iterable[FrozenTrial], n_trials: int, finished: int, spec: 
         return result
     if pace is None:
         return result
-    work = to_start * result.expected_epochs * pace
+    # Queued trials (the known recipe, --enqueue, confirmations) are never pruned: full length.
+    queued = min(to_start, sum(t.state == TrialState.WAITING and ENQUEUED_ATTR in t.user_attrs for t in trials))
+    work = ((to_start - queued) * result.expected_epochs + queued * epochs) * pace
     for t in running:
-        work += run_of(trial_epochs(t, epochs)).left(epochs_done(t)) * (trial_pace(t) or pace)
+        n, done = trial_epochs(t, epochs), epochs_done(t)
+        left = n - done if ENQUEUED_ATTR in t.user_attrs else run_of(n).left(done)
+        work += left * (trial_pace(t) or pace)
     result.seconds = work / max(1, len(running))
     return result
 

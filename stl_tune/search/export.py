@@ -13,12 +13,16 @@ from stl_tune import config
 from stl_tune.config import ConfigError, TrainConfig
 from stl_tune.search.space import StudyError
 from stl_tune.search.study import CONFIG_ATTR, SPEC_ATTR
+from stl_tune.search.confirm import CONFIRMED_ATTR, best_confirmed
 from stl_tune.search.trials import ranked
 
 
 def pick_trial(study: optuna.Study, trial_number: int | None = None) -> FrozenTrial:
-    """Trial `trial_number` of the study, or its best one; it must be COMPLETE."""
+    """Trial `trial_number` of the study, or its best one (by confirmed mean once `stl-tune
+    confirm` ran, else by value); it must be COMPLETE."""
     trials = study.get_trials(deepcopy=False)
+    if trial_number is None and (confirmed := best_confirmed(study)) is not None:
+        trial_number = confirmed[0]
     if trial_number is None:
         best = ranked(trials, study.direction)
         if not best:
@@ -53,9 +57,14 @@ def write_export(study: optuna.Study, trial_number: int | None, path: str | Path
     """Write the export to `path` as YAML with a header naming its origin; returns the trial."""
     trial = pick_trial(study, trial_number)
     objective = study.user_attrs.get(SPEC_ATTR, {}).get("objective", "value")
+    confirmed = (study.user_attrs.get(CONFIRMED_ATTR) or {}).get(str(trial.number))
+    proof = (
+        f"; confirmed: {confirmed['mean']:.4f} ± {confirmed['std']:.4f} over {len(confirmed['values'])} seeds"
+        if confirmed else ""
+    )  # fmt: skip
     header = (
         f"# Final-training config from study '{study.study_name}', trial {trial.number} "
-        f"({objective} = {trial.value:.4f}).\n"
+        f"({objective} = {trial.value:.4f}{proof}).\n"
         "# The trial's full config, except: data.train_on_val: true (train+validation, so no\n"
         "# validation accuracy is reported) and runtime.device: auto. Run it with:\n"
         f"#   stl-tune train --config {path}\n"

@@ -24,6 +24,7 @@ from rich.text import Text
 
 from stl_tune.errors import UserError
 from stl_tune.search import optuna_compat as compat
+from stl_tune.search.budget import stop_reason
 from stl_tune.search.live import EPOCH_LINES_ENV, View
 from stl_tune.search.study import describe, sqlite_file
 from stl_tune.search.trials import requeue_dead, tally
@@ -187,7 +188,11 @@ def launch(
     if signals:
         console.print("interrupted: run the same command again to continue")
         return 130
-    if t.finished < n_trials:
+    stopped = stop_reason(study) if t.finished < n_trials else None
+    if stopped is not None:
+        queued = f"; {plural(t.waiting, 'paused trial')} will resume on the next run" if t.waiting else ""
+        console.print(f"stopped: {stopped}{queued}")
+    elif t.finished < n_trials:
         console.print("[red]workers stopped before the budget was reached[/red] (see their output above)")
         return 1
     return 0

@@ -8,8 +8,8 @@ saved, and records in the trial's user attributes all it takes to reproduce and 
 
   config              the fully resolved TrainConfig (config.to_dict); export reads it back
   curve               validation accuracy per epoch, updated every epoch (running and pruned trials too)
-  epochs_run, seconds, param_count, device
-  status              running | completed | early_stopped | pruned | diverged | failed | interrupted
+  epochs_run, seconds, compile_seconds (part of seconds), param_count, device
+  status              running | completed | early_stopped | pruned | diverged | failed | interrupted | paused
   fail_reason         why the trial failed ("diverged at epoch 3", "OutOfMemoryError: ..."), else None
   checkpoint          {"artifact_id", "epoch"} of the latest checkpoint while a retry may need it, else None
   resumed_from_epoch  epochs taken over from a previous attempt's checkpoint (0: a fresh start)
@@ -25,6 +25,7 @@ import gc
 import logging
 import math
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,14 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
 from stl_tune import config as C
+from stl_tune.search import budget
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.checkpoints import CheckpointStore, local_workdir, sweep_dead_workdirs
 from stl_tune.search.eta import EPOCH_SECONDS_ATTR
 from stl_tune.search.space import StudySpec, suggest_config
 from stl_tune.search.study import CONFIG_ATTR
 from stl_tune.search.trials import worker_id
+from stl_tune.search.warmstart import ENQUEUED_ATTR
 from stl_tune.train import EpochMetrics, TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -89,10 +92,11 @@ class Objective:
             cfg = self.config(trial)
             trial.set_user_attr(CONFIG_ATTR, C.to_dict(cfg))
             curve = self._resume(trial, ckpt, attempts)
-            result = self.trainer(cfg, self._epoch_callback(trial, cfg, ckpt, curve), checkpoint=ckpt)
-            for key in ("epochs_run", "seconds", "param_count", "device"):
+            deadline = budget.deadline(trial.study.user_attrs)  # read once: a run sets it at its start
+            result = self.trainer(cfg, self._epoch_callback(trial, cfg, ckpt, curve, deadline), checkpoint=ckpt)
+            for key in ("epochs_run", "seconds", "compile_seconds", "param_count", "device"):
                 trial.set_user_attr(key, getattr(result, key))
-            status, value, diverged_epoch = result.status, getattr(result, self.spec.objective), result.diverged_epoch
+            status, value, diverged_epoch = result.status, objective_value(result, self.spec.objective), result.diverged_epoch
             del result  # holds the model: free it before the next trial (see finally)
             if status == "diverged":
                 trial.set_user_attr("status", "diverged")
@@ -108,6 +112,11 @@ class Objective:
             # Stopped from outside (Ctrl-C, SIGTERM): the worker queues a retry that resumes here.
             trial.set_user_attr("status", "interrupted")
             trial.set_user_attr("fail_reason", "interrupted")
+            keep_checkpoint = True
+            raise
+        except budget.TimeUp:  # the study's time budget is spent: the worker queues a retry that resumes here
+            trial.set_user_attr("status", "paused")
+            trial.set_user_attr("fail_reason", "time budget")
             keep_checkpoint = True
             raise
         except optuna.TrialPruned:
@@ -134,7 +143,12 @@ class Objective:
                 gc.collect()  # a full collection costs ~0.2 s with torch loaded: not worth it on CPU
                 torch.cuda.empty_cache()
 
-    def _epoch_callback(self, trial: optuna.Trial, cfg: C.TrainConfig, ckpt: Path, curve: list[float]):
+    def _epoch_callback(
+        self, trial: optuna.Trial, cfg: C.TrainConfig, ckpt: Path, curve: list[float], deadline: datetime | None
+    ):
+        # An enqueued trial (the known recipe, --enqueue) runs to full length: a recipe that learns
+        # slowly early must not lose to an early rung (search/warmstart.py).
+        prunable = ENQUEUED_ATTR not in trial.user_attrs
         seconds: list[float] = []
 
         def on_epoch_end(m: EpochMetrics) -> bool:
@@ -146,26 +160,30 @@ class Objective:
             trial.report(m.val_acc, m.epoch)
             if m.epoch >= cfg.optim.epochs:
                 return False  # the run is over: keep its value rather than prune it
-            if trial.should_prune():
+            if prunable and trial.should_prune():
                 return True  # the trial ends here: no checkpoint needed
-            if not m.checkpointed:  # the trainer writes one every runtime.checkpoint_interval_s
-                return False
-            # Checkpoint for a retry: upload the new one before dropping the old, so a worker killed
-            # in between leaves a trial with a checkpoint (and a file that the end of its retry sweeps).
-            artifact_id = self.store.new_id(compat.trial_id(trial), m.epoch)
-            with open(ckpt, "rb") as f:
-                self.store.write(artifact_id, f)
-            old = trial.user_attrs.get("checkpoint")
-            try:
-                trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "epoch": m.epoch})
-            except optuna.exceptions.UpdateFinishedTrialError:
-                self.store.remove(artifact_id)  # failed as stale meanwhile: nobody will read it
-                raise
-            if old:
-                self.store.remove(old["artifact_id"])
+            if m.checkpointed:  # the trainer writes one every runtime.checkpoint_interval_s
+                self._upload(trial, ckpt, m.epoch)
+            if deadline is not None and budget.now() >= deadline:
+                raise budget.TimeUp  # after the upload: the retry resumes from the latest checkpoint
             return False
 
         return on_epoch_end
+
+    def _upload(self, trial: optuna.Trial, ckpt: Path, epoch: int) -> None:
+        """Checkpoint for a retry: upload the new one before dropping the old, so a worker killed in
+        between leaves a trial with a checkpoint (and a file that the end of its retry sweeps)."""
+        artifact_id = self.store.new_id(compat.trial_id(trial), epoch)
+        with open(ckpt, "rb") as f:
+            self.store.write(artifact_id, f)
+        old = trial.user_attrs.get("checkpoint")
+        try:
+            trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "epoch": epoch})
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.store.remove(artifact_id)  # failed as stale meanwhile: nobody will read it
+            raise
+        if old:
+            self.store.remove(old["artifact_id"])
 
     def _resume(self, trial: optuna.Trial, ckpt: Path, attempts: list[int]) -> list[float]:
         """Download the previous attempt's checkpoint when this trial retries one; the curve so far.
@@ -195,3 +213,12 @@ class Objective:
         for step, value in enumerate(curve, 1):
             trial.report(value, step)
         return curve
+
+
+def objective_value(result: TrainResult, objective: str) -> float | None:
+    """A trial's value (space.OBJECTIVES) from its result: a TrainResult field, or the mean of the
+    last 5 epochs' validation accuracy (fewer when the run had fewer)."""
+    if objective == "last5_val_acc":
+        last = [h["val_acc"] for h in result.history[-5:] if h["val_acc"] is not None]
+        return sum(last) / len(last) if last else None
+    return getattr(result, objective)

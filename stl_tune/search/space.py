@@ -13,8 +13,9 @@ A study file (YAML) declares:
     fixed:         overrides applied to every trial, nested ({optim: {epochs: 200}}) or dotted
     sampler:       {name: tpe|random, ...constructor options}
     pruner:        {name: hyperband|median|successive_halving|none, ...constructor options}
-    objective:     a TrainResult field to optimize: best_val_acc (default) or val_acc
+    objective:     best_val_acc (default), val_acc (the last epoch's) or last5_val_acc (mean of the last 5)
     direction:     maximize (default) or minimize
+    time_budget:   optional, e.g. 6h: `stl-tune run` stops starting trials after it (--time-budget wins)
 What is checked, and when:
 - On loading (StudySpec.from_dict): every key, path and plug-in option; `fixed` as a whole config
   (config.validate); each bound or choice of a parameter against the config's type and range, with
@@ -42,6 +43,7 @@ import optuna
 from stl_tune import config
 from stl_tune.config import ConfigError, TrainConfig
 from stl_tune.errors import UserError
+from stl_tune.search import budget
 
 
 class StudyError(UserError):
@@ -65,9 +67,12 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "tpe": {"seed": 0, "multivariate": True, "group": True, "constant_liar": True},
     "random": {"seed": 0},
 }
-OBJECTIVES = ("best_val_acc", "val_acc")  # TrainResult fields; the objective reads getattr(result, .)
+# What a trial's value is, from its per-epoch validation accuracies (search/objective.py):
+# best_val_acc: the best epoch; val_acc: the last epoch; last5_val_acc: the mean of the last 5
+# epochs, which rewards a config that is good, not one lucky epoch on a small validation split.
+OBJECTIVES = ("best_val_acc", "val_acc", "last5_val_acc")
 DIRECTIONS = ("maximize", "minimize")
-STUDY_KEYS = ("name", "search_space", "fixed", "sampler", "pruner", "objective", "direction")
+STUDY_KEYS = ("name", "search_space", "fixed", "sampler", "pruner", "objective", "direction", "time_budget")
 PARAM_KEYS = ("type", "path", "low", "high", "log", "step", "choices", "when")
 DEFAULT_STUDY_FILE = "studies/seed.yaml"
 NO_TRAIN_ON_VAL = "a search needs the validation split; export sets train_on_val for final training"
@@ -99,6 +104,14 @@ class ParamSpec:
             return trial.suggest_int(self.name, self.low, self.high, step=self.step or 1, log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
 
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        """The Optuna distribution that suggest() draws from (for trials added from elsewhere)."""
+        if self.kind == "categorical":
+            return optuna.distributions.CategoricalDistribution(self.choices)
+        if self.kind == "int":
+            return optuna.distributions.IntDistribution(self.low, self.high, step=self.step or 1, log=self.log)
+        return optuna.distributions.FloatDistribution(self.low, self.high, step=self.step, log=self.log)
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.kind}
         if self.name != self.path:
@@ -125,10 +138,11 @@ class StudySpec:
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
     objective: str = "best_val_acc"
     direction: str = "maximize"
+    time_budget: str | None = None  # e.g. "6h" (search/budget.py); a run's --time-budget replaces it
 
     def to_dict(self) -> dict[str, Any]:
         """The study file's form (dotted `fixed`, resolved sampler/pruner options); JSON-safe."""
-        return {
+        d = {
             "name": self.name,
             "objective": self.objective,
             "direction": self.direction,
@@ -137,6 +151,7 @@ class StudySpec:
             "sampler": dict(self.sampler),
             "pruner": dict(self.pruner),
         }
+        return d | ({"time_budget": self.time_budget} if self.time_budget else {})
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "<study>") -> StudySpec:
@@ -180,6 +195,12 @@ class _Validator:
         direction = d.get("direction", "maximize")
         if direction not in DIRECTIONS:
             raise self.fail("direction", f"must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+        time_budget = d.get("time_budget")
+        if time_budget is not None:
+            try:
+                budget.parse_duration(str(time_budget))
+            except UserError as e:
+                raise self.fail("time_budget", str(e).replace("--time-budget ", "")) from None
         fixed, base = self.fixed(d.get("fixed") or {})
         params = self.params(d.get("search_space"), fixed, base)
         return StudySpec(
@@ -190,6 +211,7 @@ class _Validator:
             pruner=self.plugin("pruner", d.get("pruner") or {}, PRUNERS, "none", base, params),
             objective=objective,
             direction=direction,
+            time_budget=str(time_budget) if time_budget is not None else None,
         )
 
     def fixed(self, d: Any) -> tuple[dict[str, Any], TrainConfig]:

@@ -40,6 +40,7 @@ from stl_tune.search.space import PRUNERS, SAMPLERS, StudyError, StudySpec
 SQLITE_TIMEOUT_S = 60  # wait this long for another worker's write lock instead of failing
 MAX_RETRY = 3  # re-runs of a trial whose worker died, as a new trial with the same params
 SPEC_ATTR = "spec"  # study user attr holding StudySpec.to_dict()
+CONFIRM_SUFFIX = ".confirm"  # NAME.confirm: the study of `stl-tune confirm` for search NAME
 CONFIG_ATTR = "config"  # trial user attr: config.to_dict of the trial's resolved TrainConfig
 
 
@@ -278,16 +279,18 @@ def create_or_load_study(
 
 
 def resolve_study_name(name: str | None, storage: BaseStorage) -> str:
-    """`name` if the storage has it, or the only study there; else a StudyError listing them."""
+    """`name` if the storage has it, or the only search there (a search's NAME.confirm study, made
+    by `stl-tune confirm`, goes with it); else a StudyError listing them."""
     names = optuna.get_all_study_names(storage)
     if name is not None and name in names:
         return name
     listing = f"studies there: {', '.join(names)}" if names else "it has no studies yet"
     if name is not None:
         raise StudyError(f"no study '{name}' in {describe(storage)}; {listing}")
-    if len(names) != 1:
+    searches = [n for n in names if not n.endswith(CONFIRM_SUFFIX)]
+    if len(searches) != 1:
         raise StudyError(f"pass --name: {describe(storage)} holds {len(names)} studies; {listing}")
-    return names[0]
+    return searches[0]
 
 
 def load_study(

@@ -23,9 +23,11 @@ from optuna.trial import FrozenTrial, TrialState
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.reconnect import database_of
 from stl_tune.search.study import retry_callback
+from stl_tune.search.warmstart import COPIED_ATTR
 
 N_TRIALS_ATTR = "n_trials"  # study user attr: the budget set by `stl-tune run --trials`
-NOT_AN_ERROR = (None, "surplus", "interrupted")  # fail reasons that say nothing about the study
+RESUMABLE = ("interrupted", "time budget")  # fail reasons of trials stopped on purpose, queued to resume
+NOT_AN_ERROR = (None, "surplus", *RESUMABLE)  # fail reasons that say nothing about the study
 DIED = "worker died"  # fail reason of a trial whose worker process died (or stopped its heartbeats)
 
 
@@ -64,13 +66,19 @@ def ranked(trials: Iterable[FrozenTrial], direction: StudyDirection) -> list[Fro
     return sorted(done, key=lambda t: t.value, reverse=direction == StudyDirection.MAXIMIZE)
 
 
+def counts(trial: FrozenTrial) -> bool:
+    """Whether a trial counts towards the study's budget: not one copied from another study."""
+    return COPIED_ATTR not in trial.user_attrs
+
+
 def tally(study: optuna.Study, since: datetime | None = None) -> Tally:
-    """Counts of the study's trials; the failure streak only among trials started after `since`
-    (a worker's start), so a re-run after fixing the cause is not stopped by old failures."""
+    """Counts of the study's trials (copied ones left out; the best is over all); the failure
+    streak only among trials started after `since` (a worker's start), so a re-run after fixing the
+    cause is not stopped by old failures."""
     trials = study.get_trials(deepcopy=False)
     t = Tally(trials=len(trials), states=Counter(tr.state for tr in trials))
     ended = []
-    for tr in trials:
+    for tr in filter(counts, trials):
         reason = fail_reason(tr)
         if tr.state == TrialState.COMPLETE:
             t.complete += 1
@@ -112,7 +120,7 @@ def count_states(study: optuna.Study) -> Counter[TrialState]:
 def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
     """Step (2) of search/workers.py's module doc: are N trials ahead of this one finished or in flight?"""
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-    ahead = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
+    ahead = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number and counts(t)]
     return len(ahead) >= n_trials
 
 
@@ -124,10 +132,10 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def requeue_interrupted(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a retry of a trial that was stopped on purpose (fail_reason "interrupted") and told
-    FAIL; the retry resumes from its checkpoint."""
-    if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == "interrupted":
+def requeue_stopped(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a retry of a trial that was stopped on purpose (a RESUMABLE fail_reason: Ctrl-C, the
+    time budget) and told FAIL; the retry resumes from its checkpoint."""
+    if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") in RESUMABLE:
         retry(study, trial)
 
 

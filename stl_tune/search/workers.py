@@ -47,7 +47,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.errors import UserError
 from stl_tune.search import optuna_compat as compat
-from stl_tune.search.trials import Tally, count_states, fail_stale_trials, is_surplus, requeue_interrupted, tally
+from stl_tune.search.budget import TimeUp, stop_reason
+from stl_tune.search.confirm import QUEUED_ONLY_ATTR
+from stl_tune.search.trials import Tally, count_states, fail_stale_trials, is_surplus, requeue_stopped, tally
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_S = 1.0  # a waiting worker's first pause between looks at the study ...
@@ -115,16 +117,18 @@ def work(
     poll_s: float = POLL_S,
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None,
 ) -> Tally:
-    """Run trials in this process until the study has `n_trials` finished ones (see module doc).
+    """Run trials in this process until the study has `n_trials` finished ones (see module doc), or
+    its time budget or patience runs out (search/budget.py: budget.stop_reason says which).
     callbacks: as study.optimize's, called with each trial this worker ran to its end.
 
     Raises StudyStopped when the last `max_failures` trials failed, KeyboardInterrupt on a signal.
     """
     started = datetime.now()  # Optuna's timestamps are local time too
+    queued_only = bool(study.user_attrs.get(QUEUED_ONLY_ATTR))  # a confirm study: never sample a trial
     with _Stop() as stop:
         while not stop.requested:
             t = tally(study, since=started)
-            if t.finished >= n_trials:
+            if t.finished >= n_trials or stop_reason(study) is not None:
                 return t
             if t.failure_streak >= max_failures:
                 raise StudyStopped(
@@ -132,7 +136,9 @@ def work(
                     "see `stl-tune status` and the trials' fail_reason"
                 )
             fail_stale_trials(study)  # before ask(), as Study.optimize does: retries come first
-            if t.finished + t.running >= n_trials:
+            if queued_only and t.waiting == 0 and t.running == 0:
+                return t  # every queued trial has ended (a failed one is reported, not replaced)
+            if t.finished + t.running >= n_trials or (queued_only and t.waiting == 0):
                 _wait_for_a_change(study, t, stop, poll_s)
                 continue
             frozen = _run_trial(study, objective, n_trials, stop)
@@ -185,11 +191,16 @@ def _run_trial(
             interrupted = True
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # stale meanwhile
                 trial.set_user_attr("fail_reason", "interrupted")  # also before the objective began
+        except TimeUp:  # the objective recorded fail_reason "time budget": it resumes on the next run
+            pass
         except Exception:  # the objective recorded its fail_reason; the callbacks print it
             log.debug("trial %d raised", trial.number, exc_info=True)
-    told = study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+    try:
+        told = study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:  # a tell re-run after a lost reply that the
+        told = compat.frozen(trial)  # server had saved (search/reconnect.py): it is told already
+    requeue_stopped(study, told)
     if interrupted:
-        requeue_interrupted(study, told)
         raise Interrupted(told)
     if stale or told.state != state:
         # Our heartbeats missed the grace period (this process was frozen, or its disk or network

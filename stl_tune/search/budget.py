@@ -1,0 +1,97 @@
+"""Budgets besides the trial count: a time budget (a deadline) and patience in trials.
+
+Both live in the study's user attrs, so every worker on every host, including one that joins
+later, obeys the same ones: `stl-tune run --time-budget 6h` stores the deadline once (a later run of
+the same command keeps it; a new --time-budget replaces it), and workers stop starting trials at it.
+A trial still running at the deadline is stopped at its next epoch end and queued to resume from
+its last checkpoint (written at most every runtime.checkpoint_interval_s) on the next run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from stl_tune.errors import UserError
+
+DEADLINE_ATTR = "deadline"  # study user attr: ISO-8601 UTC time at which workers stop starting trials
+PATIENCE_ATTR = "patience_trials"  # study user attr: stop after this many finished trials without a better one
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+class TimeUp(Exception):
+    """Raised at an epoch end past the study's deadline: the trial stops and is queued to resume."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90s', '45m', '6h', '1h30m' -> a timedelta; a UserError for anything else."""
+    m = _DURATION.match(text.strip().lower())
+    if not text.strip() or m is None or not any(m.groups()):
+        raise UserError(f"--time-budget {text!r}: give hours, minutes or seconds, e.g. 90s, 45m, 6h or 1h30m")
+    h, mins, s = (int(g or 0) for g in m.groups())
+    if h * 3600 + mins * 60 + s == 0:
+        raise UserError(f"--time-budget {text!r} must be longer than 0")
+    return timedelta(hours=h, minutes=mins, seconds=s)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def set_budgets(study: optuna.Study, time_budget: timedelta | None, patience: int | None) -> datetime | None:
+    """What `stl-tune run` does at its start: store the deadline `time_budget` from now and the
+    patience, or clear them (a run without them has none); returns the deadline."""
+    at = now() + time_budget if time_budget is not None else None
+    study.set_user_attr(DEADLINE_ATTR, at.isoformat(timespec="seconds") if at is not None else None)
+    study.set_user_attr(PATIENCE_ATTR, patience)
+    return at
+
+
+def deadline(attrs: dict) -> datetime | None:
+    """The deadline stored in a study's user attrs, if any."""
+    value = attrs.get(DEADLINE_ATTR)
+    return datetime.fromisoformat(value) if value else None
+
+
+def time_left(attrs: dict) -> timedelta | None:
+    """Time until the deadline (negative once past); None without one."""
+    at = deadline(attrs)
+    return None if at is None else at - now()
+
+
+def trials_since_best(trials: Sequence[FrozenTrial], direction: optuna.study.StudyDirection) -> int:
+    """Finished (complete or pruned) trials that ended after the best complete one, in the order
+    they ended; all finished trials when none is complete yet."""
+    finished = sorted(
+        (t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)), key=lambda t: t.datetime_complete
+    )
+    best, since = None, 0
+    for t in finished:
+        better = t.state == TrialState.COMPLETE and (
+            best is None or (t.value > best if direction == optuna.study.StudyDirection.MAXIMIZE else t.value < best)
+        )
+        if better:
+            best, since = t.value, 0
+        else:
+            since += 1
+    return since
+
+
+def stop_reason(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> str | None:
+    """Why workers must not start another trial of this study, or None: the time budget is spent, or
+    the patience in trials ran out. `trials`: the study's trials when the caller has them at hand."""
+    attrs = study.user_attrs
+    left = time_left(attrs)
+    if left is not None and left <= timedelta(0):
+        return f"time budget spent at {deadline(attrs):%Y-%m-%d %H:%M:%S} UTC"
+    patience = attrs.get(PATIENCE_ATTR)
+    if patience:
+        trials = study.get_trials(deepcopy=False) if trials is None else trials
+        since = trials_since_best(trials, study.direction)
+        if since >= patience:
+            return f"no better trial in the last {since} finished (--patience-trials {patience})"
+    return None

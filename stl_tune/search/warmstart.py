@@ -1,0 +1,90 @@
+"""Starting a study from what is known, so that the sampler does not begin from nothing:
+- the known recipe (the config defaults, with the study's `fixed`) as the first trial of a new study;
+- configs from files (`stl-tune run --enqueue FILE`, e.g. an export), as the next trials;
+- the finished trials of an older study whose parameters fit the new space (`--from-study`).
+
+Queued trials go through Optuna's enqueue_trial: the parameters a config sets inside the space are
+fixed, the rest are sampled. They carry the user attr ENQUEUED_ATTR (retries inherit it), and the
+objective never prunes them: a known-good recipe that learns slowly early (Mixup for 100 epochs)
+must not lose to an early rung.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from stl_tune import config
+from stl_tune.config import TrainConfig
+from stl_tune.search.space import ParamSpec, StudyError, StudySpec
+
+ENQUEUED_ATTR = "enqueued"  # trial user attr: where an enqueued trial's config came from
+COPIED_ATTR = "copied_from"  # trial user attr: "study NAME, trial N" of a trial copied by --from-study
+KNOWN_RECIPE = "the known recipe (config defaults)"
+
+
+def params_of(cfg: TrainConfig, spec: StudySpec) -> dict[str, Any]:
+    """{parameter name: value} for each parameter of the space that applies to `cfg` and whose
+    value in `cfg` lies inside the parameter's range; the others are left to the sampler."""
+    return {p.name: config.get(cfg, p.path) for p in spec.params if p.applies(cfg) and _inside(p, config.get(cfg, p.path))}
+
+
+def _inside(p: ParamSpec, value: Any) -> bool:
+    if p.kind == "categorical":
+        return value in (p.choices or [])
+    if isinstance(value, bool) or not isinstance(value, int | float) or not p.low <= value <= p.high:
+        return False
+    return p.step is None or abs((value - p.low) / p.step - round((value - p.low) / p.step)) < 1e-9
+
+
+def enqueue(study: optuna.Study, spec: StudySpec, cfg: TrainConfig, origin: str) -> dict[str, Any]:
+    """Queue a trial of `cfg`'s values inside the space (see params_of); the params queued."""
+    params = params_of(cfg, spec)
+    study.enqueue_trial(params, user_attrs={ENQUEUED_ATTR: origin}, skip_if_exists=True)
+    return params
+
+
+def enqueue_known_recipe(study: optuna.Study, spec: StudySpec) -> bool:
+    """Queue the known recipe as trial 0 of a study that has no trials yet; whether it did."""
+    if study.get_trials(deepcopy=False):
+        return False
+    enqueue(study, spec, config.from_dict(None, spec.fixed), KNOWN_RECIPE)
+    return True
+
+
+def enqueue_file(study: optuna.Study, spec: StudySpec, path: str | Path) -> dict[str, Any]:
+    """Queue the config of a YAML file (a `stl-tune export`, a `stl-tune train` config): its values
+    for the searched keys; everything else in the trial comes from the study, as for any trial."""
+    return enqueue(study, spec, config.load(path), str(path))
+
+
+def copy_trials(source: optuna.Study, target: optuna.Study, spec: StudySpec) -> tuple[int, int]:
+    """Add the finished (complete or pruned) trials of `source` whose parameters all belong to
+    `spec`'s space, with their values, curves and attrs, to `target`; (copied, skipped).
+
+    Copied trials teach the sampler and the pruner; they do not count towards the target's trial
+    budget (search/trials.py), and their retry history is not carried over.
+    """
+    if source.direction != target.direction:
+        raise StudyError(f"study '{source.study_name}' is {source.direction.name.lower()}d, not like the new one")
+    space = {p.name: p for p in spec.params}
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    copies, skipped = [], 0
+    for t in source.get_trials(deepcopy=False, states=done):
+        if not _fits(t, space):
+            skipped += 1
+            continue
+        copies.append(optuna.trial.create_trial(
+            state=t.state, value=t.value if t.state == TrialState.COMPLETE else None, params=t.params,
+            distributions={k: space[k].distribution() for k in t.params}, intermediate_values=t.intermediate_values,
+            user_attrs={**t.user_attrs, COPIED_ATTR: f"study {source.study_name}, trial {t.number}"},
+        ))  # fmt: skip
+    target.add_trials(copies)
+    return len(copies), skipped
+
+
+def _fits(t: FrozenTrial, space: dict[str, ParamSpec]) -> bool:
+    return all(name in space and _inside(space[name], value) for name, value in t.params.items())

@@ -1,0 +1,104 @@
+"""`stl-tune confirm`: the top K trials re-trained with S new seeds as queued trials of NAME.confirm,
+their mean ± std stored in the search study, and export taking the best confirmed mean."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+from optuna.trial import TrialState
+
+from stl_tune import config
+from stl_tune.search import confirm as CF
+from stl_tune.search.export import write_export
+from stl_tune.search.objective import Objective
+from stl_tune.search.space import StudyError, StudySpec
+from stl_tune.search.study import create_or_load_study, load_study, open_storage, resolve_study_name
+from stl_tune.search.trials import tally
+from stl_tune.search.workers import work
+from stl_tune.train import train
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # in-process trainings
+
+
+@pytest.fixture
+def searched(tmp_path, tiny_study):
+    """A search of 3 finished trials, its spec and its storage."""
+    spec = StudySpec.from_dict(tiny_study)
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    search = create_or_load_study(spec, None, storage)
+    work(search, Objective(spec, tmp_path / "artifacts"), 3)
+    return search, spec, storage
+
+
+def test_confirm_retrains_the_top_k_with_new_seeds_once(searched, tmp_path):
+    search, spec, storage = searched
+    study, candidates, seeds = CF.prepare(search, spec, top=2, n_seeds=2)
+    assert seeds == [1, 2] and [t.number for t in candidates] == [t.number for t in
+                                                                   sorted(search.trials, key=lambda t: -t.value)[:2]]  # fmt: skip
+    assert study.study_name == "tiny.confirm" and resolve_study_name(None, storage) == "tiny"
+    confirm_study, confirm_spec = load_study("tiny.confirm", storage)  # as a worker loads it
+    work(confirm_study, Objective(confirm_spec, tmp_path / "artifacts"), 4)
+
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(study.trials) == 4 and len(trials) == 4
+    for t in trials:  # each a candidate's config with a new seed
+        source = search.trials[t.user_attrs[CF.CANDIDATE_ATTR]]
+        assert t.params == {**source.params, "seed": t.params["seed"]}
+        assert t.user_attrs["config"]["seed"] == t.params["seed"] and t.user_attrs["epochs_run"] == 2
+    summary = CF.summarize(study, search)
+    for number, s in summary.items():
+        values = sorted((t.params["seed"], t.value) for t in trials if t.user_attrs[CF.CANDIDATE_ATTR] == int(number))
+        assert s["values"] == [v for _, v in values] and s["seeds"] == [1, 2]
+        assert s["mean"] == pytest.approx(statistics.fmean(s["values"]))
+        assert s["std"] == pytest.approx(statistics.stdev(s["values"]))
+    assert search.user_attrs[CF.CONFIRMED_ATTR] == summary
+
+    again, _, _ = CF.prepare(search, spec, top=2, n_seeds=2)  # the same call again: nothing new to train
+    assert len(again.trials) == 4 and tally(again).finished == 4
+
+    best_number, best = CF.best_confirmed(search)
+    assert best["mean"] == max(s["mean"] for s in summary.values())
+    out = tmp_path / "best.yaml"
+    assert write_export(search, None, out).number == best_number
+    assert f"confirmed: {best['mean']:.4f} ± {best['std']:.4f} over 2 seeds" in out.read_text()
+    assert config.load(out).seed == 0  # the search's seed: the config as searched
+
+    from stl_tune.report import write_report
+
+    from typer.testing import CliRunner
+
+    from stl_tune.cli import app
+
+    r = CliRunner().invoke(app, ["status", "--storage", f"sqlite:///{tmp_path}/s.db"], terminal_width=200)
+    assert r.exit_code == 0 and "Confirmed with new seeds" in r.output, r.output  # no --name: the search
+    assert f"{best['mean']:.4f} ± {best['std']:.4f}" in r.output and f"Best confirmed: trial {best_number}" in r.output
+
+    page = write_report(search, tmp_path / "report").read_text()
+    assert f"trial {best_number}: {best['mean']:.4f} ± {best['std']:.4f} over 2 new seeds" in page
+    assert page.count(" (2 seeds)</td>") == 2  # the two confirmed rows of the best-trials table
+
+
+def test_a_failed_confirmation_is_reported_not_replaced_by_a_sampled_trial(searched, tmp_path):
+    search, spec, storage = searched
+    study, _, _ = CF.prepare(search, spec, top=1, n_seeds=2)
+
+    def seed_2_fails(cfg, on_epoch_end=None, **kw):
+        if cfg.seed == 2:
+            raise RuntimeError("CUDA error: an illegal memory access")
+        return train(cfg, on_epoch_end, **kw)
+
+    confirm_study, confirm_spec = load_study("tiny.confirm", storage)
+    t = work(confirm_study, Objective(confirm_spec, tmp_path / "artifacts", trainer=seed_2_fails), 2)
+    assert t.finished == 1 and t.failed == 1
+    assert all(CF.CANDIDATE_ATTR in tr.user_attrs for tr in study.trials) and len(study.trials) == 2
+    assert CF.summarize(study, search)[str(study.trials[0].user_attrs[CF.CANDIDATE_ATTR])]["values"] == [
+        study.get_trials(states=(TrialState.COMPLETE,))[0].value
+    ]
+
+
+def test_nothing_to_confirm_is_one_line(tmp_path, tiny_study):
+    spec = StudySpec.from_dict(tiny_study)
+    search = create_or_load_study(spec, None, open_storage(f"sqlite:///{tmp_path}/s.db"))
+    with pytest.raises(StudyError, match="has no complete trial to confirm yet"):
+        CF.prepare(search, spec, top=3, n_seeds=3)
