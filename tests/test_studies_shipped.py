@@ -53,7 +53,14 @@ def test_shipped_study(path):
 
 def test_seed_is_the_full_gpu_search():
     spec = load_study_file(Path(__file__).parent.parent / "studies/seed.yaml")
-    assert spec.fixed["optim.epochs"] == 200 and spec.pruner["max_resource"] == 200
+    assert spec.fixed["optim.epochs"] == 200 and spec.pruner["name"] == "successive_halving"
+    assert spec.objective == "last5_val_acc" and spec.sampler["n_startup_trials"] == 5
+    # trial 0 is exactly the known recipe: each searched key that applies to it holds its default
+    from stl_tune import config
+    from stl_tune.search.warmstart import params_of
+
+    recipe = config.from_dict(None, spec.fixed)
+    assert set(params_of(recipe, spec)) == {p.name for p in spec.params if p.applies(recipe)}
     for _, cfg in sample(spec, 12):
         lr_range = (3e-4, 3e-3) if cfg.optim.name == "adamw" else (0.01, 0.4)
         assert lr_range[0] <= cfg.optim.lr <= lr_range[1]
