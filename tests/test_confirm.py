@@ -102,3 +102,34 @@ def test_nothing_to_confirm_is_one_line(tmp_path, tiny_study):
     search = create_or_load_study(spec, None, open_storage(f"sqlite:///{tmp_path}/s.db"))
     with pytest.raises(StudyError, match="has no complete trial to confirm yet"):
         CF.prepare(search, spec, top=3, n_seeds=3)
+
+
+@pytest.mark.slow
+def test_confirm_command_trains_on_the_data_the_search_used(tmp_path, tiny_study, fake_data, worker_env, monkeypatch):
+    """The study file names data that is not on this host; the search ran with --data-dir: confirm
+    takes the trials' recorded folder, and leaves nothing behind when data is missing."""
+    from typer.testing import CliRunner
+
+    from stl_tune.cli import app
+
+    tiny_study["fixed"]["data"]["dir"] = str(tmp_path / "not-here")
+    spec = StudySpec.from_dict(tiny_study)
+    url = f"sqlite:///{tmp_path}/s.db"
+    search = create_or_load_study(spec, None, open_storage(url))
+    work(search, Objective(spec, tmp_path / "artifacts", {"data.dir": str(fake_data)}), 2)
+    for key in ("TMPDIR", "STL_TUNE_HEARTBEAT_INTERVAL", "STL_TUNE_GRACE_PERIOD", "OMP_NUM_THREADS"):
+        monkeypatch.setenv(key, worker_env[key])
+    args = ["confirm", "--storage", url, "--top", "1", "--seeds", "1", "--workers", "1", "--gpus", "none"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    (t,) = load_study("tiny.confirm", open_storage(url))[0].trials
+    assert t.state == TrialState.COMPLETE and t.user_attrs["config"]["data"]["dir"] == str(fake_data)
+    assert "mean ± std over seeds 1" in r.output and f"--storage {url}" in r.output
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr("stl_tune.data.download_and_extract_archive", offline)
+    r = CliRunner().invoke(app, [*args, "--data-dir", str(tmp_path / "missing"), "--name", "tiny", "--top", "2"])
+    assert r.exit_code == 2 and "downloading it failed (OSError: no network)" in r.output  # before anything is queued
+    assert len(load_study("tiny.confirm", open_storage(url))[0].trials) == 1

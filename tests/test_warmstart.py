@@ -28,8 +28,9 @@ def _study(tmp_path, spec: StudySpec, name: str | None = None) -> optuna.Study:
 
 def test_the_known_recipe_is_trial_0_of_a_new_study_only(tmp_path, seed_spec):
     study = _study(tmp_path, seed_spec)
-    assert warmstart.enqueue_known_recipe(study, seed_spec)
-    assert not warmstart.enqueue_known_recipe(study, seed_spec)  # not twice, not into a used study
+    queued = warmstart.enqueue_known_recipe(study, seed_spec)
+    assert queued.added and queued.outside == {}  # seed.yaml's space holds every default
+    assert warmstart.enqueue_known_recipe(study, seed_spec) is None  # not twice, not into a used study
     trial = study.ask()
     assert trial.number == 0 and trial.user_attrs[warmstart.ENQUEUED_ATTR] == warmstart.KNOWN_RECIPE
     from stl_tune.search.space import suggest_config
@@ -52,9 +53,20 @@ def test_enqueue_file_queues_an_exported_config(tmp_path, seed_spec):
     path = tmp_path / "best.yaml"
     config.dump(config.from_dict(None, {"optim.name": "sgd", "optim.lr": 0.1, "optim.weight_decay": 5e-4}), path)
     study = _study(tmp_path, seed_spec)
-    params = warmstart.enqueue_file(study, seed_spec, path)
+    queued = warmstart.enqueue_file(study, seed_spec, path)
+    params = queued.params
     assert params["optim.name"] == "sgd" and params["lr_sgd"] == 0.1 and params["wd_sgd"] == 5e-4
-    assert study.ask().user_attrs[warmstart.ENQUEUED_ATTR] == str(path)
+    assert queued.added and "not queued again" not in queued.describe("x")
+    again = warmstart.enqueue_file(study, seed_spec, path)  # the same values again: said, not queued
+    assert not again.added and "a trial with these values exists; not queued again" in again.describe("x")
+    assert len(study.trials) == 1 and study.ask().user_attrs[warmstart.ENQUEUED_ATTR] == str(path)
+
+
+def test_values_outside_the_space_are_named(tmp_path, seed_spec):
+    cfg = config.from_dict(None, {"model.width": 80})
+    queued = warmstart.enqueue(_study(tmp_path, seed_spec), seed_spec, cfg, "x")
+    assert queued.outside == {"model.width": 80}
+    assert queued.describe("queued x").endswith("outside this study's space, so sampled: model.width=80")
 
 
 def test_from_study_copies_the_finished_trials_that_fit(tmp_path, tiny_study):

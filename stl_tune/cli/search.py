@@ -59,6 +59,7 @@ def run(
     from stl_tune.search.space import default_study_file, load_study_file
     from stl_tune.search.trials import N_TRIALS_ATTR
 
+    quiet_optuna()
     study_file = study_file if study_file is not None else default_study_file()
     spec = load_study_file(study_file)
     slots = L.plan_slots(gpus, workers_per_gpu, workers)  # every check before the study is created
@@ -73,14 +74,14 @@ def run(
         S.resolve_study_name(from_study, store)  # a clear error before the new study exists
     study = S.create_or_load_study(spec, name, store)
     _stop_if_done(study, n_trials)
-    if warmstart.enqueue_known_recipe(study, spec):
-        typer.echo("trial 0 is the known recipe (the config defaults), run to full length")
+    recipe = warmstart.enqueue_known_recipe(study, spec)
+    if recipe is not None:
+        typer.echo(recipe.describe("trial 0 is the known recipe (the config defaults)"))
     if from_study is not None:
         copied, skipped = warmstart.copy_trials(S.load_study(from_study, store)[0], study, spec)
         typer.echo(f"copied {copied} finished trials of study '{from_study}' ({skipped} did not fit this space)")
     for path, cfg in zip(enqueue or [], queued):
-        warmstart.enqueue(study, spec, cfg, str(path))
-        typer.echo(f"queued {path} to run to full length")
+        typer.echo(warmstart.enqueue(study, spec, cfg, str(path)).describe(f"queued {path}"))
     at = B.set_budgets(study, deadline, patience_trials)
     if at is not None:
         typer.echo(f"time budget: no trial starts after {at:%Y-%m-%d %H:%M:%S} UTC")
@@ -123,7 +124,6 @@ def worker(
                         max_failures=max_failures, first_index=worker_index)  # fmt: skip
         raise typer.Exit(code)
 
-    import optuna
     from rich.console import Console
 
     from stl_tune.search.budget import stop_reason
@@ -131,8 +131,7 @@ def worker(
     from stl_tune.search.objective import Objective
     from stl_tune.search.workers import POLL_S, work
 
-    # Optuna's INFO line per trial (full-precision params) would bury the output: one short line instead.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
     study, spec = S.load_study(name, S.open_storage(url, heartbeat=True), worker=worker_index)
     n_trials = _budget_left(study, trials)
     on_its_own = not os.environ.get(L.PARENT_ENV)  # else the launching process checks, shows and reaps
@@ -257,16 +256,36 @@ def _stopped(study, e: KeyboardInterrupt) -> str:
 
 def _trial_line(study, trial) -> None:
     """One line per trial this worker ran (surplus claims say nothing)."""
+    from stl_tune.search.launch import plural
     from stl_tune.search.trials import fail_reason
 
     reason = fail_reason(trial)
     if reason == "surplus":
         return
+    epochs = trial.user_attrs.get("epochs_run")
+    if reason == "time budget":  # stopped on purpose, not a failure
+        saved = (trial.user_attrs.get("checkpoint") or {}).get("epoch", 0)
+        typer.echo(f"trial {trial.number} paused at epoch {epochs} by the time budget, queued to resume from epoch {saved}")
+        return
     value = f" {trial.value:.4f}" if trial.value is not None else ""
     note = f" ({reason})" if reason else ""
-    epochs = trial.user_attrs.get("epochs_run")
-    after = f" after {epochs} epochs" if epochs else ""
+    after = f" after {plural(epochs, 'epoch')}" if epochs else ""
     typer.echo(f"trial {trial.number} {trial.state.name.lower()}{value}{after}{note}")
+
+
+def _storage_arg(storage: str | None) -> str:
+    """' --storage URL' (password masked) for a command line to copy, when --storage was given."""
+    from stl_tune.search.study import mask_url
+
+    return f" --storage {mask_url(storage)}" if storage else ""
+
+
+def quiet_optuna() -> None:
+    """Optuna's INFO lines (a study created or loaded, each trial with full-precision params, an
+    enqueue skipped) would bury the output: stl-tune says what matters in its own lines."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _abs(path: Path | None) -> Path | None:
@@ -296,14 +315,17 @@ def confirm(
     from stl_tune.search import study as S
     from stl_tune.search.trials import tally
 
+    quiet_optuna()
     url = S.storage_url(storage)
     search, spec = S.load_study(name, S.open_storage(url, heartbeat=False, create=False))
     slots = L.plan_slots(gpus, workers_per_gpu, workers)
+    # The data the search trained on: its best trial's recorded data.dir, unless --data-dir says otherwise.
+    data_dir = data_dir or CF.searched_data_dir(search)
+    _prepare_data(spec, data_dir, f"study '{search.study_name}'")  # before the confirm study exists
     study, candidates, seed_list = CF.prepare(search, spec, top, seeds)
     n_trials = len(candidates) * len(seed_list)
     code = 0
     if tally(study).finished < n_trials:  # else: confirmed already, by an identical call
-        _prepare_data(spec, data_dir, f"study '{search.study_name}'")
         art = L.artifacts_dir(artifacts, url, study)
         study.set_user_attr(L.ARTIFACTS_ATTR, str(art))
         code = L.launch(study, url, slots, n_trials, artifacts=art, data_dir=_abs(data_dir), max_failures=max_failures)
@@ -318,5 +340,6 @@ def confirm(
         table.add_row(str(t.number), f"{t.value:.4f}", cell)
     Console().print(table)
     if best is not None:
-        typer.echo(f"export it: stl-tune export --name {search.study_name} -o best.yaml (takes trial {best[0]})")
+        typer.echo(f"export it: stl-tune export --name {search.study_name}{_storage_arg(storage)} -o best.yaml "
+                   f"(takes trial {best[0]})")  # fmt: skip
     raise typer.Exit(code)

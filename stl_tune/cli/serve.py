@@ -66,6 +66,7 @@ def proxy(
     # This process only serves, from gRPC and stale-check threads where a scoped experimental_ok()
     # would not reach: Optuna marks the proxy, heartbeats and fail_stale_trials experimental.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its INFO lines: "Server started", "Listening..."
     interval = max(1, grace_period // 3)  # check three times per grace period
     backend = open_storage(url, heartbeat=True, heartbeat_interval=interval, grace_period=grace_period)
     served = HeartbeatOnWrite(backend)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -37,6 +38,13 @@ def new_seeds(spec: StudySpec, n: int) -> list[int]:
     """n seeds the search did not use: the study's seed + 1, + 2, ..."""
     base = config.from_dict(None, spec.fixed).seed
     return [base + 1 + i for i in range(n)]
+
+
+def searched_data_dir(search: optuna.Study) -> Path | None:
+    """The data folder the search's best trial trained on (its recorded data.dir), if any."""
+    best = ranked(search.get_trials(deepcopy=False), search.direction)
+    recorded = best[0].user_attrs.get("config", {}).get("data", {}).get("dir") if best else None
+    return Path(recorded) if recorded else None
 
 
 def confirm_spec(spec: StudySpec, seeds: list[int]) -> StudySpec:

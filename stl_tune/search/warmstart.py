@@ -11,6 +11,7 @@ must not lose to an early rung.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,22 +41,40 @@ def _inside(p: ParamSpec, value: Any) -> bool:
     return p.step is None or abs((value - p.low) / p.step - round((value - p.low) / p.step)) < 1e-9
 
 
-def enqueue(study: optuna.Study, spec: StudySpec, cfg: TrainConfig, origin: str) -> dict[str, Any]:
-    """Queue a trial of `cfg`'s values inside the space (see params_of); the params queued."""
+@dataclass
+class Queued:
+    """What enqueue did with a config."""
+
+    params: dict[str, Any]  # the parameters fixed for the trial
+    outside: dict[str, Any]  # {path: value} the space does not hold: left to the sampler
+    added: bool  # False: a trial with these params exists already, so none was queued
+
+    def describe(self, what: str) -> str:
+        said = f"{what}, run to full length" if self.added else f"{what}: a trial with these values exists; not queued again"
+        if self.outside:
+            values = ", ".join(f"{k}={v}" for k, v in self.outside.items())
+            said += f"; outside this study's space, so sampled: {values}"
+        return said
+
+
+def enqueue(study: optuna.Study, spec: StudySpec, cfg: TrainConfig, origin: str) -> Queued:
+    """Queue a trial of `cfg`'s values inside the space (see params_of)."""
     params = params_of(cfg, spec)
+    outside = {p.path: config.get(cfg, p.path) for p in spec.params if p.applies(cfg) and p.name not in params}
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     study.enqueue_trial(params, user_attrs={ENQUEUED_ATTR: origin}, skip_if_exists=True)
-    return params
+    added = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > waiting
+    return Queued(params, outside, added)
 
 
-def enqueue_known_recipe(study: optuna.Study, spec: StudySpec) -> bool:
-    """Queue the known recipe as trial 0 of a study that has no trials yet; whether it did."""
+def enqueue_known_recipe(study: optuna.Study, spec: StudySpec) -> Queued | None:
+    """Queue the known recipe as trial 0 of a study that has no trials yet; None for a used study."""
     if study.get_trials(deepcopy=False):
-        return False
-    enqueue(study, spec, config.from_dict(None, spec.fixed), KNOWN_RECIPE)
-    return True
+        return None
+    return enqueue(study, spec, config.from_dict(None, spec.fixed), KNOWN_RECIPE)
 
 
-def enqueue_file(study: optuna.Study, spec: StudySpec, path: str | Path) -> dict[str, Any]:
+def enqueue_file(study: optuna.Study, spec: StudySpec, path: str | Path) -> Queued:
     """Queue the config of a YAML file (a `stl-tune export`, a `stl-tune train` config): its values
     for the searched keys; everything else in the trial comes from the study, as for any trial."""
     return enqueue(study, spec, config.load(path), str(path))
