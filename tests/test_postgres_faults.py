@@ -4,7 +4,6 @@ for longer; and the count by state that waiting workers poll instead of the tria
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shlex
 import subprocess

@@ -40,7 +40,6 @@ def dashboard(
         raise UserError(f"port {port} on {host} is in use (or not allowed); pass --port") from None
 
 
-
 @app.command()
 def proxy(
     storage: StorageOpt = None,

@@ -46,7 +46,6 @@ def requeue_dead_here(study: optuna.Study, console: Console | None = None) -> No
         (console or Console()).print(f"queued {_numbers(requeued)} of dead workers on this host to resume")
 
 
-
 def artifacts_dir(arg: Path | None, url: str, study: optuna.Study) -> Path:
     """Where checkpoints go: --artifacts, else $STL_TUNE_ARTIFACTS, else the folder `run` chose
     for this study, else `artifacts/` next to the SQLite file (storage/artifacts for a server).

@@ -33,7 +33,6 @@ import optuna
 import torch
 from optuna.artifacts import download_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
-from optuna.trial import FrozenTrial
 
 from stl_tune import config as C
 from stl_tune.search import budget

@@ -15,8 +15,9 @@ import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._heartbeat import get_heartbeat_thread
-from optuna.storages._rdb.models import TrialModel
+from optuna.storages._rdb.models import TrialModel as TrialModel  # the trial table: reconnect.py counts it
 from optuna.trial import FrozenTrial
+
 
 @contextlib.contextmanager
 def experimental_ok() -> Iterator[None]:
@@ -31,8 +32,6 @@ def experimental_ok() -> Iterator[None]:
 # The storage that Optuna itself wraps around an RDBStorage (optuna.storages.get_storage): a trial
 # cache for the process. stl-tune's gRPC proxy subclasses it to add heartbeats (search/proxy.py).
 CachedStorage = _CachedStorage
-# RDBStorage's table of trials (SQLAlchemy model): search/reconnect.py counts it by state in SQL.
-TrialModel = TrialModel
 
 
 def study_id(study: optuna.Study) -> int:

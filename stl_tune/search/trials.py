@@ -44,7 +44,6 @@ class Tally:
     best: FrozenTrial | None = None
     states: Counter[TrialState] = field(default_factory=Counter)  # every trial, as count_states counts
 
-
     @property
     def finished(self) -> int:
         return self.complete + self.pruned
