@@ -23,7 +23,7 @@ from torch import Tensor
 from stl_tune import data
 from stl_tune.data import DataError
 from stl_tune.outputs import load_model
-from stl_tune.train import confusion_matrix, predict, resolve_device
+from stl_tune.train import confusion_matrix, per_class_accuracy, predict, resolve_device
 
 
 @dataclass
@@ -71,7 +71,7 @@ def evaluate(model_path: str | Path, data_dir: str | Path, device: str | torch.d
     return Evaluation(
         model=str(model_path), data_dir=str(data_dir), layout=layout, scored=scored, images=len(y),
         accuracy=(pred == y).float().mean().item(), tta=cfg.eval.tta, classes=list(model.classes),
-        per_class_acc=(cm.diag() / cm.sum(1).clamp(min=1)).tolist(), confusion=cm.tolist(),
+        per_class_acc=per_class_accuracy(cm), confusion=cm.tolist(),
     )  # fmt: skip
 
 

@@ -224,6 +224,11 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
     return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
 
 
+def per_class_accuracy(cm: Tensor) -> list[float]:
+    """Each true class's recall from a confusion matrix (rows: true class); 0 for an absent class."""
+    return (cm.diag() / cm.sum(1).clamp(min=1)).tolist()
+
+
 def _to_input(x: Tensor, cfg: C.TrainConfig, device: torch.device) -> Tensor:
     if device.type == "cuda" and cfg.runtime.channels_last:
         return x.contiguous(memory_format=torch.channels_last)
@@ -434,7 +439,7 @@ class _Run:
         pred = predict(self.eval_model, x, self.cfg, self.device)
         cm = confusion_matrix(pred, y, data.num_classes)
         result.confusion = cm.tolist()
-        result.per_class_acc = (cm.diag() / cm.sum(1).clamp(min=1)).tolist()
+        result.per_class_acc = per_class_accuracy(cm)
         if on_test:
             result.test_acc = (pred == y).float().mean().item()
 
