@@ -86,10 +86,10 @@ class View:
 
     def refresh(self) -> None:
         """Redraw the table (a terminal), or write the study's line when a trial has finished."""
-        t = tally(self.study)
+        trials = self.study.get_trials(deepcopy=False)  # one read for the counts and the rows
+        t = tally(self.study, trials=trials)
         if self.live is None and t.finished == self._finished:
-            return  # a log reads the trials only when there is something to write
-        trials = self.study.get_trials(deepcopy=False)
+            return  # a log writes only when a trial has finished
         left = estimate(trials, self.n_trials, t.finished, self.spec) if self.spec is not None else None
         if self.live is not None:
             running = sorted((tr for tr in trials if tr.state == TrialState.RUNNING), key=self._order)

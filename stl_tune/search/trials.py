@@ -70,11 +70,11 @@ def counts(trial: FrozenTrial) -> bool:
     return COPIED_ATTR not in trial.user_attrs
 
 
-def tally(study: optuna.Study, since: datetime | None = None) -> Tally:
+def tally(study: optuna.Study, since: datetime | None = None, trials: list[FrozenTrial] | None = None) -> Tally:
     """Counts of the study's trials (copied ones left out; the best is over all); the failure
     streak only among trials started after `since` (a worker's start), so a re-run after fixing the
-    cause is not stopped by old failures."""
-    trials = study.get_trials(deepcopy=False)
+    cause is not stopped by old failures. `trials`: the study's, when the caller has read them."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     t = Tally(trials=len(trials), states=Counter(tr.state for tr in trials))
     ended = []
     for tr in filter(counts, trials):
