@@ -142,6 +142,98 @@ def test_rerun_requeues_the_trial_of_a_dead_run_on_this_host(tmp_path, tiny_stud
 
 
 @pytest.mark.slow
+def test_confirm_survives_a_killed_worker(tmp_path, tiny_study, worker_env):
+    """`stl-tune confirm` on 2 workers, one killed mid-confirmation: `confirm` re-queues its trial at
+    once, the retry resumes from its checkpoint with the same config and seed, and the candidate's
+    mean is over all its seeds."""
+    from stl_tune.search import confirm as CF
+
+    url, artifacts = f"sqlite:///{tmp_path}/study.db", tmp_path / "artifacts"
+    spec = StudySpec.from_dict(yaml.safe_load(_study_file(tmp_path, tiny_study, epochs=12).read_text()))
+    search = create_or_load_study(spec, None, open_storage(url, heartbeat=False))
+    work(search, Objective(spec, artifacts), 1)
+    cmd = [*STL_TUNE, "confirm", "--storage", url, "--top", "1", "--seeds", "2", "--workers", "2", "--gpus", "none",
+           "--artifacts", str(artifacts)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    victim = _wait_for_checkpoint(url, "tiny.confirm", [proc])
+    pid = int(victim.user_attrs["worker"].rpartition(":")[2])
+    os.kill(pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert re.search(rf"worker w\d \(pid {pid}\) died \(signal 9\); trial {victim.number} queued to resume", out), out
+
+    study = optuna.load_study(study_name="tiny.confirm", storage=url)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2 and len(study.trials) == 3  # no extra sampled trial
+    _check_resumed(study, victim)  # the same params: the seed too
+    summary = CF.summarize(study, search)[str(search.best_trial.number)]
+    assert summary["seeds"] == [1, 2] and len(summary["values"]) == 2
+    assert f"{summary['mean']:.4f} ± {summary['std']:.4f} (n=2) (best)" in out
+    assert not any(artifacts.iterdir())
+
+
+@pytest.mark.slow
+def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(tmp_path, tiny_study, worker_env):
+    """`run --from-study --enqueue --time-budget` on 2 workers, one killed mid-trial: the old
+    study's trials are copied, the recipe and the file are queued, the killed trial resumes from its
+    checkpoint, the run stops at the deadline with every running trial paused (exit 0), and the
+    next run, without a budget, resumes them and finishes exactly N."""
+    from stl_tune import config
+    from stl_tune.search import warmstart
+    from stl_tune.search.export import write_export
+    from stl_tune.search.trials import tally
+
+    url, artifacts = f"sqlite:///{tmp_path}/study.db", tmp_path / "artifacts"
+    study_file = _study_file(tmp_path, tiny_study, epochs=12)
+    spec = StudySpec.from_dict(yaml.safe_load(study_file.read_text()))
+    old = create_or_load_study(spec, "old", open_storage(url, heartbeat=False))
+    work(old, Objective(spec, artifacts), 2)
+    best = tmp_path / "best.yaml"
+    write_export(old, None, best)
+    cfg = config.load(best)
+    cfg.optim.lr = 0.005  # a config not tried yet (an export of a tried one is not queued again)
+    config.dump(cfg, best)
+    n = 1000  # more than 2 workers can finish in the budget
+    cmd = [*_run_cmd(study_file, "new", n, 2, url, artifacts), "--from-study", "old", "--enqueue", str(best)]
+    run = subprocess.Popen([*cmd, "--time-budget", "40s"], env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"},
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    victim = _wait_for_checkpoint(url, "new", [run])
+    pid = int(victim.user_attrs["worker"].rpartition(":")[2])
+    os.kill(pid, signal.SIGKILL)
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 0, out
+    assert "copied 2 finished trials of study 'old' (0 did not fit this space)" in out
+    assert f"queued {best}, run to full length" in out
+    assert re.search(rf"worker w\d \(pid {pid}\) died \(signal 9\); trial {victim.number} queued to resume", out), out
+    assert re.search(r"^stopped: time budget spent at ", out, re.M), out
+
+    study = optuna.load_study(study_name="new", storage=url)
+    recipe, *copied = study.trials[:3]
+    assert recipe.user_attrs[warmstart.ENQUEUED_ATTR] == warmstart.KNOWN_RECIPE
+    assert [t.params for t in copied] == [t.params for t in old.trials]
+    assert study.trials[3].user_attrs[warmstart.ENQUEUED_ATTR] == str(best)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    paused = [t for t in study.get_trials(states=(TrialState.FAIL,)) if t.user_attrs["fail_reason"] == "time budget"]
+    assert paused and all(t.user_attrs["checkpoint"]["epoch"] >= 1 for t in paused)
+    finished = tally(study).finished  # the copied trials teach the sampler; they are not the budget's
+    assert finished < n
+
+    n = finished + len(paused)  # the next run: those that finished and those that were paused
+    again = subprocess.run([*cmd[: cmd.index("--trials") + 1], str(n), *cmd[cmd.index("--trials") + 2 :]],
+                           env=worker_env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "copied 0 finished trials of study 'old' (0 did not fit this space, 2 copied before)" in again.stdout
+    assert f"queued {best}: a trial with these values exists; not queued again" in again.stdout
+    study = optuna.load_study(study_name="new", storage=url)
+    assert tally(study).finished == n and len(_finished(study)) == n + 2
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    for stopped in [study.trials[victim.number], *paused]:  # each went on from its last checkpoint
+        (retry,) = [t for t in study.trials if (t.system_attrs.get("retry_history") or [None])[-1] == stopped.number]
+        assert retry.params == stopped.params and retry.user_attrs["resumed_from_epoch"] == stopped.user_attrs["checkpoint"]["epoch"]
+    assert not any(artifacts.iterdir())
+
+
+@pytest.mark.slow
 def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(tmp_path, tiny_study, worker_env):
     n, name, url, artifacts = 3, "sigint", f"sqlite:///{tmp_path}/study.db", tmp_path / "artifacts"
     study_file = _study_file(tmp_path, tiny_study, epochs=12)

@@ -82,7 +82,8 @@ def test_from_study_copies_the_finished_trials_that_fit(tmp_path, tiny_study):
     tiny_study["search_space"]["optim.lr"]["high"] = 5e-3  # the new space: 8e-3 no longer fits
     new_spec = StudySpec.from_dict({**tiny_study, "name": "new"})
     new = _study(tmp_path, new_spec)
-    assert warmstart.copy_trials(old, new, new_spec) == (1, 1)  # the FAIL is not a candidate
+    assert warmstart.copy_trials(old, new, new_spec) == (1, 1, 0)  # the FAIL is not a candidate
+    assert warmstart.copy_trials(old, new, new_spec) == (0, 1, 1)  # the same command again copies nothing twice
     (t,) = new.trials
     assert t.state == TrialState.COMPLETE and t.params == {"optim.lr": 2e-3, "model.se": True}
     assert t.intermediate_values == {1: 0.3, 2: 0.5} and t.user_attrs[warmstart.COPIED_ATTR] == "study old, trial 0"

@@ -78,8 +78,9 @@ def run(
     if recipe is not None:
         typer.echo(recipe.describe("trial 0 is the known recipe (the config defaults)"))
     if from_study is not None:
-        copied, skipped = warmstart.copy_trials(S.load_study(from_study, store)[0], study, spec)
-        typer.echo(f"copied {copied} finished trials of study '{from_study}' ({skipped} did not fit this space)")
+        copied, skipped, before = warmstart.copy_trials(S.load_study(from_study, store)[0], study, spec)
+        again = f", {before} copied before" if before else ""
+        typer.echo(f"copied {copied} finished trials of study '{from_study}' ({skipped} did not fit this space{again})")
     for path, cfg in zip(enqueue or [], queued):
         typer.echo(warmstart.enqueue(study, spec, cfg, str(path)).describe(f"queued {path}"))
     at = B.set_budgets(study, deadline, patience_trials)

@@ -80,9 +80,10 @@ def enqueue_file(study: optuna.Study, spec: StudySpec, path: str | Path) -> Queu
     return enqueue(study, spec, config.load(path), str(path))
 
 
-def copy_trials(source: optuna.Study, target: optuna.Study, spec: StudySpec) -> tuple[int, int]:
+def copy_trials(source: optuna.Study, target: optuna.Study, spec: StudySpec) -> tuple[int, int, int]:
     """Add the finished (complete or pruned) trials of `source` whose parameters all belong to
-    `spec`'s space, with their values, curves and attrs, to `target`; (copied, skipped).
+    `spec`'s space, with their values, curves and attrs, to `target`; (copied, skipped, copied
+    before). A trial copied by an earlier call (the same command run again) is not copied twice.
 
     Copied trials teach the sampler and the pruner; they do not count towards the target's trial
     budget (search/trials.py), and their retry history is not carried over.
@@ -91,18 +92,22 @@ def copy_trials(source: optuna.Study, target: optuna.Study, spec: StudySpec) -> 
         raise StudyError(f"study '{source.study_name}' is {source.direction.name.lower()}d, not like the new one")
     space = {p.name: p for p in spec.params}
     done = (TrialState.COMPLETE, TrialState.PRUNED)
-    copies, skipped = [], 0
+    there = {t.user_attrs.get(COPIED_ATTR) for t in target.get_trials(deepcopy=False)}
+    copies, skipped, before = [], 0, 0
     for t in source.get_trials(deepcopy=False, states=done):
-        if not _fits(t, space):
+        origin = f"study {source.study_name}, trial {t.number}"
+        if origin in there:
+            before += 1
+        elif not _fits(t, space):
             skipped += 1
-            continue
-        copies.append(optuna.trial.create_trial(
-            state=t.state, value=t.value if t.state == TrialState.COMPLETE else None, params=t.params,
-            distributions={k: space[k].distribution() for k in t.params}, intermediate_values=t.intermediate_values,
-            user_attrs={**t.user_attrs, COPIED_ATTR: f"study {source.study_name}, trial {t.number}"},
-        ))  # fmt: skip
+        else:
+            copies.append(optuna.trial.create_trial(
+                state=t.state, value=t.value if t.state == TrialState.COMPLETE else None, params=t.params,
+                distributions={k: space[k].distribution() for k in t.params}, intermediate_values=t.intermediate_values,
+                user_attrs={**t.user_attrs, COPIED_ATTR: origin},
+            ))  # fmt: skip
     target.add_trials(copies)
-    return len(copies), skipped
+    return len(copies), skipped, before
 
 
 def _fits(t: FrozenTrial, space: dict[str, ParamSpec]) -> bool:
