@@ -18,6 +18,7 @@ budget, 2 `stl-tune worker` processes run it, then `stl-tune export` -> `stl-tun
 
   python benchmarks/bench_search_quality.py                    # pairings A and B, 3 repeats: ~45 min
   python benchmarks/bench_search_quality.py --pairings C        # B with a later first rung
+  python benchmarks/bench_search_quality.py --pairings D        # Hyperband, one history for TPE
   python benchmarks/bench_search_quality.py --quick            # 3 trials of 3 epochs: checks it works
 """
 
@@ -138,6 +139,10 @@ PAIRINGS = {
     # B with its first rung at 30 of 200 epochs: at 1 of 20, every trial is still near chance (~10 %)
     "C": Pairing("as B, first rung at 3 epochs (30 of 200) instead of 1",
                  {"n_startup_trials": 5}, {"name": "successive_halving", "min_resource": SeedEpochs(30), "reduction_factor": 3},
+                 "last5_val_acc", warm_start=True),
+    # Hyperband's brackets (as A) hedge against a first rung without signal; one history for TPE
+    "D": Pairing("TPE (5 start-up) + Hyperband whose sampler sees every bracket, last5_val_acc, recipe as trial 0",
+                 {"n_startup_trials": 5}, {"name": "hyperband_shared", "min_resource": SeedEpochs(10), "reduction_factor": 3},
                  "last5_val_acc", warm_start=True),
 }  # fmt: skip
 

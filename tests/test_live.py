@@ -74,6 +74,8 @@ def test_epochs_per_trial_follow_the_pruners_rungs():
     # Hyperband over the same: 3 brackets, Optuna's budgets 4, 3, 3; their means 2, 3, 4.
     hyperband = EpochsRun.under({"name": "hyperband", "min_resource": 1, "reduction_factor": 2, "max_resource": 4}, 4)
     assert hyperband.mean() == pytest.approx((4 * 2 + 3 * 3 + 3 * 4) / 10)
+    shared = {"name": "hyperband_shared", "min_resource": 1, "reduction_factor": 2, "max_resource": 4}
+    assert EpochsRun.under(shared, 4) == hyperband  # its pruning is Hyperband's
     assert EpochsRun.under({"name": "none"}, 7).stops == {7: 1.0}
     assert EpochsRun.under({"name": "median"}, 7).mean() == 7  # no schedule to model: full length
 

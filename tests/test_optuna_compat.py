@@ -103,3 +103,42 @@ def test_study_id_and_the_trial_table_count_a_study(study):
     query = sqlalchemy.select(t.state, sqlalchemy.func.count()).where(t.study_id == compat.study_id(study)).group_by(t.state)
     with compat.backend(storage).engine.connect() as conn:
         assert dict(conn.execute(query).all()) == {TrialState.RUNNING: 1, TrialState.COMPLETE: 1}
+
+
+class _Recorder(optuna.samplers.RandomSampler):
+    """A random sampler that records how many trials each suggestion was given to learn from."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=0)
+        self.seen: list[int] = []
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        self.seen.append(len(study.get_trials(deepcopy=False)))
+        return super().sample_independent(study, trial, param_name, param_distribution)
+
+
+def _hyperband_run(pruner: optuna.pruners.BasePruner) -> tuple[list[int], list[bool]]:
+    """12 trials with fixed curves (epochs 1..9): what the sampler saw, and which were pruned."""
+    sampler = _Recorder()
+    study = optuna.create_study(study_name="brackets", sampler=sampler, pruner=pruner, direction="maximize")
+    pruned = []
+    for n in range(12):
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        for epoch in range(1, 10):
+            trial.report((n * 7 % 12 + epoch) / 30, epoch)
+            if trial.should_prune():
+                break
+        pruned.append(epoch < 9)
+        study.tell(trial, None if pruned[-1] else (n * 7 % 12 + 9) / 30,
+                   state=TrialState.PRUNED if pruned[-1] else TrialState.COMPLETE)  # fmt: skip
+    return sampler.seen, pruned
+
+
+def test_shared_hyperband_prunes_as_hyperband_and_its_sampler_sees_every_bracket():
+    options = {"min_resource": 1, "max_resource": 9, "reduction_factor": 3}
+    seen_own, pruned_own = _hyperband_run(optuna.pruners.HyperbandPruner(**options))
+    seen_all, pruned_all = _hyperband_run(compat.SharedHyperband(**options))
+    assert pruned_all == pruned_own and any(pruned_all)  # the same decisions
+    assert seen_all == list(range(1, 13))  # every trial so far (the one being sampled included)
+    assert seen_own[-1] < 12 and len(set(seen_own)) < 12  # Optuna's own: the new trial's bracket only

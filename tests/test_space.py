@@ -71,7 +71,7 @@ BAD = [
     ("unknown pruner option", lambda d: d.update(pruner={"name": "hyperband", "min_resourc": 1}),
      ["pruner.min_resourc", "unknown option", "did you mean min_resource"]),
     ("unknown pruner", lambda d: d.update(pruner={"name": "asha"}),
-     ["pruner.name", "hyperband, median, successive_halving, none"]),
+     ["pruner.name", "hyperband, hyperband_shared, median, successive_halving, none"]),
     ("unknown top-level key", lambda d: d.update(search_spaces={}),
      ["search_spaces", "did you mean search_space"]),
     ("when unknown path", lambda d: ss(d)["optim.momentum"].update(when={"optim.nam": ["sgd"]}),

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy
 
 from stl_tune.search import study as S
+from stl_tune.search.optuna_compat import SharedHyperband
 from stl_tune.search.space import StudyError, StudySpec
 
 SECRET = "s3cr3tpw"
@@ -156,6 +157,7 @@ def test_load_study_round_trips_spec(tmp_path):
     "pruner,pcls",
     [
         ({"name": "hyperband"}, optuna.pruners.HyperbandPruner),
+        ({"name": "hyperband_shared"}, SharedHyperband),
         ({"name": "median"}, optuna.pruners.MedianPruner),
         ({"name": "successive_halving"}, optuna.pruners.SuccessiveHalvingPruner),
         ({"name": "none"}, optuna.pruners.NopPruner),

@@ -34,7 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune import config
 from stl_tune.config import TrainConfig
-from stl_tune.search.space import PRUNERS, StudySpec
+from stl_tune.search.space import HYPERBAND, PRUNERS, StudySpec
 from stl_tune.search.warmstart import ENQUEUED_ATTR
 
 EPOCH_SECONDS_ATTR = "epoch_seconds"  # trial user attr: wall time of each epoch this attempt ran
@@ -59,7 +59,7 @@ class EpochsRun:
             # Optuna's "auto" min_resource: the longest complete trial's steps / 100, at least 1
             low = options["min_resource"] if options["min_resource"] != "auto" else max(epochs // 100, 1)
             return cls(_halving(low, options["reduction_factor"], options["min_early_stopping_rate"], epochs))
-        if name == "hyperband":
+        if name in HYPERBAND:
             top = options["max_resource"] if options["max_resource"] != "auto" else epochs
             low, eta = options["min_resource"], options["reduction_factor"]
             n = math.floor(math.log(top / low, eta)) + 1  # as optuna.pruners.HyperbandPruner counts them

@@ -91,3 +91,24 @@ def grpc_address(storage: BaseStorage) -> tuple[str, int] | None:
     """(host, port) of a gRPC proxy client; None for any other storage."""
     host, port = getattr(storage, "_host", None), getattr(storage, "_port", None)
     return (host, port) if host is not None and port is not None else None
+
+
+class SharedHyperband(optuna.pruners.BasePruner):
+    """Hyperband's pruning decisions, with the sampler learning from every trial.
+
+    Optuna hands the sampler of a study whose pruner is a HyperbandPruner only the trials of the
+    new trial's bracket (optuna.pruners._filter_study checks `isinstance(study.pruner,
+    HyperbandPruner)`), so TPE spends its random start-up trials once per bracket and models each
+    bracket apart. This pruner delegates every decision to a HyperbandPruner (which still compares
+    a trial only with its own bracket) but is not one, so the sampler sees the whole study.
+    Same options as optuna.pruners.HyperbandPruner.
+    """
+
+    def __init__(
+        self, min_resource: int = 1, max_resource: str | int = "auto", reduction_factor: int = 3,
+        bootstrap_count: int = 0,
+    ) -> None:  # fmt: skip
+        self.hyperband = optuna.pruners.HyperbandPruner(min_resource, max_resource, reduction_factor, bootstrap_count)
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return self.hyperband.prune(study, trial)

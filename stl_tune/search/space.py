@@ -12,7 +12,8 @@ A study file (YAML) declares:
                    values set so far (defaults, then `fixed`, then the entries above it).
     fixed:         overrides applied to every trial, nested ({optim: {epochs: 200}}) or dotted
     sampler:       {name: tpe|random, ...constructor options}
-    pruner:        {name: hyperband|median|successive_halving|none, ...constructor options}
+    pruner:        {name: hyperband|hyperband_shared|median|successive_halving|none, ...constructor options}
+                   (hyperband_shared: Hyperband whose sampler sees every bracket, not its own only)
     objective:     best_val_acc (default), val_acc (the last epoch's) or last5_val_acc (mean of the last 5)
     direction:     maximize (default) or minimize
     time_budget:   optional, e.g. 6h: `stl-tune run` stops starting trials after it (--time-budget wins)
@@ -44,6 +45,7 @@ from stl_tune import config
 from stl_tune.config import ConfigError, TrainConfig
 from stl_tune.errors import UserError
 from stl_tune.search import budget
+from stl_tune.search.optuna_compat import SharedHyperband
 
 
 class StudyError(UserError):
@@ -55,10 +57,12 @@ class StudyError(UserError):
 SAMPLERS: dict[str, type] = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 PRUNERS: dict[str, type] = {
     "hyperband": optuna.pruners.HyperbandPruner,  # resource = epochs; max_resource = optim.epochs
+    "hyperband_shared": SharedHyperband,  # the same, but the sampler learns from every bracket's trials
     "median": optuna.pruners.MedianPruner,
     "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
     "none": optuna.pruners.NopPruner,
 }
+HYPERBAND = ("hyperband", "hyperband_shared")
 # Options a study file need not spell out (samplers only). Multivariate TPE models parameter
 # interactions (lr x batch size); `group` splits that model where conditions change the space
 # (adamw vs sgd params); constant liar keeps parallel workers from proposing the same point; a
@@ -375,7 +379,7 @@ class _Validator:
                 valid = ", ".join(allowed) or "none"
                 hint = config.nearest_key(str(k), allowed)
                 raise self.fail(f"{key}.{k}", f"unknown option for {name}{hint}; valid: {valid}")
-        if name == "hyperband" and "max_resource" not in options:
+        if name in HYPERBAND and "max_resource" not in options:
             # One resource unit = one epoch (the objective reports once per epoch); a searched
             # epoch count leaves Optuna to infer it from the first finished trial.
             searched = any(p.path == "optim.epochs" for p in params)
