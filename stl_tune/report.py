@@ -19,11 +19,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from stl_tune.search import budget
 from stl_tune.search.confirm import CONFIRMED_ATTR, best_confirmed
+from stl_tune.search.eta import duration
 from stl_tune.search.export import write_export
-from stl_tune.search.space import StudyError
 from stl_tune.search.optuna_compat import experimental_ok
-from stl_tune.search.trials import ranked, tally
+from stl_tune.search.space import StudyError
+from stl_tune.search.trials import N_TRIALS_ATTR, ranked, tally
+from stl_tune.search.warmstart import COPIED_ATTR, ENQUEUED_ATTR, KNOWN_RECIPE
 
 TOP_TRIALS = 10  # rows of the best-trials table, each with its config file
 LEGEND_MAX = 20  # trials named in a PNG's legend; more would hide the plot
@@ -106,7 +109,7 @@ def _table(study: optuna.Study, out: Path) -> str:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         seconds = t.user_attrs.get("seconds")
         cells = [
-            str(t.number),
+            f"{t.number}{html.escape(_origin(t))}",
             f"{t.value:.4f}",
             f"{c['mean']:.4f} ± {c['std']:.4f} ({len(c['values'])} seeds)" if c else "",
             str(t.user_attrs.get("epochs_run", "")),
@@ -121,6 +124,72 @@ def _table(study: optuna.Study, out: Path) -> str:
     columns = ("trial", "objective", "confirmed", "epochs", "seconds", "device", "parameters", "config")
     head = "".join(f"<th>{h}</th>" for h in columns)
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _origin(t: FrozenTrial) -> str:
+    """Where a trial's config came from, when not from the sampler."""
+    if t.user_attrs.get(ENQUEUED_ATTR) == KNOWN_RECIPE:
+        return " (known recipe)"
+    if ENQUEUED_ATTR in t.user_attrs:
+        return f" (queued: {Path(t.user_attrs[ENQUEUED_ATTR]).name})"
+    if COPIED_ATTR in t.user_attrs:
+        return f" (copied: {t.user_attrs[COPIED_ATTR]})"
+    return ""
+
+
+# ------------------------------------------------------------------------------------ summary
+def _warm_start(study: optuna.Study, trials: list[FrozenTrial]) -> str:
+    """How the known recipe did against the search, and what was queued or copied in."""
+    said = []
+    ranking = ranked(trials, study.direction)
+    recipe = [t for t in trials if t.user_attrs.get(ENQUEUED_ATTR) == KNOWN_RECIPE]
+    done = [t for t in recipe if t.state == TrialState.COMPLETE]  # a retry keeps the attr: the one that finished
+    if done:
+        rank = [t.number for t in ranking].index(done[0].number) + 1
+        said.append(f"trial {done[0].number} is the known recipe (the config defaults): {done[0].value:.4f}, "
+                    f"rank {rank} of {len(ranking)} complete")  # fmt: skip
+    elif recipe:
+        said.append(f"trial {recipe[0].number} is the known recipe (the config defaults), not finished yet")
+    files = {t.user_attrs[ENQUEUED_ATTR] for t in trials if t.user_attrs.get(ENQUEUED_ATTR, KNOWN_RECIPE) != KNOWN_RECIPE}
+    if files:
+        said.append(f"{len(files)} config file(s) queued with --enqueue")
+    copied = sum(COPIED_ATTR in t.user_attrs for t in trials)
+    if copied:
+        said.append(f"{copied} finished trials copied from another study with --from-study (not counted in the budget)")
+    return "; ".join(said)
+
+
+def _budgets(study: optuna.Study, trials: list[FrozenTrial]) -> str:
+    """The trial budget, the time budget and patience, as `run` last set them."""
+    attrs = study.user_attrs
+    said = [f"{attrs[N_TRIALS_ATTR]} trials"] if attrs.get(N_TRIALS_ATTR) else []
+    left = budget.time_left(attrs)
+    if left is not None:
+        at = f"{budget.deadline(attrs):%Y-%m-%d %H:%M} UTC"
+        said.append(f"time budget spent at {at}: running trials paused, resumed by the next run" if left.total_seconds() <= 0
+                    else f"time budget: {duration(left.total_seconds())} left (no trial starts after {at})")  # fmt: skip
+    patience = attrs.get(budget.PATIENCE_ATTR)
+    if patience:
+        since = budget.trials_since_best(trials, study.direction)
+        said.append(f"patience: stops after {patience} finished trials without a better one ({since} so far)")
+    return "; ".join(said)
+
+
+def _next_steps(study: optuna.Study, confirmed: bool) -> str:
+    """What to run next on this study, a line each."""
+    name = html.escape(study.study_name)
+    steps = [
+        ("" if confirmed else f"<code>stl-tune confirm --name {name} --top 3 --seeds 3</code>: re-train the best 3 "
+         "configs with 3 new seeds (and validation splits), so that the export is the config that is good, "
+         "not the one that was lucky; "),
+        f"<code>stl-tune export --name {name} -o best.yaml</code>: the best {'confirmed ' if confirmed else ''}"
+        "trial's full config, set to train on train+validation;",
+        "<code>stl-tune train --config best.yaml --seeds 0,1,2</code>: the final models and the test accuracy's "
+        "mean ± std (the only step that touches the test split);",
+        "<code>stl-tune evaluate --model runs/best/seed-0/model.pt --data-dir DIR</code>: score a trained model on "
+        "any folder dataset without retraining.",
+    ]  # fmt: skip
+    return "<h2>Next steps</h2><ul>" + "".join(f"<li>{s}</li>" for s in steps if s) + "</ul>"
 
 
 # -------------------------------------------------------------------------------------- page
@@ -141,7 +210,8 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "") -> 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    t = tally(study)
+    trials = study.get_trials(deepcopy=False)
+    t = tally(study, trials=trials)
     confirmed = best_confirmed(study)
     counted = {"complete": t.complete, "pruned": t.pruned, "failed": t.failed, "running": t.running,
                "waiting": t.waiting}  # fmt: skip
@@ -153,6 +223,8 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "") -> 
         ("best", f"{t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no complete trial yet"),
         ("best confirmed", f"trial {confirmed[0]}: {confirmed[1]['mean']:.4f} ± {confirmed[1]['std']:.4f} over "
                            f"{len(confirmed[1]['values'])} new seeds (stl-tune confirm; export takes it)" if confirmed else ""),
+        ("warm start", _warm_start(study, trials)),
+        ("budgets", _budgets(study, trials)),
         ("storage", storage),
         ("generated", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
     ]
@@ -173,6 +245,7 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "") -> 
             first = False
             sections.append(f'<h2>{title} <small><a href="{stem}.png">PNG</a></small></h2>{div}')
     sections.append(f"<h2>Best trials</h2>{_table(study, out)}")
+    sections.append(_next_steps(study, confirmed is not None))
     rows = "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary if v)
     name = html.escape(study.study_name)
     page = out / "index.html"

@@ -26,9 +26,10 @@ DISTRIBUTIONS = {
 }
 
 
-def make_study(url: str, name: str = "demo", complete: int = 6) -> optuna.Study:
+def make_study(url: str, name: str = "demo", complete: int = 6, more_attrs: dict | None = None) -> optuna.Study:
     """`complete` finished trials, two pruned ones (with epoch curves) and one failed, as workers leave
-    them: params, per-epoch intermediate values and the stl-tune user attrs (no training needed)."""
+    them: params, per-epoch intermediate values and the stl-tune user attrs (no training needed);
+    more_attrs: {trial number: user attrs to add}."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=name, storage=url, direction="maximize")
     for i in range(complete + 3):
@@ -40,7 +41,7 @@ def make_study(url: str, name: str = "demo", complete: int = 6) -> optuna.Study:
         curve = [round(0.1 + 0.05 * i * (e + 1) / epochs, 4) for e in range(epochs)]
         attrs = {"config": C.to_dict(cfg), "curve": curve, "epochs_run": epochs, "seconds": 3.0 + i,
                  "param_count": 1234, "device": "cpu", "status": state.name.lower(),
-                 "fail_reason": "diverged" if state == TrialState.FAIL else None}  # fmt: skip
+                 "fail_reason": "diverged" if state == TrialState.FAIL else None, **(more_attrs or {}).get(i, {})}  # fmt: skip
         study.add_trial(
             create_trial(
                 state=state,
@@ -198,3 +199,31 @@ def test_missing_storage_is_not_created(tmp_path):
     result = CliRunner().invoke(app, ["report", "--storage", url, "-o", str(tmp_path / "r")])
     assert result.exit_code == 2 and "no study storage at" in result.output
     assert not (tmp_path / "none").exists() and not (tmp_path / "r").exists()
+
+
+def test_page_says_how_the_known_recipe_did_the_warm_start_the_budgets_and_what_to_run_next(tmp_path):
+    from datetime import timedelta
+
+    from stl_tune.search import budget
+    from stl_tune.search.trials import N_TRIALS_ATTR
+    from stl_tune.search.warmstart import COPIED_ATTR, ENQUEUED_ATTR, KNOWN_RECIPE
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = make_study(url, more_attrs={0: {ENQUEUED_ATTR: KNOWN_RECIPE}, 1: {ENQUEUED_ATTR: "/x/best.yaml"},
+                                        2: {COPIED_ATTR: "study old, trial 7"}})  # fmt: skip
+    study.set_user_attr(N_TRIALS_ATTR, 24)
+    budget.set_budgets(study, timedelta(hours=2), 5)
+    out = tmp_path / "report"
+    assert CliRunner().invoke(app, ["report", "--storage", url, "-o", str(out)]).exit_code == 0
+    page = (out / "index.html").read_text()
+
+    recipe = study.trials[0]
+    rank = sorted((t.value for t in study.trials if t.value is not None), reverse=True).index(recipe.value) + 1
+    assert f"trial 0 is the known recipe (the config defaults): {recipe.value:.4f}, rank {rank} of 6 complete" in page
+    assert "1 config file(s) queued with --enqueue" in page and "1 finished trials copied from another study" in page
+    assert "<td>0 (known recipe)</td>" in page and "<td>1 (queued: best.yaml)</td>" in page
+    assert "<td>2 (copied: study old, trial 7)</td>" in page
+    since = budget.trials_since_best(study.trials, study.direction)
+    assert f"24 trials; time budget: 2 h left (no trial starts after {budget.deadline(study.user_attrs):%Y-%m-%d %H:%M} UTC)" in page
+    assert f"patience: stops after 5 finished trials without a better one ({since} so far)" in page
+    assert "stl-tune confirm --name demo --top 3 --seeds 3" in page and "stl-tune export --name demo -o best.yaml" in page
