@@ -231,12 +231,21 @@ def cli(*args: str) -> None:
 
 
 def final_training(cfg_file: Path, out: Path, seeds: str) -> tuple[list[float], float]:
-    """`stl-tune train --config cfg_file --seeds seeds` on one core: test accuracies, seconds."""
-    t0 = time.perf_counter()
-    cli("train", "--config", str(cfg_file), "--out", str(out), "--seeds", seeds)
-    accs = [run["test_acc"] for run in json.loads((out / "summary.json").read_text())["runs"]]
-    seconds = time.perf_counter() - t0
-    print(f"  {out.name}: test {', '.join(f'{100 * a:.1f} %' for a in accs)} in {seconds:.0f} s", flush=True)
+    """`stl-tune train --config cfg_file --seeds seeds` on one core: test accuracies, training seconds.
+    A run already in `out` with the same config and seeds (an earlier call with this --workdir) is
+    read, not trained again."""
+    summary = out / "summary.json"
+    runs = json.loads(summary.read_text())["runs"] if summary.is_file() else []
+    want = config.to_dict(config.load(cfg_file))
+    same = [r["seed"] for r in runs] == [int(x) for x in seeds.split(",")] and all(
+        {**config.to_dict(config.load(out / r["dir"] / "config.yaml")), "seed": want["seed"]} == want for r in runs)
+    if not same:
+        cli("train", "--config", str(cfg_file), "--out", str(out), "--seeds", seeds)
+        runs = json.loads(summary.read_text())["runs"]
+    accs = [run["test_acc"] for run in runs]
+    seconds = sum(json.loads((out / run["dir"] / "metrics.json").read_text())["seconds"] for run in runs)
+    print(f"  {out.name}: test {', '.join(f'{100 * a:.1f} %' for a in accs)}, {seconds:.0f} s of training"
+          f"{' (trained by an earlier call)' if same else ''}", flush=True)  # fmt: skip
     return accs, seconds
 
 
