@@ -127,8 +127,9 @@ def work(
     queued_only = bool(study.user_attrs.get(QUEUED_ONLY_ATTR))  # a confirm study: never sample a trial
     with _Stop() as stop:
         while not stop.requested:
-            t = tally(study, since=started)
-            if t.finished >= n_trials or stop_reason(study) is not None:
+            trials = study.get_trials(deepcopy=False)  # one read for the tally and the patience check
+            t = tally(study, since=started, trials=trials)
+            if t.finished >= n_trials or stop_reason(study, trials) is not None:
                 return t
             if t.failure_streak >= max_failures:
                 raise StudyStopped(
