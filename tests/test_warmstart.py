@@ -66,7 +66,7 @@ def test_values_outside_the_space_are_named(tmp_path, seed_spec):
     cfg = config.from_dict(None, {"model.width": 80})
     queued = warmstart.enqueue(_study(tmp_path, seed_spec), seed_spec, cfg, "x")
     assert queued.outside == {"model.width": 80}
-    assert queued.describe("queued x").endswith("outside this study's space, so sampled: model.width=80")
+    assert queued.describe("queued x").endswith("the sampler chooses these, whose values lie outside this study's space: model.width=80")
 
 
 def test_from_study_copies_the_finished_trials_that_fit(tmp_path, tiny_study):
@@ -132,6 +132,24 @@ def test_patience_counts_finished_trials_since_the_best(tmp_path, tiny_study):
     assert budget.stop_reason(study) == "no better trial in the last 3 finished (--patience-trials 3)"
     study.add_trial(optuna.trial.create_trial(value=0.8, params={}, distributions={}))
     assert budget.stop_reason(study) is None
+
+
+def test_a_runs_patience_counts_its_own_trials_not_earlier_or_copied_ones(tmp_path, tiny_study):
+    study = _study(tmp_path, StudySpec.from_dict(tiny_study))
+    for value in (0.9, 0.5, 0.5, 0.5):  # an earlier run: 3 trials since its best
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}))
+    study.enqueue_trial({})  # queued before this run sets its budgets (e.g. --enqueue): this run's
+    budget.set_budgets(study, None, 2)
+    assert budget.stop_reason(study) is None  # the 3 earlier trials do not count
+    copied = optuna.trial.create_trial(value=0.1, params={}, distributions={}, user_attrs={warmstart.COPIED_ATTR: "study old, trial 0"})
+    study.add_trial(copied)  # not run here: does not count either
+    assert budget.stop_reason(study) is None
+    queued = study.ask()
+    assert queued.number == 4  # the one queued before the run started
+    study.tell(queued, 0.6)
+    assert budget.stop_reason(study) is None
+    study.tell(study.ask(), 0.7)
+    assert budget.stop_reason(study) == "no better trial in the last 2 finished (--patience-trials 2)"
 
 
 # ------------------------------------------------------------------------ with the worker loop
@@ -217,3 +235,19 @@ def test_bad_warm_start_and_budget_options_are_one_line_and_create_nothing(args,
     r = CliRunner().invoke(app, ["run", "--study", str(study_file), "--storage", url, "--trials", "1", *args])
     assert r.exit_code == 2 and needle in r.output, r.output
     assert not (tmp_path / "s.db").exists() or optuna.get_all_study_names(url) == []
+
+
+def test_from_study_of_the_study_itself_is_one_line_and_copies_nothing(tmp_path, tiny_study):
+    from typer.testing import CliRunner
+
+    from stl_tune.cli import app
+
+    study = _study(tmp_path, StudySpec.from_dict(tiny_study))
+    study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
+    study_file = tmp_path / "tiny.yaml"
+    study_file.write_text(yaml.safe_dump(tiny_study))
+    args = ["run", "--study", str(study_file), "--storage", f"sqlite:///{tmp_path}/s.db", "--trials", "2",
+            "--from-study", "tiny"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "--from-study tiny: that is the study this run continues" in r.output, r.output
+    assert len(study.trials) == 1

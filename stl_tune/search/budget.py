@@ -20,6 +20,7 @@ from stl_tune.errors import UserError
 
 DEADLINE_ATTR = "deadline"  # study user attr: ISO-8601 UTC time at which workers stop starting trials
 PATIENCE_ATTR = "patience_trials"  # study user attr: stop after this many finished trials without a better one
+PATIENCE_FROM_ATTR = "patience_from"  # study user attr: the first trial number the patience counts
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -44,10 +45,16 @@ def now() -> datetime:
 
 def set_budgets(study: optuna.Study, time_budget: timedelta | None, patience: int | None) -> datetime | None:
     """What `stl-tune run` does at its start: store the deadline `time_budget` from now and the
-    patience, or clear them (a run without them has none); returns the deadline."""
+    patience, or clear them (a run without them has none); returns the deadline.
+
+    The patience counts this run's trials: those queued when it starts (the recipe, --enqueue files,
+    retries) and those created after; not earlier runs' trials, nor copied ones (--from-study)."""
     at = now() + time_budget if time_budget is not None else None
     study.set_user_attr(DEADLINE_ATTR, at.isoformat(timespec="seconds") if at is not None else None)
     study.set_user_attr(PATIENCE_ATTR, patience)
+    trials = study.get_trials(deepcopy=False)
+    waiting = [t.number for t in trials if t.state == TrialState.WAITING]
+    study.set_user_attr(PATIENCE_FROM_ATTR, min(waiting, default=len(trials)) if patience else None)
     return at
 
 
@@ -63,9 +70,12 @@ def time_left(attrs: dict) -> timedelta | None:
     return None if at is None else at - now()
 
 
-def trials_since_best(trials: Sequence[FrozenTrial], direction: optuna.study.StudyDirection) -> int:
+def trials_since_best(trials: Sequence[FrozenTrial], direction: optuna.study.StudyDirection, start: int = 0) -> int:
     """Finished (complete or pruned) trials that ended after the best complete one, in the order
-    they ended; all finished trials when none is complete yet."""
+    they ended, counting only trials numbered `start` or later that were not copied from another
+    study; the best is over all trials."""
+    from stl_tune.search.warmstart import COPIED_ATTR  # not at the top: warmstart imports space, which imports this
+
     finished = sorted(
         (t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)), key=lambda t: t.datetime_complete
     )
@@ -76,7 +86,7 @@ def trials_since_best(trials: Sequence[FrozenTrial], direction: optuna.study.Stu
         )
         if better:
             best, since = t.value, 0
-        else:
+        elif t.number >= start and COPIED_ATTR not in t.user_attrs:
             since += 1
     return since
 
@@ -91,7 +101,7 @@ def stop_reason(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None
     patience = attrs.get(PATIENCE_ATTR)
     if patience:
         trials = study.get_trials(deepcopy=False) if trials is None else trials
-        since = trials_since_best(trials, study.direction)
+        since = trials_since_best(trials, study.direction, attrs.get(PATIENCE_FROM_ATTR) or 0)
         if since >= patience:
             return f"no better trial in the last {since} finished (--patience-trials {patience})"
     return None
