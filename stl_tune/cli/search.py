@@ -72,6 +72,8 @@ def run(
     n_trials = trials or _stored_budget(store, name)
     if from_study is not None:
         S.resolve_study_name(from_study, store)  # a clear error before the new study exists
+        if from_study == name:
+            raise UserError(f"--from-study {from_study}: that is the study this run continues; name another study")
     study = S.create_or_load_study(spec, name, store)
     _stop_if_done(study, n_trials)
     recipe = warmstart.enqueue_known_recipe(study, spec)
