@@ -25,7 +25,7 @@ from stl_tune.search.eta import duration
 from stl_tune.search.export import write_export
 from stl_tune.search.optuna_compat import experimental_ok
 from stl_tune.search.space import StudyError
-from stl_tune.search.trials import N_TRIALS_ATTR, ranked, tally
+from stl_tune.search.trials import N_TRIALS_ATTR, counts, ranked, tally
 from stl_tune.search.warmstart import COPIED_ATTR, ENQUEUED_ATTR, KNOWN_RECIPE
 
 TOP_TRIALS = 10  # rows of the best-trials table, each with its config file
@@ -128,12 +128,12 @@ def _table(study: optuna.Study, out: Path) -> str:
 
 def _origin(t: FrozenTrial) -> str:
     """Where a trial's config came from, when not from the sampler."""
+    if COPIED_ATTR in t.user_attrs:  # first: a copied trial keeps the attrs it had in its own study
+        return f" (copied: {t.user_attrs[COPIED_ATTR]})"
     if t.user_attrs.get(ENQUEUED_ATTR) == KNOWN_RECIPE:
         return " (known recipe)"
     if ENQUEUED_ATTR in t.user_attrs:
         return f" (queued: {Path(t.user_attrs[ENQUEUED_ATTR]).name})"
-    if COPIED_ATTR in t.user_attrs:
-        return f" (copied: {t.user_attrs[COPIED_ATTR]})"
     return ""
 
 
@@ -142,6 +142,8 @@ def _warm_start(study: optuna.Study, trials: list[FrozenTrial]) -> str:
     """How the known recipe did against the search, and what was queued or copied in."""
     said = []
     ranking = ranked(trials, study.direction)
+    copied = sum(COPIED_ATTR in t.user_attrs for t in trials)
+    trials = [t for t in trials if COPIED_ATTR not in t.user_attrs]
     recipe = [t for t in trials if t.user_attrs.get(ENQUEUED_ATTR) == KNOWN_RECIPE]
     done = [t for t in recipe if t.state == TrialState.COMPLETE]  # a retry keeps the attr: the one that finished
     if done:
@@ -153,7 +155,6 @@ def _warm_start(study: optuna.Study, trials: list[FrozenTrial]) -> str:
     files = {t.user_attrs[ENQUEUED_ATTR] for t in trials if t.user_attrs.get(ENQUEUED_ATTR, KNOWN_RECIPE) != KNOWN_RECIPE}
     if files:
         said.append(f"{len(files)} config file(s) queued with --enqueue")
-    copied = sum(COPIED_ATTR in t.user_attrs for t in trials)
     if copied:
         said.append(f"{copied} finished trials copied from another study with --from-study (not counted in the budget)")
     return "; ".join(said)
@@ -166,19 +167,23 @@ def _budgets(study: optuna.Study, trials: list[FrozenTrial]) -> str:
     left = budget.time_left(attrs)
     if left is not None:
         at = f"{budget.deadline(attrs):%Y-%m-%d %H:%M} UTC"
-        said.append(f"time budget spent at {at}: running trials paused, resumed by the next run" if left.total_seconds() <= 0
-                    else f"time budget: {duration(left.total_seconds())} left (no trial starts after {at})")  # fmt: skip
+        said.append(f"time budget spent at {at} (trials running then were paused; the next run resumes them)"
+                    if left.total_seconds() <= 0 else f"time budget: {duration(left.total_seconds())} left "
+                    f"(no trial starts after {at})")  # fmt: skip
     patience = attrs.get(budget.PATIENCE_ATTR)
     if patience:
-        since = budget.trials_since_best(trials, study.direction)
+        since = budget.trials_since_best(trials, study.direction, attrs.get(budget.PATIENCE_FROM_ATTR) or 0)
         said.append(f"patience: stops after {patience} finished trials without a better one ({since} so far)")
     return "; ".join(said)
 
 
-def _next_steps(study: optuna.Study, confirmed: bool) -> str:
+def _next_steps(study: optuna.Study, confirmed: bool, finished: int) -> str:
     """What to run next on this study, a line each."""
     name = html.escape(study.study_name)
+    n_trials = study.user_attrs.get(N_TRIALS_ATTR) or 0
     steps = [
+        (f"{finished} of the study's {n_trials} trials have finished: the same <code>stl-tune run</code> command "
+         "continues it (paused and queued trials first);" if finished < n_trials else ""),
         ("" if confirmed else f"<code>stl-tune confirm --name {name} --top 3 --seeds 3</code>: re-train the best 3 "
          "configs with 3 new seeds (and validation splits), so that the export is the config that is good, "
          "not the one that was lucky; "),
@@ -214,7 +219,7 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "") -> 
     t = tally(study, trials=trials)
     confirmed = best_confirmed(study)
     counted = {"complete": t.complete, "pruned": t.pruned, "failed": t.failed, "running": t.running,
-               "waiting": t.waiting}  # fmt: skip
+               "waiting": t.waiting, "copied from another study": t.trials - sum(map(counts, trials))}  # fmt: skip
     counted["surplus or interrupted"] = t.trials - sum(counted.values())
     summary = [
         ("study", study.study_name),
@@ -245,7 +250,7 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "") -> 
             first = False
             sections.append(f'<h2>{title} <small><a href="{stem}.png">PNG</a></small></h2>{div}')
     sections.append(f"<h2>Best trials</h2>{_table(study, out)}")
-    sections.append(_next_steps(study, confirmed is not None))
+    sections.append(_next_steps(study, confirmed is not None, t.finished))
     rows = "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary if v)
     name = html.escape(study.study_name)
     page = out / "index.html"

@@ -223,7 +223,8 @@ def test_page_says_how_the_known_recipe_did_the_warm_start_the_budgets_and_what_
     assert "1 config file(s) queued with --enqueue" in page and "1 finished trials copied from another study" in page
     assert "<td>0 (known recipe)</td>" in page and "<td>1 (queued: best.yaml)</td>" in page
     assert "<td>2 (copied: study old, trial 7)</td>" in page
-    since = budget.trials_since_best(study.trials, study.direction)
     assert f"24 trials; time budget: 2 h left (no trial starts after {budget.deadline(study.user_attrs):%Y-%m-%d %H:%M} UTC)" in page
-    assert f"patience: stops after 5 finished trials without a better one ({since} so far)" in page
+    assert "patience: stops after 5 finished trials without a better one (0 so far)" in page  # none run since it was set
     assert "stl-tune confirm --name demo --top 3 --seeds 3" in page and "stl-tune export --name demo -o best.yaml" in page
+    assert "7 of the study's 24 trials have finished: the same <code>stl-tune run</code> command continues it" in page
+    assert "9 (5 complete, 2 pruned, 1 failed, 1 copied from another study)" in page  # the copied one not counted as run
