@@ -142,7 +142,9 @@ class Estimate:
     def detail(self) -> str:
         """What the figure rests on, in one line."""
         pace = f", {secs(self.pace)} s/epoch" if self.pace is not None else ""
-        running = f"{self.running} running" if self.running else "none running, so one at a time"
+        if self.seconds == 0:
+            return f"0 trials to start, none running{pace}"
+        running = f"{self.running} running" if self.running else "none running, so counted as one worker"
         return (f"{self.to_start} trials to start, {running}; a trial is expected to run "
                 f"{self.expected_epochs:.0f} of {self.epochs} epochs under the pruner{pace}")  # fmt: skip
 

@@ -53,7 +53,7 @@ class Queued:
         said = f"{what}, run to full length" if self.added else f"{what}: a trial with these values exists; not queued again"
         if self.outside:
             values = ", ".join(f"{k}={v}" for k, v in self.outside.items())
-            said += f"; outside this study's space, so sampled: {values}"
+            said += f"; the sampler chooses these, whose values lie outside this study's space: {values}"
         return said
 
 
