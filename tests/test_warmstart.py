@@ -73,18 +73,20 @@ def test_from_study_copies_the_finished_trials_that_fit(tmp_path, tiny_study):
     old_spec = StudySpec.from_dict(tiny_study)
     old = _study(tmp_path, old_spec, "old")
     dists = {p.name: p.distribution() for p in old_spec.params}
-    for lr, state in ((2e-3, TrialState.COMPLETE), (8e-3, TrialState.PRUNED), (3e-3, TrialState.FAIL)):
+    for lr, state in ((2e-3, TrialState.COMPLETE), (8e-3, TrialState.PRUNED), (3e-3, TrialState.FAIL),
+                      (4e-3, TrialState.PRUNED)):  # fmt: skip
         old.add_trial(optuna.trial.create_trial(
-            state=state, value=0.5 if state == TrialState.COMPLETE else None,
+            state=state, value={TrialState.COMPLETE: 0.5, TrialState.PRUNED: 0.3}.get(state),  # pruned: the last epoch's
             params={"optim.lr": lr, "model.se": True}, distributions=dists,
             intermediate_values={1: 0.3, 2: 0.5}, user_attrs={"curve": [0.3, 0.5]},
         ))  # fmt: skip
     tiny_study["search_space"]["optim.lr"]["high"] = 5e-3  # the new space: 8e-3 no longer fits
     new_spec = StudySpec.from_dict({**tiny_study, "name": "new"})
     new = _study(tmp_path, new_spec)
-    assert warmstart.copy_trials(old, new, new_spec) == (1, 1, 0)  # the FAIL is not a candidate
-    assert warmstart.copy_trials(old, new, new_spec) == (0, 1, 1)  # the same command again copies nothing twice
-    (t,) = new.trials
+    assert warmstart.copy_trials(old, new, new_spec) == (2, 1, 0)  # the FAIL is not a candidate
+    assert warmstart.copy_trials(old, new, new_spec) == (0, 1, 2)  # the same command again copies nothing twice
+    t, pruned = new.trials
+    assert (pruned.state, pruned.value, pruned.params["optim.lr"]) == (TrialState.PRUNED, 0.3, 4e-3)
     assert t.state == TrialState.COMPLETE and t.params == {"optim.lr": 2e-3, "model.se": True}
     assert t.intermediate_values == {1: 0.3, 2: 0.5} and t.user_attrs[warmstart.COPIED_ATTR] == "study old, trial 0"
     from stl_tune.search.trials import is_surplus, tally

@@ -102,7 +102,7 @@ def copy_trials(source: optuna.Study, target: optuna.Study, spec: StudySpec) -> 
             skipped += 1
         else:
             copies.append(optuna.trial.create_trial(
-                state=t.state, value=t.value if t.state == TrialState.COMPLETE else None, params=t.params,
+                state=t.state, value=t.value, params=t.params,  # a pruned trial's value: its last epoch's, as Optuna keeps it
                 distributions={k: space[k].distribution() for k in t.params}, intermediate_values=t.intermediate_values,
                 user_attrs={**t.user_attrs, COPIED_ATTR: origin},
             ))  # fmt: skip
