@@ -142,8 +142,8 @@ def _warm_start(study: optuna.Study, trials: list[FrozenTrial]) -> str:
     """How the known recipe did against the search, and what was queued or copied in."""
     said = []
     ranking = ranked(trials, study.direction)
-    copied = sum(COPIED_ATTR in t.user_attrs for t in trials)
-    trials = [t for t in trials if COPIED_ATTR not in t.user_attrs]
+    copied = sum(not counts(t) for t in trials)
+    trials = [t for t in trials if counts(t)]
     recipe = [t for t in trials if t.user_attrs.get(ENQUEUED_ATTR) == KNOWN_RECIPE]
     done = [t for t in recipe if t.state == TrialState.COMPLETE]  # a retry keeps the attr: the one that finished
     if done:
