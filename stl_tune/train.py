@@ -450,12 +450,14 @@ def train(
     *,
     checkpoint: str | Path | None = None,
     evaluate_test: bool = False,
+    checkpoint_now: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train `cfg` and return its result.
 
     on_epoch_end(metrics) runs after every epoch, after that epoch's checkpoint (if
     metrics.checkpointed) is on disk; it returns True to stop the run. If `checkpoint` exists, the
-    run resumes from it exactly.
+    run resumes from it exactly. checkpoint_now(), asked at each epoch's end, forces a checkpoint
+    there besides the ones every runtime.checkpoint_interval_s (a search's deadline has passed).
     Test images are loaded and scored only with evaluate_test=True (final training).
     """
     C.validate(cfg)
@@ -497,6 +499,7 @@ def train(
         save = ckpt is not None and (
             time.perf_counter() - last_save >= cfg.runtime.checkpoint_interval_s
             or run.epoch == cfg.optim.epochs or result.status != "completed"
+            or (checkpoint_now is not None and checkpoint_now())
         )  # fmt: skip
         metrics = EpochMetrics(
             epoch=run.epoch, train_loss=train_loss, val_acc=val_acc, lr=run.sched.get_last_lr()[0],

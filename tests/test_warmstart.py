@@ -190,21 +190,23 @@ def test_a_trial_running_at_the_deadline_pauses_and_resumes_on_the_next_run(tmp_
     from stl_tune.train import train
 
     tiny_study["fixed"]["optim"]["epochs"] = 4
+    tiny_study["fixed"]["runtime"]["checkpoint_interval_s"] = 1e6  # none by time: the one at the deadline is forced
     spec = StudySpec.from_dict(tiny_study)
     study = _study(tmp_path, spec)
     budget.set_budgets(study, timedelta(hours=1), None)
     later = budget.now() + timedelta(hours=2)
 
-    def clock_jumps_after_epoch_2(cfg, on_epoch_end, **kw):
+    def deadline_passes_in_epoch_2(cfg, on_epoch_end, **kw):
         def cb(m):
-            if m.epoch == 2:  # as if the epoch had ended past the deadline
+            stop = on_epoch_end(m)
+            if m.epoch == 1:  # as if epoch 2 ended past the deadline
                 monkeypatch.setattr(budget, "now", lambda: later)
-            return on_epoch_end(m)
+            return stop
 
         return train(cfg, cb, **kw)
 
     artifacts = tmp_path / "artifacts"
-    t = work(study, Objective(spec, artifacts, trainer=clock_jumps_after_epoch_2), 2)
+    t = work(study, Objective(spec, artifacts, trainer=deadline_passes_in_epoch_2), 2)
     assert t.finished == 0 and budget.stop_reason(study).startswith("time budget spent")
     paused, queued = study.trials
     assert paused.state == TrialState.FAIL and paused.user_attrs["fail_reason"] == "time budget"

@@ -92,7 +92,8 @@ class Objective:
             trial.set_user_attr(CONFIG_ATTR, C.to_dict(cfg))
             curve = self._resume(trial, ckpt, attempts)
             deadline = budget.deadline(trial.study.user_attrs)  # read once: a run sets it at its start
-            result = self.trainer(cfg, self._epoch_callback(trial, cfg, ckpt, curve, deadline), checkpoint=ckpt)
+            result = self.trainer(cfg, self._epoch_callback(trial, cfg, ckpt, curve, deadline), checkpoint=ckpt,
+                                  checkpoint_now=lambda: deadline is not None and budget.now() >= deadline)  # fmt: skip
             for key in ("epochs_run", "seconds", "compile_seconds", "param_count", "device"):
                 trial.set_user_attr(key, getattr(result, key))
             status, value, diverged_epoch = result.status, objective_value(result, self.spec.objective), result.diverged_epoch
@@ -164,7 +165,10 @@ class Objective:
             if m.checkpointed:  # the trainer writes one every runtime.checkpoint_interval_s
                 self._upload(trial, ckpt, m.epoch)
             if deadline is not None and budget.now() >= deadline:
-                raise budget.TimeUp  # after the upload: the retry resumes from the latest checkpoint
+                # After the upload of the checkpoint that the passed deadline forced (checkpoint_now):
+                # the retry resumes from this epoch (from the one before if the deadline passed
+                # between the two checks, microseconds apart).
+                raise budget.TimeUp
             return False
 
         return on_epoch_end
