@@ -77,7 +77,7 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     from stl_tune.search.confirm import CONFIRMED_ATTR, best_confirmed
     from stl_tune.search.eta import duration, estimate
     from stl_tune.search.space import StudyError
-    from stl_tune.search.study import CONFIG_ATTR, describe, load_study, mask_url, open_storage
+    from stl_tune.search.study import CONFIG_ATTR, describe, load_study, open_storage, storage_arg
     from stl_tune.search.trials import N_TRIALS_ATTR, ranked, tally
 
     store = open_storage(storage, heartbeat=False, create=False)
@@ -98,7 +98,7 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     console.print(table)
     n_trials = study.user_attrs.get(N_TRIALS_ATTR)
     if n_trials:  # the same figure as the live view's, from the storage alone
-        finished = tally(study).finished
+        finished = tally(study, trials=trials).finished
         left = estimate(trials, n_trials, finished, spec)
         console.print(f"{finished}/{n_trials} finished; {left} ({left.detail()})")
     budget_left = B.time_left(study.user_attrs)
@@ -130,8 +130,8 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
             if defaults.get(key) != value:
                 diff.add_row(key, _fmt(value), _fmt(defaults.get(key)))
         console.print(diff)
-    where = f" --storage {mask_url(storage)}" if storage else ""  # a line to copy, as it was asked
-    console.print(f"Export it: stl-tune export --name {study.study_name}{where} -o best.yaml", soft_wrap=True)
+    console.print(f"Export it: stl-tune export --name {study.study_name}{storage_arg(storage)} -o best.yaml",
+                  soft_wrap=True)  # fmt: skip
 
 
 @app.command()

@@ -252,9 +252,14 @@ def _stopped(study, e: KeyboardInterrupt) -> str:
     done = len(t.user_attrs.get("curve") or [])
     if not any(compat.retry_history(r)[-1:] == [t.number] for r in study.get_trials(deepcopy=False)):
         return f"trial {t.number} stopped at epoch {done}; not queued again: it was retried {MAX_RETRY} times"
-    saved = (t.user_attrs.get("checkpoint") or {}).get("epoch", 0)
+    saved = _saved_epoch(t)
     resume = f"from epoch {saved}" if saved else "from the start (no checkpoint yet)"
     return f"trial {t.number} stopped at epoch {done}, queued to resume {resume}"
+
+
+def _saved_epoch(trial) -> int:
+    """The epoch of a stopped trial's latest checkpoint, which its retry resumes from (0: none)."""
+    return (trial.user_attrs.get("checkpoint") or {}).get("epoch", 0)
 
 
 def _trial_line(study, trial) -> None:
@@ -267,20 +272,13 @@ def _trial_line(study, trial) -> None:
         return
     epochs = trial.user_attrs.get("epochs_run")
     if reason == "time budget":  # stopped on purpose, not a failure
-        saved = (trial.user_attrs.get("checkpoint") or {}).get("epoch", 0)
-        typer.echo(f"trial {trial.number} paused at epoch {epochs} by the time budget, queued to resume from epoch {saved}")
+        typer.echo(f"trial {trial.number} paused at epoch {epochs} by the time budget, queued to resume from epoch "
+                   f"{_saved_epoch(trial)}")  # fmt: skip
         return
     value = f" {trial.value:.4f}" if trial.value is not None else ""
     note = f" ({reason})" if reason else ""
     after = f" after {plural(epochs, 'epoch')}" if epochs else ""
     typer.echo(f"trial {trial.number} {trial.state.name.lower()}{value}{after}{note}")
-
-
-def _storage_arg(storage: str | None) -> str:
-    """' --storage URL' (password masked) for a command line to copy, when --storage was given."""
-    from stl_tune.search.study import mask_url
-
-    return f" --storage {mask_url(storage)}" if storage else ""
 
 
 def quiet_optuna() -> None:
@@ -343,6 +341,6 @@ def confirm(
         table.add_row(str(t.number), f"{t.value:.4f}", cell)
     Console().print(table)
     if best is not None:
-        typer.echo(f"export it: stl-tune export --name {search.study_name}{_storage_arg(storage)} -o best.yaml "
+        typer.echo(f"export it: stl-tune export --name {search.study_name}{S.storage_arg(storage)} -o best.yaml "
                    f"(takes trial {best[0]})")  # fmt: skip
     raise typer.Exit(code)

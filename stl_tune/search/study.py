@@ -62,6 +62,11 @@ def mask_url(url: str) -> str:
     return _QUERY_PW.sub(r"\1***", url)
 
 
+def storage_arg(storage: str | None) -> str:
+    """' --storage URL' (password masked) for a command line to copy, when --storage was given."""
+    return f" --storage {mask_url(storage)}" if storage else ""
+
+
 def _scrub(text: str, url: str) -> str:
     """`text` (a driver's message) with the URL's password removed, raw or percent-decoded."""
     try:
