@@ -53,11 +53,11 @@ def test_enqueue_file_queues_an_exported_config(tmp_path, seed_spec):
     path = tmp_path / "best.yaml"
     config.dump(config.from_dict(None, {"optim.name": "sgd", "optim.lr": 0.1, "optim.weight_decay": 5e-4}), path)
     study = _study(tmp_path, seed_spec)
-    queued = warmstart.enqueue_file(study, seed_spec, path)
+    queued = warmstart.enqueue(study, seed_spec, config.load(path), str(path))  # as run --enqueue does
     params = queued.params
     assert params["optim.name"] == "sgd" and params["lr_sgd"] == 0.1 and params["wd_sgd"] == 5e-4
     assert queued.added and "not queued again" not in queued.describe("x")
-    again = warmstart.enqueue_file(study, seed_spec, path)  # the same values again: said, not queued
+    again = warmstart.enqueue(study, seed_spec, config.load(path), str(path))  # the same values again: said, not queued
     assert not again.added and "a trial with these values exists; not queued again" in again.describe("x")
     assert len(study.trials) == 1 and study.ask().user_attrs[warmstart.ENQUEUED_ATTR] == str(path)
 

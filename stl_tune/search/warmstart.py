@@ -12,7 +12,6 @@ must not lose to an early rung.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -72,12 +71,6 @@ def enqueue_known_recipe(study: optuna.Study, spec: StudySpec) -> Queued | None:
     if study.get_trials(deepcopy=False):
         return None
     return enqueue(study, spec, config.from_dict(None, spec.fixed), KNOWN_RECIPE)
-
-
-def enqueue_file(study: optuna.Study, spec: StudySpec, path: str | Path) -> Queued:
-    """Queue the config of a YAML file (a `stl-tune export`, a `stl-tune train` config): its values
-    for the searched keys; everything else in the trial comes from the study, as for any trial."""
-    return enqueue(study, spec, config.load(path), str(path))
 
 
 def copy_trials(source: optuna.Study, target: optuna.Study, spec: StudySpec) -> tuple[int, int, int]:
