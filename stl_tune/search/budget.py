@@ -1,10 +1,10 @@
 """Budgets besides the trial count: a time budget (a deadline) and patience in trials.
 
 Both live in the study's user attrs, so every worker on every host, including one that joins
-later, obeys the same ones: `stl-tune run --time-budget 6h` stores the deadline once (a later run of
-the same command keeps it; a new --time-budget replaces it), and workers stop starting trials at it.
-A trial still running at the deadline is stopped at its next epoch end and queued to resume from
-its last checkpoint (written at most every runtime.checkpoint_interval_s) on the next run.
+later, obeys the same ones: each `stl-tune run` sets both anew (`--time-budget 6h`: a deadline 6 h
+from that run's start; without the options, none), and workers stop starting trials at the deadline.
+A trial still running then stops at the end of its epoch, is checkpointed there and is queued to
+resume from that epoch on the next run.
 """
 
 from __future__ import annotations
