@@ -19,14 +19,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from stl_tune.search import budget
-from stl_tune.search.confirm import CONFIRMED_ATTR, best_confirmed
-from stl_tune.search.eta import duration
-from stl_tune.search.export import write_export
-from stl_tune.search.optuna_compat import experimental_ok
-from stl_tune.search.space import StudyError
-from stl_tune.search.trials import N_TRIALS_ATTR, counts, ranked, tally
-from stl_tune.search.warmstart import COPIED_ATTR, ENQUEUED_ATTR, KNOWN_RECIPE
+from stl_tune.search import (
+    StudyError, best_confirmed, deadline, duration, experimental_ok, ranked, tally, time_left, trials_since_best,
+    write_export,
+)  # fmt: skip
+from stl_tune.search.record import (
+    CONFIRMED_ATTR, COPIED_ATTR, DEVICE_ATTR, ENQUEUED_ATTR, EPOCHS_RUN_ATTR, KNOWN_RECIPE, N_TRIALS_ATTR,
+    PATIENCE_ATTR, PATIENCE_FROM_ATTR, SECONDS_ATTR, counts,
+)  # fmt: skip
 
 TOP_TRIALS = 10  # rows of the best-trials table, each with its config file
 LEGEND_MAX = 20  # trials named in a PNG's legend; more would hide the plot
@@ -107,14 +107,14 @@ def _table(study: optuna.Study, out: Path) -> str:
     for t in best_trials(study):
         c = confirmed.get(str(t.number))
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        seconds = t.user_attrs.get("seconds")
+        seconds = t.user_attrs.get(SECONDS_ATTR)
         cells = [
             f"{t.number}{html.escape(_origin(t))}",
             f"{t.value:.4f}",
             f"{c['mean']:.4f} ± {c['std']:.4f} ({len(c['values'])} seeds)" if c else "",
-            str(t.user_attrs.get("epochs_run", "")),
+            str(t.user_attrs.get(EPOCHS_RUN_ATTR, "")),
             "" if seconds is None else f"{seconds:.0f}",
-            html.escape(str(t.user_attrs.get("device", ""))),
+            html.escape(str(t.user_attrs.get(DEVICE_ATTR, ""))),
             html.escape(params),
             _config_link(study, t, out),
         ]
@@ -164,15 +164,15 @@ def _budgets(study: optuna.Study, trials: list[FrozenTrial]) -> str:
     """The trial budget, the time budget and patience, as `run` last set them."""
     attrs = study.user_attrs
     said = [f"{attrs[N_TRIALS_ATTR]} trials"] if attrs.get(N_TRIALS_ATTR) else []
-    left = budget.time_left(attrs)
+    left = time_left(attrs)
     if left is not None:
-        at = f"{budget.deadline(attrs):%Y-%m-%d %H:%M} UTC"
+        at = f"{deadline(attrs):%Y-%m-%d %H:%M} UTC"
         said.append(f"time budget spent at {at} (trials running then were paused; the next run resumes them)"
                     if left.total_seconds() <= 0 else f"time budget: {duration(left.total_seconds())} left "
                     f"(no trial starts after {at})")  # fmt: skip
-    patience = attrs.get(budget.PATIENCE_ATTR)
+    patience = attrs.get(PATIENCE_ATTR)
     if patience:
-        since = budget.trials_since_best(trials, study.direction, attrs.get(budget.PATIENCE_FROM_ATTR) or 0)
+        since = trials_since_best(trials, study.direction, attrs.get(PATIENCE_FROM_ATTR) or 0)
         said.append(f"patience: stops after {patience} finished trials without a better one ({since} so far)")
     return "; ".join(said)
 
