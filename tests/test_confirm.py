@@ -137,3 +137,26 @@ def test_confirm_command_trains_on_the_data_the_search_used(
     assert r.exit_code == 2 and "downloading it failed (OSError: no network)" in r.output  # before anything is queued
     assert len(load_study("tiny.confirm", open_storage(url))[0].trials) == 1
 
+
+def test_status_lists_the_confirmed_means_best_first_in_the_studys_direction(storage_url, tiny_study):
+    """A study that minimizes: the lowest confirmed mean first, as export takes it (status listed the
+    highest first whatever the direction)."""
+    import optuna
+    from typer.testing import CliRunner
+
+    from stl_tune.cli import app
+
+    spec = StudySpec.from_dict({**tiny_study, "direction": "minimize"})
+    study = create_or_load_study(spec, None, open_storage(storage_url, heartbeat=False))
+    for value in (0.5, 0.4, 0.6):
+        study.add_trial(optuna.create_trial(value=value, params={}, distributions={}))
+    means = {"0": 0.3, "1": 0.1, "2": 0.2}
+    study.set_user_attr(record.CONFIRMED_ATTR, {n: {"mean": m, "std": 0.0, "values": [m], "seeds": [1]}
+                                                for n, m in means.items()})  # fmt: skip
+    assert CF.best_confirmed(study)[0] == 1
+    r = CliRunner().invoke(app, ["status", "--storage", storage_url], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    confirmed = r.output[r.output.index("Confirmed with new seeds") :]
+    rows = [line.split("│")[1].strip() for line in confirmed.splitlines() if line.startswith("│")]
+    assert [row for row in rows if row.isdigit()] == ["1", "2", "0"]
+    assert "Best confirmed: trial 1" in r.output

@@ -73,7 +73,7 @@ def _studies_table(storage: BaseStorage, studies: list[FrozenStudy]) -> Table:
 def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     """Trials of a study (state, value, epochs, seconds, params), the time left, its best trial and that config."""
     from stl_tune.search import (
-        StudyError, best_confirmed, deadline, describe, duration, estimate, load_study,
+        StudyError, best_confirmed, confirmed_ranking, deadline, describe, duration, estimate, load_study,
         open_storage, ranked, record, storage_arg, tally, time_left,
     )  # fmt: skip
 
@@ -109,11 +109,11 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
         return
     best = ranking[0]
     console.print(f"Best: trial {best.number}, {spec.objective} = {best.value:.4f}")
-    confirmed = study.user_attrs.get(record.CONFIRMED_ATTR) or {}
+    confirmed = confirmed_ranking(study)
     if confirmed:  # `stl-tune confirm`: export takes the best mean
         table = Table("trial", spec.objective, "confirmed mean ± std", "seeds", title="Confirmed with new seeds")
-        for number, c in sorted(confirmed.items(), key=lambda kv: -kv[1]["mean"]):
-            table.add_row(number, f"{trials[int(number)].value:.4f}", f"{c['mean']:.4f} ± {c['std']:.4f}",
+        for number, c in confirmed:
+            table.add_row(str(number), f"{trials[number].value:.4f}", f"{c['mean']:.4f} ± {c['std']:.4f}",
                           ", ".join(map(str, c["seeds"])))  # fmt: skip
         console.print(table)
         best = trials[best_confirmed(study)[0]]

@@ -42,7 +42,7 @@ _EXPORTS = {  # name: the module that defines it
     "create_or_load_study": "study", "load_study": "study", "resolve_study_name": "study",
     "Tally": "trials", "tally": "trials", "ranked": "trials",
     "deadline": "budget", "time_left": "budget", "trials_since_best": "budget",
-    "best_confirmed": "confirm",
+    "best_confirmed": "confirm", "confirmed_ranking": "confirm",
     "estimate": "eta", "duration": "fmt", "write_export": "export",
     "experimental_ok": "optuna_compat", "retry_history": "optuna_compat",
 }  # fmt: skip

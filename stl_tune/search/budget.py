@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.errors import UserError
 from stl_tune.search.record import DEADLINE_ATTR, PATIENCE_ATTR, PATIENCE_FROM_ATTR, counts
+from stl_tune.search.trials import better
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -77,10 +78,7 @@ def trials_since_best(trials: Sequence[FrozenTrial], direction: optuna.study.Stu
     )
     best, since = None, 0
     for t in finished:
-        better = t.state == TrialState.COMPLETE and (
-            best is None or (t.value > best if direction == optuna.study.StudyDirection.MAXIMIZE else t.value < best)
-        )
-        if better:
+        if t.state == TrialState.COMPLETE and better(t.value, best, direction):
             best, since = t.value, 0
         elif t.number >= start and counts(t):
             since += 1

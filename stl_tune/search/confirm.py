@@ -29,7 +29,7 @@ from stl_tune.search.record import (
 from stl_tune.search.space import ParamSpec, StudyError, StudySpec
 from stl_tune.search.study import CONFIRM_SUFFIX as SUFFIX
 from stl_tune.search.study import create_or_load_study
-from stl_tune.search.trials import ranked
+from stl_tune.search.trials import best_first, ranked
 
 
 def new_seeds(spec: StudySpec, n: int) -> list[int]:
@@ -95,11 +95,14 @@ def summarize(confirm: optuna.Study, search: optuna.Study) -> dict[str, dict]:
     return out
 
 
+def confirmed_ranking(search: optuna.Study) -> list[tuple[int, dict]]:
+    """(trial number, its summary) of each confirmed candidate, the best mean first; [] before any
+    confirmation."""
+    summaries = ((int(n), s) for n, s in (search.user_attrs.get(CONFIRMED_ATTR) or {}).items())
+    return sorted(summaries, key=best_first(search.direction, lambda item: item[1]["mean"]))
+
+
 def best_confirmed(search: optuna.Study) -> tuple[int, dict] | None:
     """(trial number, its summary) of the best confirmed mean, or None before any confirmation."""
-    confirmed = search.user_attrs.get(CONFIRMED_ATTR) or {}
-    if not confirmed:
-        return None
-    maximize = search.direction == optuna.study.StudyDirection.MAXIMIZE
-    number, summary = (max if maximize else min)(confirmed.items(), key=lambda kv: kv[1]["mean"])
-    return int(number), summary
+    ranking = confirmed_ranking(search)
+    return ranking[0] if ranking else None

@@ -1,6 +1,6 @@
 """Study state: what the trials of a study say, and the moves that keep it right.
 
-Counting (tally, the best trial), the exact budget's claim check (is_surplus), and
+Counting (tally, the best trial: ranked, better), the exact budget's claim check (is_surplus), and
 re-queueing: of interrupted trials, of trials whose worker process died on this host
 (requeue_dead) and of trials whose heartbeat went silent (fail_stale_trials). Re-queueing is
 Optuna's RetryHeartbeatStaleTrialCallback in every case (retry_callback): a new WAITING trial with
@@ -9,12 +9,14 @@ the same params and user attrs, which resumes from the failed one's checkpoint (
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -26,6 +28,7 @@ from stl_tune.search import record
 from stl_tune.search.reconnect import database_of
 
 MAX_RETRY = 3  # re-runs of a trial whose worker died, as a new trial with the same params
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,11 +49,28 @@ class Tally:
         return self.complete + self.pruned
 
 
+def better(a: float, b: float | None, direction: StudyDirection) -> bool:
+    """Whether value `a` beats `b` in a study of `direction` (anything beats None): the one
+    comparison of values behind the best trial, the patience and the best confirmed mean."""
+    if b is None:
+        return True
+    return a > b if direction == StudyDirection.MAXIMIZE else a < b
+
+
+def best_first(direction: StudyDirection, value: Callable[[T], float]) -> Callable[[T], object]:
+    """A sort key that orders items best first by `value` (ties keep their order)."""
+
+    def order(x: T, y: T) -> int:
+        return -1 if better(value(x), value(y), direction) else int(better(value(y), value(x), direction))
+
+    return functools.cmp_to_key(order)
+
+
 def ranked(trials: Iterable[FrozenTrial], direction: StudyDirection) -> list[FrozenTrial]:
     """The COMPLETE trials, best first: the one definition of "the best trial" (tally, status,
     export and the report all use it)."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    return sorted(done, key=lambda t: t.value, reverse=direction == StudyDirection.MAXIMIZE)
+    return sorted(done, key=best_first(direction, lambda t: t.value))
 
 
 def tally(study: optuna.Study, since: datetime | None = None, trials: list[FrozenTrial] | None = None) -> Tally:
