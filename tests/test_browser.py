@@ -1,7 +1,9 @@
 """The report page and the dashboard, rendered by a real headless browser (Chromium).
 
-Catches what string checks on the HTML cannot: plotly.js failing to run, plots that stay empty,
-script errors, and anything the page tries to fetch from the network (blocked and reported here).
+Catches what string checks on the HTML cannot: plotly.js failing to run (or not found beside the
+page), plots that stay empty, what plotly draws (legend entries, hover labels, tick labels, font
+sizes), script errors, and anything the page tries to fetch from the
+network (blocked and reported here).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.slow
 def test_report_page_draws_its_plots(tmp_path):
     _, out = render(tmp_path)
     with chromium() as pg:
-        pg.page.goto((out / "index.html").as_uri())
+        pg.page.goto((out / "index.html").as_uri())  # plotly.js comes from the file beside it
         pg.page.wait_for_selector(".plotly-graph-div .main-svg")
         graphs = pg.page.locator(".plotly-graph-div")
         assert graphs.count() == 4  # history, intermediate values, importances, parallel coordinates
@@ -28,6 +30,17 @@ def test_report_page_draws_its_plots(tmp_path):
             graph = graphs.nth(i)
             assert graph.locator(".main-svg").count() >= 1, f"plot {i} was not drawn"
             assert graph.evaluate("div => div.data.length") > 0, f"plot {i} has no data"
+        history, curves, _, parallel = (graphs.nth(i) for i in range(4))
+        legend = curves.locator(".legendtext").all_text_contents()  # SVG: no inner text
+        assert "Trial0" in legend and "Trial6 (pruned)" in legend and len(legend) == 8
+        curves.evaluate("div => Plotly.Fx.hover(div, [{curveNumber: 6, pointNumber: 1}])")
+        hover = curves.locator(".hoverlayer").text_content()  # plotly's own: "Trial6 (prun...(2, 0.4)"
+        assert "Trial6 (pruned)" in hover and "epoch 2: 0.4000" in hover, hover
+        for graph in (history, curves):  # trial numbers and epochs
+            ticks = graph.locator(".xtick text").all_text_contents()
+            assert ticks and all(t.isdigit() for t in ticks), ticks
+        sizes = parallel.locator(".annotation-text").evaluate_all("ts => ts.map(t => parseFloat(getComputedStyle(t).fontSize))")
+        assert sizes and min(sizes) >= 12, sizes  # axis tick labels
         image = pg.screenshot(tmp_path / "report.png")
         assert pg.errors == [], f"script errors: {pg.errors}"
         assert pg.external == [], f"the page fetched from the network: {pg.external}"
