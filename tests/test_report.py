@@ -55,11 +55,53 @@ def make_study(url: str, name: str = "demo", complete: int = 6, more_attrs: dict
     return study
 
 
-def render(tmp_path: Path, complete: int = 6) -> tuple[optuna.Study, Path]:
+CLASSES = ["airplane", "bird", "cat"]
+
+
+def _run(out: Path, seed: int, test_acc: float | None) -> None:
+    """One `stl-tune train` output folder, written by the trainer's own writer (no training)."""
+    from stl_tune.outputs import write_outputs
+    from stl_tune.train import TrainResult
+
+    cm = [[8, 1, 1], [2, 7, 1], [0, 3, 7]]
+    history = [{"epoch": e, "train_loss": 2.0 / e, "val_acc": None, "lr": 1e-3, "label_smoothing": 0.1} for e in (1, 2, 3)]
+    result = TrainResult(status="completed" if test_acc is not None else "diverged", epochs_run=3,
+                         best_val_acc=None, val_acc=None, history=history, test_acc=test_acc, classes=CLASSES,
+                         per_class_acc=[0.8, 0.7, 0.7] if test_acc is not None else None,
+                         confusion=cm if test_acc is not None else None)  # fmt: skip
+    write_outputs(out, C.from_dict(None, {"seed": seed}), result)
+
+
+def write_runs(root: Path, accs: dict[int, float | None] | None = None, ensemble: bool = True) -> Path:
+    """What `stl-tune train --seeds` leaves (tiny fake metrics): a folder per seed, summary.json
+    by the trainer's writer, and (ensemble=True) its `ensemble` entry in the agreed shape;
+    accs: {seed: test accuracy, None for a diverged seed}."""
+    import json
+
+    from stl_tune.outputs import write_seed_summary
+    from stl_tune.train import TrainResult
+
+    accs = {0: 0.7333, 1: 0.7667, 2: 0.7} if accs is None else accs
+    for seed, acc in accs.items():
+        _run(root / f"seed-{seed}", seed, acc)
+    results = {seed: TrainResult(status="completed" if acc is not None else "diverged", epochs_run=3,
+                                 best_val_acc=None, val_acc=None, test_acc=acc) for seed, acc in accs.items()}  # fmt: skip
+    summary = write_seed_summary(root, results)
+    summary["ensemble"] = None
+    if ensemble:
+        summary["ensemble"] = {"file": "ensemble.pt", "members": [f"seed-{s}" for s, a in accs.items() if a is not None],
+                               "test_acc": 0.8, "per_class_acc": [0.9, 0.8, 0.7], "classes": CLASSES,
+                               "confusion": [[9, 1, 0], [1, 8, 1], [0, 3, 7]]}  # fmt: skip
+    (root / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+def render(tmp_path: Path, complete: int = 6, runs: Path | None = None) -> tuple[optuna.Study, Path]:
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = make_study(url, complete=complete)
     out = tmp_path / "report"
-    result = CliRunner().invoke(app, ["report", "--storage", url, "-o", str(out)])
+    more = [] if runs is None else ["--runs", str(runs)]
+    result = CliRunner().invoke(app, ["report", "--storage", url, "-o", str(out), *more])
     assert result.exit_code == 0, result.output
     assert str(out / "index.html") in result.output
     return study, out
@@ -317,3 +359,65 @@ def test_parallel_coordinates_of_a_wider_log_range_tick_1_2_5(report):
     fig, _ = drawn(study)["parallel"]
     i = list(fig.layout.xaxis.ticktext).index("optim.lr")
     assert [a.text for a in fig.layout.annotations if a.x == i] == ["0.001", "0.002", "0.005", "0.01"]
+
+
+# ---------------------------------------------------------------------------- final training
+def test_final_training_shows_each_seed_their_mean_the_ensemble_and_its_confusion_matrix(tmp_path):
+    _, out = render(tmp_path, runs=write_runs(tmp_path / "runs"))
+    page = (out / "index.html").read_text()
+    assert "<th>final test accuracy</th><td>0.7333 ± 0.0334 over 3 of 3 seeds; the ensemble of seed-0, seed-1, seed-2: 0.8000</td>" in page
+    for seed, acc in ((0, "0.7333"), (1, "0.7667"), (2, "0.7000")):
+        assert f'<tr><td>{seed}</td><td>completed</td><td>{acc}</td><td>3</td><td><a href="final/seed-{seed}-curves.png">' in page
+        assert (out / "final" / f"seed-{seed}-curves.png").read_bytes() == (tmp_path / "runs" / f"seed-{seed}" / "curves.png").read_bytes()
+    assert "<td>mean ± std</td><td>3 of 3 finished</td><td>0.7333 ± 0.0334</td>" in page
+    assert "<td>ensemble</td><td>seed-0, seed-1, seed-2</td><td>0.8000</td>" in page
+    assert "Confusion matrix of the ensemble of seed-0, seed-1, seed-2" in page and "best validation" not in page
+    assert "<tr><td>0.9000</td><td>0.8000</td><td>0.7000</td></tr>" in page  # the ensemble's per class
+    with Image.open(out / "final" / "confusion.png") as im:
+        assert im.format == "PNG" and im.convert("L").getextrema()[0] < 100  # drawn, not blank
+    refs = Refs()
+    refs.feed(page)
+    assert "final/confusion.png" in refs.refs and all((out / r).is_file() for r in refs.refs)
+
+
+def test_final_training_without_an_ensemble_shows_the_first_finished_seed(tmp_path):
+    _, out = render(tmp_path, runs=write_runs(tmp_path / "runs", {0: None, 1: 0.75}, ensemble=False))
+    page = (out / "index.html").read_text()
+    assert "<td>0.7500 over 1 of 2 seeds</td>" in page and "<td>0</td><td>diverged</td><td></td>" in page
+    assert "Confusion matrix of seed 1" in page and "<td>ensemble</td>" not in page
+    assert "<tr><td>0.8000</td><td>0.7000</td><td>0.7000</td></tr>" in page  # seed 1's metrics.json
+
+
+def test_final_training_of_one_run(tmp_path):
+    _run(tmp_path / "best", seed=3, test_acc=0.75)
+    _, out = render(tmp_path, runs=tmp_path / "best")
+    page = (out / "index.html").read_text()
+    assert "<td>0.7500 (one run, seed 3)</td>" in page and "Confusion matrix of the model" in page
+    assert '<tr><td>3</td><td>completed</td><td>0.7500</td><td>3</td><td><a href="final/curves.png">' in page
+    assert (out / "final" / "confusion.png").is_file() and (out / "final" / "curves.png").is_file()
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"  # the same report again, without --runs: nothing left over
+    assert CliRunner().invoke(app, ["report", "--storage", url, "-o", str(out)]).exit_code == 0
+    assert "Final training" not in (out / "index.html").read_text() and not (out / "final").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "evaluate", "broken", "seeds"])
+def test_runs_that_are_not_train_output_are_one_line(tmp_path, case):
+    runs = tmp_path / "runs"
+    if case != "missing":
+        runs.mkdir()
+    if case == "evaluate":  # what `stl-tune evaluate` writes: another metrics.json
+        (runs / "metrics.json").write_text('{"accuracy": 0.8, "images": 30}')
+    elif case == "broken":
+        (runs / "metrics.json").write_text('{"test_acc": 0.8,')
+    elif case == "seeds":
+        (runs / "summary.json").write_text('{"runs": [{"seed": 0}]}')
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    make_study(url, complete=1)
+    result = CliRunner().invoke(app, ["report", "--storage", url, "-o", str(tmp_path / "r"), "--runs", str(runs)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and str(runs) in result.output
+    want = {"missing": "no such folder", "empty": "neither summary.json", "evaluate": "no status, epochs_run, best_val_acc, test_acc",
+            "broken": "cannot read", "seeds": "no dir, status, test_acc"}[case]  # fmt: skip
+    assert want in result.output
+    assert not (tmp_path / "r").exists()  # checked before anything is written
