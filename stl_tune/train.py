@@ -205,11 +205,15 @@ class Ema:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, cfg: C.TrainConfig, device: torch.device) -> Tensor:
-    """Class predictions for uint8 images, averaging the logits of each image and its mirror."""
+def predict(
+    model: nn.Module, x: Tensor, cfg: C.TrainConfig, device: torch.device, index: Tensor | None = None
+) -> Tensor:
+    """Class predictions for uint8 images x (or x[index]: read a batch at a time, never copied
+    whole), averaging the logits of each image and its mirror."""
     model.eval()
     preds = []
-    for xb in x.split(cfg.eval.batch_size):
+    batches = x.split(cfg.eval.batch_size) if index is None else (x[i] for i in index.split(cfg.eval.batch_size))
+    for xb in batches:
         xb = _to_input(xb.float().div_(255), cfg, device)
         with _autocast(cfg, device):
             logits = model(xb).float()
@@ -277,13 +281,13 @@ def _epoch_batches(data: Dataset, cfg: C.TrainConfig, device: torch.device) -> I
     dropped (BatchNorm dislikes tiny batches). On CUDA, ~4k images per augmentation call amortise
     the per-op kernel launches; on a CPU, ~512 keep a chunk in cache (measured ~2x faster)."""
     batch = cfg.optim.batch_size
-    steps = len(data.train_y) // batch
-    order = torch.randperm(len(data.train_y), device=device)[: steps * batch]
+    steps = len(data.train) // batch
+    order = data.train[torch.randperm(len(data.train), device=device)[: steps * batch]]  # into data.images
     chunk = batch * max(1, (4096 if device.type == "cuda" else 512) // batch)
     for start in range(0, len(order), chunk):
         idx = order[start : start + chunk]
-        x = augment_images(data.train_x[idx], cfg.augment)
-        yield from zip(x.split(batch), data.train_y[idx].split(batch))
+        x = augment_images(data.images[idx], cfg.augment)
+        yield from zip(x.split(batch), data.labels[idx].split(batch))
 
 
 class _Run:
@@ -296,10 +300,11 @@ class _Run:
         self.device = device = resolve_device(cfg.runtime.device)
         torch.manual_seed(cfg.seed)  # seeds the CPU and every CUDA generator
         self.data = data = load_data(cfg.data, cfg.seed, device, with_test=evaluate_test)
+        self.val_y = data.labels[data.val]
         batch = cfg.optim.batch_size
-        self.steps_per_epoch = len(data.train_y) // batch
+        self.steps_per_epoch = len(data.train) // batch
         if self.steps_per_epoch == 0:
-            raise UserError(f"optim.batch_size={batch} exceeds the {len(data.train_y)} training images")
+            raise UserError(f"optim.batch_size={batch} exceeds the {len(data.train)} training images")
 
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # shapes are fixed: time the conv algorithms once, keep the best
@@ -418,25 +423,25 @@ class _Run:
     def validate(self) -> float | None:
         """Validation accuracy of the evaluated (EMA) weights, remembering the best; None without
         a validation split."""
-        if len(self.data.val_y) == 0:
+        if len(self.val_y) == 0:
             return None
-        pred = predict(self.eval_model, self.data.val_x, self.cfg, self.device)
-        acc = (pred == self.data.val_y).float().mean().item()
+        pred = predict(self.eval_model, self.data.images, self.cfg, self.device, self.data.val)
+        acc = (pred == self.val_y).float().mean().item()
         if self.best is None or acc > self.best:
             self.best, self.best_epoch = acc, self.epoch
         return acc
 
     def patience_spent(self) -> bool:
         patience = self.cfg.eval.patience
-        return len(self.data.val_y) > 0 and patience > 0 and self.epoch - self.best_epoch >= patience
+        return len(self.val_y) > 0 and patience > 0 and self.epoch - self.best_epoch >= patience
 
     def final_evaluation(self, result: TrainResult, on_test: bool) -> None:
         """Confusion matrix and per-class accuracy on test (on_test) or validation, and the test accuracy."""
         data = self.data
-        x, y = (data.test_x, data.test_y) if on_test else (data.val_x, data.val_y)
+        x, y, index = (data.test_x, data.test_y, None) if on_test else (data.images, self.val_y, data.val)
         if x is None or len(y) == 0:
             return
-        pred = predict(self.eval_model, x, self.cfg, self.device)
+        pred = predict(self.eval_model, x, self.cfg, self.device, index)
         cm = confusion_matrix(pred, y, data.num_classes)
         result.confusion = cm.tolist()
         result.per_class_acc = per_class_accuracy(cm)

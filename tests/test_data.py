@@ -222,9 +222,9 @@ def test_cache_returns_the_same_tensors(fake, monkeypatch):
     a = load_data(cfg(fake), seed=0)
     monkeypatch.chdir(fake.parent)  # a relative path to the same folder shares the cache entry
     b = load_data(DataConfig(dir=fake.name, image_size=16), seed=0, device="cpu")
-    assert b is a and b.train_x is a.train_x
+    assert b is a and b.images is a.images
     data.clear_cache()
-    assert load_data(cfg(fake), seed=0).train_x is not a.train_x
+    assert load_data(cfg(fake), seed=0).images is not a.images
 
 
 # ------------------------------------------------------------------------------ folder datasets
