@@ -338,7 +338,8 @@ class _Run:
             "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else {},
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(self.device) if cuda else torch.empty(0),
+            # a ByteTensor, empty on a CPU, as torch.cuda.set_rng_state takes no other type
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if cuda else torch.empty(0, dtype=torch.uint8),
         }  # fmt: skip
 
     def restore(self, state: dict) -> None:
@@ -349,7 +350,9 @@ class _Run:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
-        if self.device.type == "cuda":
+        # Written on a CPU, a checkpoint has no CUDA state (earlier ones: an empty float tensor): on
+        # a GPU the run then goes on from the CUDA generator seeded in __init__.
+        if self.device.type == "cuda" and state["rng_cuda"].numel() > 0:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.epoch, self.history = state["epoch"], state["history"]
         self.best, self.best_epoch = state["best_val_acc"], state["best_epoch"]

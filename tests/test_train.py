@@ -6,6 +6,7 @@ import torch
 from rich.console import Console
 from torch.optim.swa_utils import AveragedModel
 
+import stl_tune.train as T
 from stl_tune import config as C
 from stl_tune.data import write_fake_stl10
 from stl_tune.errors import UserError
@@ -179,6 +180,27 @@ def test_resume_equals_uninterrupted(data_dir, tmp_path):
     assert strip(resumed.history) == strip(full.history)
     for p, q in zip(resumed.model.state_dict().values(), full.model.state_dict().values()):
         assert torch.equal(p, q)
+
+
+def test_checkpoint_written_on_a_cpu_resumes_on_a_gpu_and_back(data_dir, tmp_path, monkeypatch):
+    """torch.cuda.set_rng_state takes a ByteTensor: a CPU checkpoint hands it nothing (it stored an
+    empty float tensor, a TypeError on a GPU: the trial failed and its retry started at epoch 0)."""
+    cfg = tiny(data_dir, **{"optim.epochs": 2, "runtime.checkpoint_interval_s": 0})
+    ckpt = tmp_path / "c.pt"
+    train(cfg, on_epoch_end=lambda m: True, checkpoint=ckpt)  # stopped after epoch 1, on a CPU
+    state = torch.load(ckpt, weights_only=True)
+    passed = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda new_state, device="cuda": passed.append(new_state))
+    on_gpu = T._Run(cfg, evaluate_test=False)
+    on_gpu.device = torch.device("cuda", 0)  # restore() touches nothing of CUDA but its generator
+    on_gpu.restore(state)
+    assert passed == [] and on_gpu.epoch == 1
+    gpu_state = torch.arange(16, dtype=torch.uint8)  # what torch.cuda.get_rng_state returns: 16 bytes
+    on_gpu.restore({**state, "rng_cuda": gpu_state})
+    assert len(passed) == 1 and passed[0] is gpu_state
+    torch.save({**state, "rng_cuda": gpu_state}, ckpt)  # written on a GPU, resumed on a CPU
+    resumed = train(cfg, checkpoint=ckpt)
+    assert resumed.resumed_from_epoch == 1 and resumed.epochs_run == 2 and len(passed) == 1
 
 
 def test_callback_sees_every_epoch_and_can_stop(data_dir):
