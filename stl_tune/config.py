@@ -99,12 +99,18 @@ class EvalConfig:
     batch_size: int = bounded(500, 1, 100_000)  # images per evaluation batch
 
 
+Switch = Literal["auto", True, False]  # auto: on for CUDA, off on a CPU; true or false on any device
+
+
 @dataclass
 class RuntimeConfig:
+    """Where and how a run executes, not what it learns: a checkpoint resumes under other values."""
+
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast (CUDA only)
-    channels_last: bool = True  # (CUDA only)
-    compile: Literal["auto", True, False] = "auto"  # torch.compile the model; auto: on CUDA, off on a CPU
+    amp: Switch = "auto"  # bf16 autocast of the forward pass
+    channels_last: Switch = "auto"  # NHWC memory layout of the model and its input
+    fused: Switch = "auto"  # the optimizer's fused kernel (torch.optim's fused=True)
+    compile: Switch = "auto"  # torch.compile the model
     # resume checkpoint at most this often (and at the end); 0 = every epoch
     checkpoint_interval_s: float = bounded(30.0, 0.0)
 

@@ -81,10 +81,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def compile_wanted(setting: bool | str, device: torch.device) -> bool:
-    """runtime.compile resolved: auto compiles on CUDA and not on a CPU, where a first compile
-    costs tens of seconds (see use_compile_cache) against runs of minutes."""
+def switched_on(setting: bool | str, device: torch.device) -> bool:
+    """A runtime switch resolved (runtime.amp, channels_last, fused, compile): auto is on for CUDA,
+    which the trainer is built for, and off on a CPU, where a first compile costs tens of seconds
+    (see use_compile_cache) against runs of minutes; true and false hold on any device, so a CPU
+    can run the CUDA branch (tests/test_cuda_branch.py)."""
     return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def place_model(model: nn.Module, cfg: C.TrainConfig, device: torch.device) -> nn.Module:
+    """The model on `device`, in channels_last layout where runtime.channels_last is on."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if switched_on(cfg.runtime.channels_last, device) else model
 
 
 def use_compile_cache() -> Path:
@@ -234,14 +242,13 @@ def per_class_accuracy(cm: Tensor) -> list[float]:
 
 
 def _to_input(x: Tensor, cfg: C.TrainConfig, device: torch.device) -> Tensor:
-    if device.type == "cuda" and cfg.runtime.channels_last:
+    if switched_on(cfg.runtime.channels_last, device):
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
 
 def _autocast(cfg: C.TrainConfig, device: torch.device) -> torch.autocast:
-    enabled = device.type == "cuda" and cfg.runtime.amp
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=switched_on(cfg.runtime.amp, device))
 
 
 # ----------------------------------------------------------------------------------- checkpoints
@@ -308,14 +315,12 @@ class _Run:
 
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # shapes are fixed: time the conv algorithms once, keep the best
-        self.model = build_model(cfg.model, data.num_classes, data.mean, data.std).to(device)
-        if device.type == "cuda" and cfg.runtime.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = place_model(build_model(cfg.model, data.num_classes, data.mean, data.std), cfg, device)
         self.ema = Ema(self.model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
-        self.opt = make_optimizer(self.model, cfg.optim, fused=device.type == "cuda")
+        self.opt = make_optimizer(self.model, cfg.optim, fused=switched_on(cfg.runtime.fused, device))
         self.sched = make_scheduler(self.opt, cfg.optim, self.steps_per_epoch)
         self.step_model: nn.Module = self.model  # what a step calls: the model, or its compiled form
-        self.compile_pending = compile_wanted(cfg.runtime.compile, device)  # compiled at the first step
+        self.compile_pending = switched_on(cfg.runtime.compile, device)  # compiled at the first step
         if self.compile_pending:
             use_compile_cache()
         self.compile_seconds = 0.0

@@ -14,10 +14,10 @@ from stl_tune.model import build_model
 from stl_tune.progress import EpochProgress
 from stl_tune.train import (
     Ema,
-    compile_wanted,
     label_smoothing_at,
     make_optimizer,
     make_scheduler,
+    switched_on,
     train,
     use_compile_cache,
 )
@@ -288,11 +288,11 @@ def test_progress_bar_follows_the_callback_resumes_and_chains(data_dir, tmp_path
 # ------------------------------------------------------------------------------------- compile
 
 
-def test_compile_auto_means_cuda_only():
+def test_runtime_switches_auto_means_cuda_only():
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert [compile_wanted("auto", d) for d in (cpu, cuda)] == [False, True]
-    assert [compile_wanted(True, d) for d in (cpu, cuda)] == [True, True]
-    assert [compile_wanted(False, d) for d in (cpu, cuda)] == [False, False]
+    assert [switched_on("auto", d) for d in (cpu, cuda)] == [False, True]
+    assert [switched_on(True, d) for d in (cpu, cuda)] == [True, True]
+    assert [switched_on(False, d) for d in (cpu, cuda)] == [False, False]
 
 
 def test_compile_cache_lives_in_the_user_cache_unless_set(monkeypatch, tmp_path):
