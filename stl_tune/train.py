@@ -283,14 +283,28 @@ def _recipe(d: dict) -> dict:
 # ------------------------------------------------------------------------------------- the run
 
 
+# uint8 image bytes per augmentation call when runtime.augment_chunk_mib is 0 (auto), in MiB. On
+# CUDA, 4,096 images at 96 px per call amortise the per-op kernel launches; on a CPU, 512 keep a
+# chunk in cache (measured ~2x faster). Bytes, not images: a call's working set grows with the
+# pixels (the crop's int64 index alone is 8 bytes a pixel: 1.6 GB for 4,096 images at 224 px).
+CHUNK_MIB = {"cuda": 4096 * 3 * 96 * 96 / 2**20, "cpu": 512 * 3 * 96 * 96 / 2**20}  # 108, 13.5
+
+
+def chunk_images(cfg: C.TrainConfig, image_bytes: int, device: torch.device) -> int:
+    """Images per augmentation call: the whole batches of `image_bytes` each that the byte budget
+    holds, at least one batch."""
+    mib = cfg.runtime.augment_chunk_mib or CHUNK_MIB["cuda" if device.type == "cuda" else "cpu"]
+    batch = cfg.optim.batch_size
+    return batch * max(1, int(mib * 2**20) // (image_bytes * batch))
+
+
 def _epoch_batches(data: Dataset, cfg: C.TrainConfig, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-    """Shuffled, augmented (x in [0,1], y) batches for one epoch; the last partial batch is
-    dropped (BatchNorm dislikes tiny batches). On CUDA, ~4k images per augmentation call amortise
-    the per-op kernel launches; on a CPU, ~512 keep a chunk in cache (measured ~2x faster)."""
+    """Shuffled, augmented (x in [0,1], y) batches for one epoch, augmented a chunk at a time
+    (chunk_images); the last partial batch is dropped (BatchNorm dislikes tiny batches)."""
     batch = cfg.optim.batch_size
     steps = len(data.train) // batch
     order = data.train[torch.randperm(len(data.train), device=device)[: steps * batch]]  # into data.images
-    chunk = batch * max(1, (4096 if device.type == "cuda" else 512) // batch)
+    chunk = chunk_images(cfg, data.images.shape[1:].numel(), device)
     for start in range(0, len(order), chunk):
         idx = order[start : start + chunk]
         x = augment_images(data.images[idx], cfg.augment)

@@ -146,6 +146,20 @@ def test_ema_update_waits_for_nothing_on_cuda():
     assert ema.updates == 3
 
 
+def test_augmentation_chunk_is_sized_by_bytes():
+    def chunk(device: str, size: int = 96, batch: int = 64, **runtime) -> int:
+        over = {"data.image_size": size, "optim.batch_size": batch, **{f"runtime.{k}": v for k, v in runtime.items()}}
+        return T.chunk_images(C.from_dict(None, over), 3 * size * size, torch.device(device))
+
+    assert (chunk("cuda"), chunk("cpu")) == (4096, 512)  # the recipe's 96 px, batch 64
+    assert chunk("cuda", size=224) == 704 and chunk("cpu", size=32, batch=100) == 4600  # whole batches
+    for size in (96, 224, 512):  # the budget holds whatever the size: the crop's int64 index too
+        assert 3 * size * size * chunk("cuda", size=size) <= T.CHUNK_MIB["cuda"] * 2**20
+        assert 8 * size * size * chunk("cuda", size=size) <= 0.31e9  # 1.6 GB at 224 px when 4,096 images
+    assert chunk("cpu", size=512, batch=256) == 256  # at least one batch
+    assert chunk("cpu", augment_chunk_mib=108) == 4096 and chunk("cuda", augment_chunk_mib=1) == 64
+
+
 # ------------------------------------------------------------------------------------- training
 
 
