@@ -40,6 +40,9 @@ class EpochMetrics:
     label_smoothing: float
     seconds: float  # wall time of this epoch's training and evaluation
     checkpointed: bool  # the resume checkpoint was written after this epoch
+    # part of seconds: compiling the model at this epoch's first step (a compiled run's first
+    # epoch, and a resumed run's), else 0; seconds - compile_seconds is the epoch's pace
+    compile_seconds: float = 0.0
 
 
 @dataclass
@@ -74,11 +77,18 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """runtime.device as a torch.device, or a UserError naming what this process cannot have (a
+    search worker sees its own GPU only, as cuda:0): check it before any trial."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"runtime.device={name} but CUDA is not available on this machine")
-    return torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise UserError(f"runtime.device={name} but this process sees {n} GPU{'s' if n > 1 else ''} "
+                        f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")  # fmt: skip
+    return device
 
 
 def switched_on(setting: bool | str, device: torch.device) -> bool:
@@ -509,7 +519,7 @@ def train(
 
     last_save = -math.inf
     while result.status == "completed" and run.epoch < cfg.optim.epochs:
-        t0 = time.perf_counter()
+        t0, compiled_before = time.perf_counter(), run.compile_seconds
         smoothing = label_smoothing_at(run.epoch, cfg)
         train_loss = run.train_epoch(smoothing)
         result.epochs_run = run.epoch
@@ -531,6 +541,7 @@ def train(
         metrics = EpochMetrics(
             epoch=run.epoch, train_loss=train_loss, val_acc=val_acc, lr=run.sched.get_last_lr()[0],
             label_smoothing=smoothing, seconds=time.perf_counter() - t0, checkpointed=save,
+            compile_seconds=run.compile_seconds - compiled_before,
         )  # fmt: skip
         run.history.append(asdict(metrics))
         if save:
