@@ -95,7 +95,7 @@ def switched_on(setting: bool | str, device: torch.device) -> bool:
     """A runtime switch resolved (runtime.amp, channels_last, fused, compile): auto is on for CUDA,
     which the trainer is built for, and off on a CPU, where a first compile costs tens of seconds
     (see use_compile_cache) against runs of minutes; true and false hold on any device, so a CPU
-    can run the CUDA branch (tests/test_cuda_branch.py)."""
+    can run the CUDA branch (tests/test_train.py)."""
     return device.type == "cuda" if setting == "auto" else bool(setting)
 
 

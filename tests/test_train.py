@@ -348,20 +348,45 @@ def _spy_on_compile(monkeypatch, backend=None) -> list:
     return calls
 
 
-def test_compiled_run_on_cpu(data_dir, monkeypatch):
+def test_the_cuda_branch_on_a_cpu_learns_and_resumes_exactly(data_dir, tmp_path, monkeypatch):
+    """What auto switches on for CUDA, forced on a CPU: bf16 autocast, channels_last, the fused
+    optimizer, torch.compile, and the CUDA augmentation chunk."""
     # The trainer's cache (~/.cache/stl-tune/inductor unless TORCHINDUCTOR_CACHE_DIR is set): the
     # first run on a machine compiles (36-154 s on 2 busy cores), later runs load (~4-9 s).
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(use_compile_cache()))  # restored afterwards
-    calls = _spy_on_compile(monkeypatch)
+    compiled, autocasts, fused = _spy_on_compile(monkeypatch), [], []
+    real_autocast, real_optimizer = torch.autocast, T.make_optimizer
+    monkeypatch.setattr(torch, "autocast", lambda *a, **kw: autocasts.append(kw["enabled"]) or real_autocast(*a, **kw))
+    monkeypatch.setattr(T, "make_optimizer", lambda *a, **kw: fused.append(kw["fused"]) or real_optimizer(*a, **kw))
+    cfg = tiny(data_dir, **{
+        "optim.epochs": 4, "optim.lr": 3e-3, "runtime.checkpoint_interval_s": 0,
+        "runtime.amp": True, "runtime.channels_last": True, "runtime.fused": True, "runtime.compile": True,
+        "runtime.augment_chunk_mib": T.CHUNK_MIB["cuda"],
+    })  # fmt: skip
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # no fallback warning
-        result = train(tiny(data_dir, **{"runtime.compile": True, "optim.epochs": 2}))
-    assert len(calls) == 1 and result.status == "completed" and result.best_val_acc is not None
-    assert result.compile_seconds > 0 and result.seconds > result.compile_seconds
-    first, second = result.history  # the first epoch's seconds hold the compile, for the pace to leave out
-    assert first["compile_seconds"] == result.compile_seconds < first["seconds"] and second["compile_seconds"] == 0
-    auto = _spy_on_compile(monkeypatch)
-    assert train(tiny(data_dir, **{"optim.epochs": 1})).compile_seconds == 0.0 and auto == []  # auto: off on CPU
+        warnings.filterwarnings("error", message="torch.compile failed")  # compiled for real
+        full = train(cfg, checkpoint=tmp_path / "full.pt")
+        cut = train(cfg, on_epoch_end=lambda m: m.epoch == 2, checkpoint=tmp_path / "cut.pt")
+        resumed = train(cfg, checkpoint=tmp_path / "cut.pt")
+    assert len(compiled) == 3 and set(autocasts) == {True} and fused == [True] * 3
+    assert full.model.stem[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert full.status == "completed" and full.best_val_acc > 0.2  # 10 classes: chance is 0.1
+    assert cut.epochs_run == 2 and resumed.resumed_from_epoch == 2
+    strip = lambda hs: [{k: v for k, v in h.items() if k not in ("seconds", "checkpointed", "compile_seconds")} for h in hs]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+    for p, q in zip(resumed.model.state_dict().values(), full.model.state_dict().values()):
+        assert torch.equal(p, q)
+    # the first epoch of each process holds its compile, for the search's pace to leave out
+    assert full.compile_seconds > 0 and full.seconds > full.compile_seconds
+    assert [h["compile_seconds"] for h in full.history] == [full.compile_seconds, 0, 0, 0]
+    assert resumed.history[2]["compile_seconds"] == resumed.compile_seconds > 0
+
+
+def test_auto_switches_nothing_on_on_a_cpu(data_dir, monkeypatch):
+    compiled = _spy_on_compile(monkeypatch)
+    result = train(tiny(data_dir, **{"optim.epochs": 1}))
+    assert result.compile_seconds == 0.0 and compiled == [] and result.history[0]["compile_seconds"] == 0
+    assert result.model.stem[0][0].weight.is_contiguous()  # NCHW
 
 
 def test_failed_compile_warns_once_and_trains_eagerly(data_dir, monkeypatch):
