@@ -38,3 +38,11 @@ def test_seeds_and_splits_share_one_copy_of_the_images(fake):
     assert load_data(cfg, seed=0, with_test=True).test_x is final.test_x  # test images: one copy too
     other_size = load_data(DataConfig(dir=str(fake), image_size=24), seed=0)
     assert other_size.images.shape[-1] == 24  # another size is another source
+
+
+@pytest.mark.cuda
+def test_cuda_and_cuda0_share_one_copy_on_the_gpu(fake):
+    cfg = DataConfig(dir=str(fake), image_size=16)
+    a, b = load_data(cfg, seed=0, device="cuda"), load_data(cfg, seed=1, device="cuda:0")
+    assert a.images is b.images and a.images.is_cuda and a.train.is_cuda
+    assert torch.equal(a.images.cpu(), load_data(cfg, seed=0).images)

@@ -37,7 +37,7 @@ def tiny(data_dir, **overrides) -> C.TrainConfig:
     base = {
         "data.dir": str(data_dir), "data.image_size": 24, "model.width": 8, "model.blocks": [1, 1, 1, 1],
         "optim.batch_size": 32, "optim.epochs": 3, "optim.warmup_epochs": 1, "augment.mix_epochs": 1,
-        "augment.crop_padding": 3, "ema.decay": 0.9, "eval.batch_size": 200,
+        "augment.crop_padding": 3, "ema.decay": 0.9, "eval.batch_size": 200, "runtime.device": "cpu",
     }  # fmt: skip
     return C.from_dict(None, {**base, **overrides})
 
@@ -133,7 +133,7 @@ def test_ema_equals_the_averaged_model_it_replaces():
     assert ours["stem.0.1.num_batches_tracked"].item() == 40  # integer buffers follow the model
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_ema_update_waits_for_nothing_on_cuda():
     model = build_model(C.ModelConfig(width=4, blocks=[1, 1, 1, 1]), 10).cuda()
     ema = Ema(model, decay=0.9, warmup=True)
@@ -402,7 +402,19 @@ def test_failed_compile_warns_once_and_trains_eagerly(data_dir, monkeypatch):
     assert [h["train_loss"] for h in compiled.history] == [h["train_loss"] for h in eager.history]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_bf16_channels_last_run(data_dir):
     result = train(tiny(data_dir, **{"runtime.device": "cuda"}))
     assert result.device.startswith("cuda") and result.best_val_acc is not None
+
+
+@pytest.mark.cuda
+def test_a_checkpoint_moves_between_cpu_and_gpu(data_dir, tmp_path):
+    cfg = {"optim.epochs": 3, "runtime.checkpoint_interval_s": 0, "runtime.compile": False}
+    ckpt = tmp_path / "c.pt"
+    train(tiny(data_dir, **cfg), on_epoch_end=lambda m: m.epoch == 1, checkpoint=ckpt)  # on the CPU
+    on_gpu = train(tiny(data_dir, **cfg, **{"runtime.device": "cuda"}), on_epoch_end=lambda m: m.epoch == 2,
+                   checkpoint=ckpt)  # fmt: skip
+    assert on_gpu.device.startswith("cuda") and on_gpu.resumed_from_epoch == 1 and on_gpu.epochs_run == 2
+    back = train(tiny(data_dir, **cfg), checkpoint=ckpt)
+    assert back.device == "cpu" and back.resumed_from_epoch == 2 and back.status == "completed"
