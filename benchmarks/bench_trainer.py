@@ -215,7 +215,7 @@ def count_reference(cfg: C.TrainConfig, device: torch.device, workers: int, amp:
     """Counts over the second epoch of a 2-epoch run of the plain loop."""
     data = load_data(cfg.data, cfg.seed, "cpu")  # the cached copy reference() reads
     with Counts(device) as counts:
-        counts.host(data.train_x, data.train_y, data.val_x, data.val_y)
+        counts.host(data.images, data.labels, data.train, data.val)  # what reference() gathers from
         reference(cfg, device, workers, amp, 2, lambda epoch: counts.start() if epoch == 1 else counts.stop())
     return counts
 
