@@ -13,7 +13,7 @@ from torch import nn
 from stl_tune import config as C
 from stl_tune.errors import UserError
 from stl_tune.model import ResNet, build_model
-from stl_tune.train import TrainResult, resolve_device
+from stl_tune.train import TrainResult, place_model, resolve_device
 
 
 def write_outputs(out: Path, cfg: C.TrainConfig, result: TrainResult) -> list[Path]:
@@ -72,9 +72,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ResNet:
     except (KeyError, RuntimeError, ValueError, UserError):  # other keys or shapes than this model's
         raise UserError(f"{path} was written by another version of stl-tune: its weights do not fit") from None
     device = resolve_device(str(device))
-    model = model.to(device).eval()
-    if device.type == "cuda" and cfg.runtime.channels_last:  # as the trainer does: faster convolutions
-        model = model.to(memory_format=torch.channels_last)
+    model = place_model(model, cfg, device).eval()  # as the trainer places it
     model.classes, model.config = list(saved["classes"]), cfg
     return model
 

@@ -15,6 +15,16 @@ import pytest
 PG_BIN_DIRS = ("/usr/lib/postgresql/15/bin",)  # Debian's layout; else initdb on PATH
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` are skipped where torch sees no GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in items:
+            if item.get_closest_marker("cuda"):
+                item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+
+
 @pytest.fixture(scope="session")
 def fake_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fake STL-10 folder (use as data.dir): 20 labelled images per class, 10 test images per class."""
@@ -91,7 +101,8 @@ def tiny_study(fake_data: Path) -> dict:
             "model": {"width": 4, "blocks": [1, 1, 1, 1]},
             "optim": {"epochs": 2, "batch_size": 32, "warmup_epochs": 1},
             "augment": {"randaugment_ops": 0},
-            "runtime": {"checkpoint_interval_s": 0},  # every epoch: resume tests stop trials anywhere
+            # the CPU on a GPU host too; a checkpoint every epoch: resume tests stop trials anywhere
+            "runtime": {"device": "cpu", "checkpoint_interval_s": 0},
         },
         "sampler": {"name": "random", "seed": 0},
         "pruner": {"name": "none"},

@@ -10,7 +10,8 @@ from stl_tune.cli import app
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: more threads only contend
 runner = CliRunner()
 TINY = ["--set", "data.image_size=16", "--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]",
-        "--set", "optim.batch_size=32", "--set", "optim.epochs=2", "--set", "eval.batch_size=200"]  # fmt: skip
+        "--set", "optim.batch_size=32", "--set", "optim.epochs=2", "--set", "eval.batch_size=200",
+        "--set", "runtime.device=cpu"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ def trained(fake_data, tmp_path_factory):
         "data.dir": str(fake_data), "data.image_size": 16, "model.width": 4, "model.blocks": [1, 1, 1, 1],
         "optim.epochs": 8, "optim.lr": 3e-3, "optim.batch_size": 16, "optim.warmup_epochs": 1,
         "augment.randaugment_ops": 0, "augment.mix_epochs": 0, "ema.decay": 0.9,
-        "eval.batch_size": 32,  # the 100 test images in several batches
+        "eval.batch_size": 32, "runtime.device": "cpu",  # the 100 test images in several batches
     })  # fmt: skip
     result = train(cfg, checkpoint=out / "checkpoint.pt", evaluate_test=True)
     write_outputs(out, cfg, result)
