@@ -114,6 +114,15 @@ def worker_env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
+def image_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The decode cache of folder datasets (stl_tune.data.image_cache_dir) in a fresh temporary
+    folder instead of ~/.cache (beside tmp_path, which tests fill with datasets); returns it."""
+    xdg = tmp_path_factory.mktemp("xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+    return xdg / "stl-tune" / "images"
+
+
+@pytest.fixture
 def single_thread():
     """One torch thread for in-process trainings: tiny models gain nothing from more, and spinning
     OpenMP threads on shared cores can make them ten times slower."""

@@ -15,6 +15,7 @@ from stl_tune.config import DataConfig
 from stl_tune.data import DataError, load_data, read_stl10_split, write_fake_stl10
 
 PER_CLASS, TEST_PER_CLASS = 20, 5  # the shared fake set: 200 train, 50 test images
+pytestmark = pytest.mark.usefixtures("image_cache")  # decoded folders are cached under a tmp folder
 
 
 @pytest.fixture(autouse=True)
