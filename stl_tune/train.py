@@ -205,18 +205,26 @@ class Ema:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, cfg: C.TrainConfig, device: torch.device) -> Tensor:
-    """Class predictions for uint8 images, averaging the logits of each image and its mirror."""
+def predict_logits(model: nn.Module, x: Tensor, cfg: C.TrainConfig, device: torch.device) -> Tensor:
+    """float32 logits [N, classes] of uint8 images [N,3,S,S]; with eval.tta, the mean of each
+    image's and its mirror's."""
     model.eval()
-    preds = []
+    out = []
     for xb in x.split(cfg.eval.batch_size):
         xb = _to_input(xb.float().div_(255), cfg, device)
         with _autocast(cfg, device):
             logits = model(xb).float()
             if cfg.eval.tta:
-                logits += model(xb.flip(-1)).float()
-        preds.append(logits.argmax(1))
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=x.device)
+                logits = (logits + model(xb.flip(-1)).float()) / 2
+        out.append(logits)
+    return torch.cat(out)
+
+
+def predict(model: nn.Module, x: Tensor, cfg: C.TrainConfig, device: torch.device) -> Tensor:
+    """Class predictions for uint8 images, averaging the logits of each image and its mirror."""
+    if len(x) == 0:
+        return torch.empty(0, dtype=torch.long, device=x.device)
+    return predict_logits(model, x, cfg, device).argmax(1)
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
