@@ -55,10 +55,14 @@ class EpochProgress:
         self.progress = Progress(
             TextColumn("epoch"), MofNCompleteColumn(), BarColumn(),
             TextColumn("loss {task.fields[loss]}  val {task.fields[acc]}"), TimeRemainingColumn(),
-            console=console,
+            TextColumn("{task.fields[note]}"), console=console,
         )  # fmt: skip
-        self.task = self.progress.add_task("train", total=epochs, loss="-", acc="-")
+        self.task = self.progress.add_task("train", total=epochs, loss="-", acc="-", note="")
         self._started = False
+
+    def note(self, text: str) -> None:
+        """Show `text` after the bar (e.g. that the run stops after this epoch)."""
+        self.progress.update(self.task, note=text)
 
     def __enter__(self) -> EpochProgress:
         self.progress.start()
