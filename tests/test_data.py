@@ -30,19 +30,6 @@ def fake(tmp_path_factory) -> Path:
     return write_fake_stl10(tmp_path_factory.mktemp("fake"), PER_CLASS, TEST_PER_CLASS, seed=0)
 
 
-@pytest.fixture
-def no_download(monkeypatch):
-    """Make any download attempt fail as it would offline, and record that it was tried."""
-    calls = []
-
-    def offline(url, download_root, **kwargs):
-        calls.append(url)
-        raise OSError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(data, "download_and_extract_archive", offline)
-    return calls
-
-
 def cfg(fake: Path, **kw) -> DataConfig:
     return DataConfig(dir=str(fake), **{"image_size": 16, **kw})
 

@@ -243,19 +243,6 @@ def test_auto_refuses_what_it_cannot_place(tmp_path, fake_data):
         describe(DataConfig(dir=str(inner)))
 
 
-@pytest.fixture
-def no_download(monkeypatch):
-    """Downloads fail as offline; returns the list of attempts."""
-    calls = []
-
-    def offline(url, download_root, **kwargs):
-        calls.append(url)
-        raise OSError("no network")
-
-    monkeypatch.setattr(data, "download_and_extract_archive", offline)
-    return calls
-
-
 # ------------------------------------------------------------------------ what is and is not an image
 def test_every_format_pil_reads_is_an_image_and_other_files_are_counted(tmp_path):
     written = write_tree(tmp_path, {"": {"a": 3, "b": 3}})[""]
