@@ -501,9 +501,9 @@ def train_size(cfg: DataConfig) -> int:
 
 def describe(cfg: DataConfig) -> str:
     """One line on what a run of `cfg` reads, as cheap as train_size, e.g. "folder data/pets: split
-    layout (train/ val/ test/), 3 classes, 1,437 train / 160 val / 360 test images"; with
-    data.source auto it says so ("folder (found) data/pets: ..."), and it counts the files of a
-    folder dataset that are not images ("; skipped 2 files that are not images: notes.txt, .DS_Store")."""
+    layout (train/ val/ test/), 3 classes, 1,437 train / 160 val / 360 test images"; the source
+    named is the one read (data.source auto: the one found), and the files of a folder dataset
+    that are not images are counted ("; skipped 2 files that are not images: notes.txt, .DS_Store")."""
     resolved = _resolved(cfg)
     _, _, train, val, classes = _train_val(resolved, seed=0, images=False)
     n_test = len(_labelled(resolved, "test", images=False)[1])
@@ -518,8 +518,7 @@ def describe(cfg: DataConfig) -> str:
             carved = "" if "val" in splits or cfg.train_on_val else "; val: carved from train/"
             layout = f"split layout ({' '.join(s + '/' for s in splits)}{carved})"
         skipped = [f for d in splits.values() for f in _listing(d).skipped]
-    found = " (found)" if cfg.source == "auto" else ""
-    line = (f"{resolved.source}{found} {cfg.dir}: {layout}, {len(classes)} classes, "
+    line = (f"{resolved.source} {cfg.dir}: {layout}, {len(classes)} classes, "
             f"{len(train):,} train / {len(val):,} val / {n_test:,} test images")
     return line + (f"; {skipped_note(skipped)}" if skipped else "")
 

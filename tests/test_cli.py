@@ -126,7 +126,7 @@ def test_train_on_a_class_folder_needs_only_the_data_dir(tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "--data-dir", str(root), "--out", str(out), *TINY])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith(f"data: folder (found) {root}: class layout (<class>/; test: 20% of each class, "
+    assert result.output.startswith(f"data: folder {root}: class layout (<class>/; test: 20% of each class, "
                                     "fixed), 3 classes, 66 train / 6 val / 18 test images; skipped 1 file that is "
                                     "not an image: notes.txt\n")  # fmt: skip
     assert "completed after 2 epochs" in result.output

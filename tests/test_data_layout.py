@@ -95,10 +95,10 @@ def test_describe_names_the_layout(tmp_path, fake_data):
         "6 train / 2 val / 2 test images")
     assert describe(DataConfig(source="stl10", dir=str(fake_data))) == (
         f"stl10 {fake_data}: STL-10 binaries, 10 classes, 180 train / 20 val / 100 test images")
-    # data.source auto (the default) says what it found
-    assert describe(DataConfig(dir=str(fake_data))) == (
-        f"stl10 (found) {fake_data}: STL-10 binaries, 10 classes, 180 train / 20 val / 100 test images")
-    assert describe(DataConfig(dir=str(tmp_path / "flat"))).startswith(f"folder (found) {tmp_path / 'flat'}: class layout")
+    # data.source auto (the default) names the source it found
+    assert describe(DataConfig(dir=str(fake_data))) == describe(DataConfig(source="stl10", dir=str(fake_data)))
+    for tree in ("split", "flat"):
+        assert describe(DataConfig(dir=str(tmp_path / tree), image_size=SIDE)) == describe(folder(tmp_path / tree))
 
 
 # ------------------------------------------------------------------------- bad trees, bad files
