@@ -223,22 +223,32 @@ class Ema:
 
 
 @torch.no_grad()
-def predict(
+def predict_logits(
     model: nn.Module, x: Tensor, cfg: C.TrainConfig, device: torch.device, index: Tensor | None = None
 ) -> Tensor:
-    """Class predictions for uint8 images x (or x[index]: read a batch at a time, never copied
-    whole), averaging the logits of each image and its mirror."""
+    """float32 logits [N, classes] of uint8 images x [N,3,S,S] (or of x[index]: read a batch at a
+    time, never copied whole); with eval.tta, the mean of each image's and its mirror's."""
     model.eval()
-    preds = []
+    out = []
     batches = x.split(cfg.eval.batch_size) if index is None else (x[i] for i in index.split(cfg.eval.batch_size))
     for xb in batches:
         xb = _to_input(xb.float().div_(255), cfg, device)
         with _autocast(cfg, device):
             logits = model(xb).float()
             if cfg.eval.tta:
-                logits += model(xb.flip(-1)).float()
-        preds.append(logits.argmax(1))
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=x.device)
+                logits = (logits + model(xb.flip(-1)).float()) / 2
+        out.append(logits)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, x: Tensor, cfg: C.TrainConfig, device: torch.device, index: Tensor | None = None
+) -> Tensor:
+    """Class predictions for uint8 images x (or x[index]), averaging the logits of each image and its mirror."""
+    if (len(x) if index is None else len(index)) == 0:
+        return torch.empty(0, dtype=torch.long, device=x.device)
+    return predict_logits(model, x, cfg, device, index).argmax(1)
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -277,12 +287,12 @@ def _load_checkpoint(path: Path, cfg: C.TrainConfig) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a checkpoint, or not written by torch.save
         raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
-    if _recipe(state.get("config", {})) != _recipe(C.to_dict(cfg)):
+    if recipe_of(state.get("config", {})) != recipe_of(C.to_dict(cfg)):
         raise UserError(f"checkpoint {path} was written for a different config; remove it to start over")
     return state
 
 
-def _recipe(d: dict) -> dict:
+def recipe_of(d: dict) -> dict:
     """A config dict less where things are (data.dir, runtime device and the like): a retry on
     another host, with the data mounted elsewhere or on another GPU, resumes the same run."""
     return {k: v for k, v in d.items() if k != "runtime"} | {

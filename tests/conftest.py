@@ -125,6 +125,30 @@ def worker_env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
+def no_download(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make any STL-10 download attempt fail as it would offline; returns the URLs tried."""
+    from stl_tune import data
+
+    calls: list[str] = []
+
+    def offline(url, download_root, **kwargs):
+        calls.append(url)
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(data, "download_and_extract_archive", offline)
+    return calls
+
+
+@pytest.fixture
+def image_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The decode cache of folder datasets (stl_tune.data.image_cache_dir) in a fresh temporary
+    folder instead of ~/.cache (beside tmp_path, which tests fill with datasets); returns it."""
+    xdg = tmp_path_factory.mktemp("xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+    return xdg / "stl-tune" / "images"
+
+
+@pytest.fixture
 def single_thread():
     """One torch thread for in-process trainings: tiny models gain nothing from more, and spinning
     OpenMP threads on shared cores can make them ten times slower."""

@@ -15,6 +15,7 @@ from stl_tune.config import DataConfig
 from stl_tune.data import DataError, load_data, read_stl10_split, write_fake_stl10
 
 PER_CLASS, TEST_PER_CLASS = 20, 5  # the shared fake set: 200 train, 50 test images
+pytestmark = pytest.mark.usefixtures("image_cache")  # decoded folders are cached under a tmp folder
 
 
 @pytest.fixture(autouse=True)
@@ -27,19 +28,6 @@ def fresh_cache():
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory) -> Path:
     return write_fake_stl10(tmp_path_factory.mktemp("fake"), PER_CLASS, TEST_PER_CLASS, seed=0)
-
-
-@pytest.fixture
-def no_download(monkeypatch):
-    """Make any download attempt fail as it would offline, and record that it was tried."""
-    calls = []
-
-    def offline(url, download_root, **kwargs):
-        calls.append(url)
-        raise OSError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(data, "download_and_extract_archive", offline)
-    return calls
 
 
 def cfg(fake: Path, **kw) -> DataConfig:
