@@ -11,7 +11,8 @@ the real split), and evaluates the validation images after every epoch, flip TTA
   reference-amp   the same loop with bf16 autocast, channels_last and fused AdamW, the precision and
                   layout the trainer uses on CUDA: the stl-tune / reference-amp ratio isolates the
                   data path and the step. CUDA only: on a CPU the trainer runs fp32, NCHW and
-                  unfused too, so there reference-fp32 is the fair reference.
+                  unfused too (its runtime switches' auto), so there reference-fp32 is the fair
+                  reference.
   stl-tune        stl_tune.train.train() with the default recipe: the data on the device, augmented
                   there in chunks (per-image crop, flip, RandAugment draws), Mixup/CutMix, label
                   smoothing, EMA, evaluation with the EMA weights; compiled on CUDA (runtime.compile
@@ -36,7 +37,9 @@ the same figures on stderr. Figures, per row:
   peak_mem_gib       torch.cuda.max_memory_allocated over the timed run (CUDA)
   compile_s          TrainResult.compile_seconds (stl-tune on CUDA; part of its first epoch)
   bf16_peak_pct      training FLOPs per image (forward + backward, FlopCounterMode; evaluation not
-                     counted) x img/s, against --peak-tflops (H200 SXM dense bf16: 989) (CUDA)
+                     counted) x img/s, against --peak-tflops (default 790: an 8192^3 bf16 matrix
+                     product on an H200 of this workplace ran at 769-798 TFLOP/s; the datasheet's
+                     dense bf16 is 989) (CUDA)
   projection_min     200 epochs of the default recipe at this --images, in minutes: the measured
                      first epoch, then 199 steady ones (stl-tune: 99 more with Mixup/CutMix, then
                      100 plain, its epochs and mix_epochs defaults)
@@ -212,7 +215,7 @@ def count_reference(cfg: C.TrainConfig, device: torch.device, workers: int, amp:
     """Counts over the second epoch of a 2-epoch run of the plain loop."""
     data = load_data(cfg.data, cfg.seed, "cpu")  # the cached copy reference() reads
     with Counts(device) as counts:
-        counts.host(data.train_x, data.train_y, data.val_x, data.val_y)
+        counts.host(data.images, data.labels, data.train, data.val)  # what reference() gathers from
         reference(cfg, device, workers, amp, 2, lambda epoch: counts.start() if epoch == 1 else counts.stop())
     return counts
 
@@ -249,7 +252,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=DEFAULT.data.image_size, help="pixels per side")
     p.add_argument("--images", type=int, default=4500, help="training images per epoch (plus 1/9 as many validated)")
     p.add_argument("--epochs", type=int, default=2, help="steady epochs timed per loop and phase, after 1 warm-up")
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H200 SXM: 989)")
+    p.add_argument("--peak-tflops", type=float, default=790.0, help="bf16 peak, TFLOP/s (an H200's measured matmul: 790)")
     # CPU: 0, since the same few cores run the model and workers would only take threads from it;
     # CUDA: 8 per GPU, the common recipe (the H200 machine has 16 cores).
     p.add_argument("--workers", type=int, default=None, help="reference DataLoader workers (cpu 0, cuda 8)")

@@ -103,12 +103,21 @@ def _remap(x: Tensor, src: Tensor) -> Tensor:
     return flat.index_select(2, src).view(b, c, h, w)
 
 
+SHARPEN_BLOCK = 32  # images per Sharpness convolution
+
+
 def _sharpen(x: Tensor, factor: float, kernel: Tensor) -> Tensor:
     """v2.functional.adjust_sharpness on uint8 [B, C, H, W], step for step, with its 3x3 smoothing
     kernel given: torchvision builds that kernel from a Python list on every call, a host-to-device
-    copy (and a stream sync on CUDA) per call."""
+    copy (and a stream sync on CUDA) per call.
+
+    B is the number of images that drew Sharpness, different in every call. The convolution runs
+    over blocks of SHARPEN_BLOCK images instead, the last one padded with blank images, so it
+    always sees one input shape: cudnn.benchmark times its algorithms once, not per call."""
     out = x.float()
-    blurred = F.conv2d(out, kernel, groups=x.shape[1]).round_()
+    padded = F.pad(out, (0, 0, 0, 0, 0, 0, 0, -len(out) % SHARPEN_BLOCK))  # on the batch axis
+    blocks = [F.conv2d(block, kernel, groups=x.shape[1]) for block in padded.split(SHARPEN_BLOCK)]
+    blurred = torch.cat(blocks)[: len(out)].round_()
     view = out[..., 1:-1, 1:-1]
     view.add_(blurred.sub_(view), alpha=1.0 - factor)
     return out.clamp_(0, 255).to(torch.uint8)

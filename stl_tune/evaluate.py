@@ -1,13 +1,17 @@
-"""`stl-tune evaluate`: score a trained model file (model.pt) on a folder dataset, without training.
+"""`stl-tune evaluate`: score a trained model file (model.pt, or an ensemble.pt) on a folder
+dataset, without training.
 
 Which images are scored depends on the folder's layout (stl_tune/data.py):
   split layout  root/train/<class>/, root/test/<class>/ (root/val/ optional): test/ only.
   class layout  root/<class>/: every image. The folder is taken as a new dataset; stl-tune train's
                 fixed test share (data.test_fraction) is not drawn, so scoring the folder a model was
                 trained on counts its training images too (its metrics.json has the test-split scores).
-The folder's class names must be the model's; they are matched by name, so the order of the
-sub-folders does not matter. Images are resized to the model's image size and scored in batches on
-the model's device by the trainer's own predict() (flip TTA when the model's config has eval.tta).
+The folder's class names must be among the model's; they are matched by name (case included: a
+name that differs only in case is pointed out), so the order of the sub-folders does not matter.
+A folder holding some of the model's classes scores those: an image predicted as a class the
+folder lacks counts as wrong. Images are decoded as for training (data.decode_folder: the same
+decoding and decode cache), resized to the model's image size and scored in batches on the model's
+device by the trainer's own predict() (flip TTA when the model's config has eval.tta).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from rich.console import Console
+from torch import Tensor, nn
 
 from stl_tune import data
 from stl_tune.data import DataError
@@ -36,42 +41,67 @@ class Evaluation:
     accuracy: float  # in [0, 1]
     tta: bool  # logits of each image and its mirror averaged
     classes: list[str]  # the model's, in its logit order
-    per_class_acc: list[float]  # recall of each true class
+    per_class_acc: list[float | None]  # recall of each true class; None for a class the folder lacks
     confusion: list[list[int]]  # rows: true class, columns: predicted; the model's class order
+    missing: list[str]  # the model's classes that the folder has no images of (not scored)
 
 
-def folder_images(root: str | Path, image_size: int) -> tuple[Tensor, Tensor, tuple[str, ...], str, str]:
+@dataclass
+class Scores:
+    accuracy: float  # in [0, 1]
+    confusion: list[list[int]]  # rows: true class, columns: predicted
+    per_class_acc: list[float]  # recall of each true class (0 for a class with no images)
+
+
+def score(model: nn.Module, x: Tensor, y: Tensor, device: torch.device) -> Scores:
+    """Accuracy, confusion matrix and per-class accuracy of a loaded model (load_model) on uint8
+    images `x` with labels `y` in the model's class order."""
+    pred = predict(model, x.to(device), model.config, device).cpu()
+    cm = confusion_matrix(pred, y, len(model.classes))
+    return Scores((pred == y).float().mean().item(), cm.tolist(), per_class_accuracy(cm))
+
+
+def folder_images(
+    root: str | Path, image_size: int, progress: Console | None = None
+) -> tuple[Tensor, Tensor, tuple[str, ...], str, str]:
     """The images to score in a folder dataset: uint8 [N,3,S,S], int64 labels, class names (sorted
     folder names), the layout ("split" | "class") and which images, in words."""
     # data.py's own layout detection and reader: a folder means here what it means to `train`
     splits = data.folder_splits(root)
-    x, y, classes = data.read_folder(str(splits.get("all") or splits["test"]), image_size)
+    x, y, classes = data.decode_folder(splits.get("all") or splits["test"], image_size, progress)
     if "all" in splits:
         return x, y, classes, "class", f"all {len(y):,} images (class layout <class>/: the whole folder as new data)"
     return x, y, classes, "split", f"the {len(y):,} images of test/ (split layout: train/ and val/ are not scored)"
 
 
-def evaluate(model_path: str | Path, data_dir: str | Path, device: str | torch.device = "cpu") -> Evaluation:
+def _unknown_classes(data_dir: str | Path, unknown: list[str], model_classes: list[str]) -> DataError:
+    """The error for folder classes the model does not know, with the model's names that differ only in case."""
+    by_case = {c.casefold(): c for c in model_classes}
+    renames = [f"{u!r} to {by_case[u.casefold()]!r}" for u in unknown if u.casefold() in by_case]
+    hint = f"; names must match exactly, case included: rename {', '.join(renames)}" if renames else ""
+    return DataError(f"{data_dir}: class folders the model does not know: {', '.join(map(repr, unknown))}{hint} "
+                     f"(the model's {len(model_classes)} classes: {', '.join(model_classes)})")  # fmt: skip
+
+
+def evaluate(
+    model_path: str | Path, data_dir: str | Path, device: str | torch.device = "cpu", progress: Console | None = None
+) -> Evaluation:
     """Score the model file on every image to score in `data_dir`, on `device` (auto | cpu | cuda[:N]);
-    a UserError for a file that is not a model, a DataError when the folder's classes are not the model's."""
+    a UserError for a file that is not a model, a DataError when a folder class is not the model's."""
     device = resolve_device(str(device))
     model = load_model(model_path, device)
-    cfg = model.config
-    x, y, folder_classes, layout, scored = folder_images(data_dir, cfg.data.image_size)
-    missing = sorted(set(model.classes) - set(folder_classes))
-    extra = sorted(set(folder_classes) - set(model.classes))
-    if missing or extra:
-        parts = [f"{what} {', '.join(map(repr, names))}" for what, names in
-                 (("lacks", missing), ("has classes the model does not know:", extra)) if names]  # fmt: skip
-        raise DataError(f"{data_dir}: its class folders are not the model's {len(model.classes)} classes: "
-                        f"it {'; it '.join(parts)}")  # fmt: skip
+    x, y, folder_classes, layout, scored = folder_images(data_dir, model.config.data.image_size, progress)
+    unknown = sorted(set(folder_classes) - set(model.classes))
+    if unknown:
+        raise _unknown_classes(data_dir, unknown, model.classes)
     y = torch.tensor([model.classes.index(c) for c in folder_classes])[y]  # folder label -> model's logit
-    pred = predict(model, x.to(device), cfg, device).cpu()
-    cm = confusion_matrix(pred, y, len(model.classes))
+    s = score(model, x, y, device)
+    present = set(folder_classes)
     return Evaluation(
         model=str(model_path), data_dir=str(data_dir), layout=layout, scored=scored, images=len(y),
-        accuracy=(pred == y).float().mean().item(), tta=cfg.eval.tta, classes=list(model.classes),
-        per_class_acc=per_class_accuracy(cm), confusion=cm.tolist(),
+        accuracy=s.accuracy, tta=model.config.eval.tta, classes=list(model.classes),
+        per_class_acc=[a if c in present else None for c, a in zip(model.classes, s.per_class_acc)],
+        confusion=s.confusion, missing=[c for c in model.classes if c not in present],
     )  # fmt: skip
 
 

@@ -1,26 +1,39 @@
 """What `stl-tune train` leaves in its output folder: config, metrics, the model file and curves;
-the model file's format (save_model / load_model); and the summary of a run over several seeds."""
+whether a folder already holds a finished run (of the same config); the model file's format
+(save_model / save_ensemble / load_model); and the summary of a run over several seeds."""
 
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import statistics
 from pathlib import Path
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from stl_tune import config as C
 from stl_tune.errors import UserError
-from stl_tune.model import ResNet, build_model
-from stl_tune.train import TrainResult, resolve_device
+from stl_tune.model import build_model
+from stl_tune.train import TrainResult, place_model, recipe_of, resolve_device
+
+FINISHED = ("completed", "early_stopped")  # TrainResult.status of a run that has nothing left to do
+
+
+def write_config(out: Path, cfg: C.TrainConfig) -> Path:
+    """out/config.yaml, the resolved config; written when a run starts, so that a later command
+    in the same folder can tell whether it asks for the same run (finished_run)."""
+    path = out / "config.yaml"
+    C.dump(cfg, path, header="# resolved config of this run: stl-tune train --config config.yaml\n")
+    return path
 
 
 def write_outputs(out: Path, cfg: C.TrainConfig, result: TrainResult) -> list[Path]:
     """config.yaml (resolved), metrics.json, model.pt (final EMA weights), curves.png."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "config.yaml", out / "metrics.json", out / "curves.png"]
-    C.dump(cfg, paths[0], header="# resolved config of this run: stl-tune train --config config.yaml\n")
+    paths = [write_config(out, cfg), out / "metrics.json", out / "curves.png"]
     paths[1].write_text(json.dumps(result.to_json(), indent=2))
     plot_curves(result.history, paths[2], result.test_acc)
     if result.model is not None and result.status != "diverged":
@@ -29,26 +42,86 @@ def write_outputs(out: Path, cfg: C.TrainConfig, result: TrainResult) -> list[Pa
     return paths
 
 
+def finished_run(out: Path, cfg: C.TrainConfig) -> TrainResult | None:
+    """The result (read from metrics.json, without its model) of the finished run of `cfg` in
+    `out`, or None when `out` holds none yet; a UserError when `out` holds a run of another config
+    (its config.yaml), which a new --out keeps apart. Where data and device are (data.dir,
+    runtime.*) do not count, as for resuming a checkpoint."""
+    saved = out / "config.yaml"
+    if saved.is_file():
+        try:
+            changes = _changes(C.load(saved), cfg)
+        except C.ConfigError as e:  # written by another version of stl-tune
+            raise UserError(f"{out} holds a run whose config no longer loads ({e}); use a new --out") from None
+        if changes:
+            more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+            raise UserError(f"{out} holds a run of another config ({'; '.join(changes[:3])}{more}): "
+                            "use a new --out for this one")  # fmt: skip
+    try:
+        result = TrainResult(**json.loads((out / "metrics.json").read_text()))
+    except (OSError, ValueError, TypeError):  # none yet, or unreadable: the run is not finished
+        return None
+    return result if result.status in FINISHED else None
+
+
+def _changes(old: C.TrainConfig, new: C.TrainConfig) -> list[str]:
+    """'key: old -> new' for each recipe value (train.recipe_of) that differs."""
+    a, b = (C.flatten(recipe_of(C.to_dict(c))) for c in (old, new))
+    return [f"{k}: {a.get(k)!r} -> {v!r}" for k, v in b.items() if a.get(k) != v]
+
+
+def copy_model(src: Path, dst: Path) -> None:
+    """dst becomes a copy of the model file src, atomically: a reader sees the old or the new one."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
 # ------------------------------------------------------------------------------ the model file
 MODEL_FORMAT = "stl-tune model"  # marks a model file apart from a resume checkpoint or other .pt
-MODEL_VERSION = 1  # raise when the keys below change; load_model refuses other versions
+# Raise when the keys below change; load_model reads the versions in MODEL_VERSIONS and refuses
+# others. Version 1: one network, {config, classes, state_dict}. Version 2 adds "kind": "model"
+# (as version 1) or "ensemble", {members: [{config, classes, state_dict}, ...]}.
+MODEL_VERSION = 2
+MODEL_VERSIONS = (1, 2)
 
 
 def save_model(path: Path, cfg: C.TrainConfig, classes: list[str], model: nn.Module) -> None:
     """The trained network alone: its weights (with the input mean/std, which are buffers of the
     model) and what rebuilds it, the resolved config and the class names, all tensors and plain
     values, so torch.load(path, weights_only=True) reads it."""
-    torch.save({"format": MODEL_FORMAT, "version": MODEL_VERSION, "config": C.to_dict(cfg),
+    torch.save({"format": MODEL_FORMAT, "version": MODEL_VERSION, "kind": "model", "config": C.to_dict(cfg),
                 "classes": list(classes), "state_dict": model.state_dict()}, path)  # fmt: skip
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> ResNet:
-    """The network of a model.pt written by `stl-tune train`, rebuilt, on `device`, in eval mode.
+def save_ensemble(path: Path, members: list[Path]) -> None:
+    """One model file (kind "ensemble") holding the networks of several model files with the same
+    classes, e.g. the seeds of `train --seeds`; load_model returns it as an Ensemble."""
+    saved = [_read(m) for m in members]
+    if any(s.get("kind", "model") != "model" for s in saved):
+        raise UserError("an ensemble is made of single models, not of ensembles")
+    if any(s["classes"] != saved[0]["classes"] for s in saved):
+        raise UserError(f"the models of an ensemble must have the same classes: {', '.join(map(str, members))} differ")
+    torch.save({"format": MODEL_FORMAT, "version": MODEL_VERSION, "kind": "ensemble",
+                "members": [{k: s[k] for k in ("config", "classes", "state_dict")} for s in saved]}, path)  # fmt: skip
 
-    It takes float images in [0, 1], (N, 3, S, S) with S = .config.data.image_size, and returns
-    logits; two attributes come with it: .classes (list[str], the class of each logit) and .config
-    (the TrainConfig it was trained with, e.g. .config.eval.tta). Any other file is a UserError.
-    """
+
+class Ensemble(nn.Module):
+    """Several trained networks as one: forward returns the log of their softmax probabilities
+    averaged, so argmax and softmax of its output are the ensemble's class and probabilities, and
+    the trainer's predict() (flip TTA) serves it as it serves one network."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: Tensor) -> Tensor:
+        log_p = torch.stack([F.log_softmax(m(x).float(), dim=1) for m in self.members])
+        return torch.logsumexp(log_p, dim=0) - math.log(len(self.members))
+
+
+def _read(path: str | Path) -> dict:
+    """A model file's saved dict, checked to be one this stl-tune reads; else a UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
@@ -60,9 +133,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ResNet:
     if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
         hint = " (a resume checkpoint: use the model.pt beside it)" if isinstance(saved, dict) and "ema" in saved else ""
         raise UserError(f"{path} is not an stl-tune model file{hint}; `stl-tune train` writes one as model.pt")
-    if saved.get("version") != MODEL_VERSION:
+    if saved.get("version") not in MODEL_VERSIONS:
         raise UserError(f"{path} is an stl-tune model file of format version {saved.get('version')}; "
-                        f"this stl-tune reads version {MODEL_VERSION}")  # fmt: skip
+                        f"this stl-tune reads versions {', '.join(map(str, MODEL_VERSIONS))}")  # fmt: skip
+    return saved
+
+
+def _network(path: Path, saved: dict) -> nn.Module:
+    """One saved network rebuilt on the CPU, with .classes and .config."""
     try:
         cfg = C.from_dict(saved["config"])
         state = saved["state_dict"]
@@ -71,19 +149,35 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ResNet:
         model.load_state_dict(state)
     except (KeyError, RuntimeError, ValueError, UserError):  # other keys or shapes than this model's
         raise UserError(f"{path} was written by another version of stl-tune: its weights do not fit") from None
-    device = resolve_device(str(device))
-    model = model.to(device).eval()
-    if device.type == "cuda" and cfg.runtime.channels_last:  # as the trainer does: faster convolutions
-        model = model.to(memory_format=torch.channels_last)
     model.classes, model.config = list(saved["classes"]), cfg
     return model
 
 
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The network of a model file written by `stl-tune train` (model.pt, or ensemble.pt: an
+    Ensemble of networks), rebuilt, on `device`, in eval mode.
+
+    It takes float images in [0, 1], (N, 3, S, S) with S = .config.data.image_size, and returns
+    logits (an Ensemble: the log of its members' averaged probabilities); two attributes come with
+    it: .classes (list[str], the class of each logit) and .config (the TrainConfig it was trained
+    with, e.g. .config.eval.tta; an Ensemble's is its first member's). Any other file is a UserError.
+    """
+    path = Path(path)
+    saved = _read(path)
+    if saved.get("kind", "model") == "ensemble":
+        members = [_network(path, m) for m in saved.get("members") or [{}]]
+        model = Ensemble(members)
+        model.classes, model.config = members[0].classes, members[0].config
+    else:
+        model = _network(path, saved)
+    return place_model(model, model.config, resolve_device(str(device))).eval()  # as the trainer places it
+
+
 # --------------------------------------------------------------------------------- several seeds
-def write_seed_summary(out: Path, results: dict[int, TrainResult]) -> dict:
-    """out/summary.json: each seed's status, folder and accuracies, and the mean and sample
-    standard deviation (n - 1) of the test accuracy over the seeds that finished (std None for
-    fewer than two)."""
+def write_seed_summary(out: Path, results: dict[int, TrainResult], ensemble: dict | None = None) -> dict:
+    """out/summary.json: each seed's status, folder and accuracies; the mean and sample standard
+    deviation (n - 1) of the test accuracy over the seeds that finished (std None for fewer than
+    two); and `ensemble`, the scores of the seeds' ensemble (see cli/train.py), or None."""
     runs = [{"seed": seed, "dir": f"seed-{seed}", "status": r.status, "test_acc": r.test_acc,
              "best_val_acc": r.best_val_acc, "epochs_run": r.epochs_run} for seed, r in results.items()]  # fmt: skip
     accs = [r["test_acc"] for r in runs if r["test_acc"] is not None]
@@ -91,6 +185,7 @@ def write_seed_summary(out: Path, results: dict[int, TrainResult]) -> dict:
         "seeds": list(results), "runs": runs, "finished": len(accs),
         "test_acc_mean": statistics.fmean(accs) if accs else None,
         "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
+        "ensemble": ensemble,
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,27 +1,37 @@
 """`stl-tune report`: one study as a self-contained HTML page, PNG plots and the best trials' configs.
 
-The page opens from disk without a server or network: plotly.js is inlined once, in the first plot.
-Written into the output folder:
-    index.html               summary, interactive plots, the best trials with links to their configs
+The page opens from disk without a server or network: plotly.js lies beside it, one file for all
+its plots (inlined, it made a 6-trial page 4.8 MB). Written into the output folder:
+    index.html               summary, the final training (with --runs), interactive plots, the best
+                             trials with links to their configs
+    plotly.min.js            the plotly.js that the page's plots run on (plotly.offline.get_plotlyjs)
     <plot>.png               the same plots drawn by matplotlib, for slides and issues
     configs/trial-N.yaml     each listed trial's export (`stl-tune export --trial N`): its resolved
                              config set up for final training; stl-tune train --config <it>
+    final/                   with --runs (`stl-tune train` output): the confusion matrix drawn as
+                             `stl-tune evaluate` draws it, and each run's curves.png
 """
 
 from __future__ import annotations
 
 import datetime
 import html
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import optuna
+from matplotlib import colormaps
+from matplotlib.colors import ListedColormap, to_hex
+from matplotlib.ticker import LogLocator, MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
+from stl_tune import report_runs
 from stl_tune.search import (
-    StudyError, best_confirmed, deadline, duration, experimental_ok, ranked, tally, time_left, trials_since_best,
-    write_export,
+    StudyError, best_confirmed, deadline, draw_parallel_coordinate, duration, experimental_ok,
+    parallel_coordinate_axes, ranked, tally, time_left, trials_since_best, write_export,
 )  # fmt: skip
 from stl_tune.search.record import (
     CONFIRMED_ATTR, COPIED_ATTR, DEVICE_ATTR, ENQUEUED_ATTR, EPOCHS_RUN_ATTR, KNOWN_RECIPE, N_TRIALS_ATTR,
@@ -33,13 +43,33 @@ LEGEND_MAX = 20  # trials named in a PNG's legend; more would hide the plot
 
 
 # ------------------------------------------------------------------------------------- plots
-def _mark_pruned(study: optuna.Study, fig, ax):
-    """Pruned trials' curves dotted and named so (Optuna draws them like completed ones), in both the
-    plotly figure and the matplotlib axes, whose legend is kept only while it stays readable."""
+OBJECTIVE = "validation accuracy"  # what every trial reports, per epoch and at its end
+# Parallel coordinates' colours, dark = best: viridis without its palest 20 % (yellow vanishes on
+# white, as Optuna's Blues does at the worst trial); plotly draws the same 64 colours.
+LINE_COLOURS = ListedColormap(colormaps["viridis_r"](np.linspace(0.2, 1.0, 64)), name="report")
+FONT_PX = 13  # parallel coordinates' tick labels (Optuna draws them at 10 px); axis names +1
+
+
+def _integer_x(fig, ax) -> None:
+    """Whole-number ticks on the x axis (epochs, trial numbers) of both versions of a plot: left
+    alone, plotly and matplotlib tick a short axis at 1.5, 2.5, ..."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    xs = [x for trace in fig.data for x in (trace.x or ()) if x is not None]
+    if xs:  # plotly has no integer-only ticks: a fixed whole step that matplotlib's locator picks
+        ticks = MaxNLocator(integer=True).tick_values(min(xs), max(xs))
+        fig.update_xaxes(tick0=0, dtick=max(1, round(ticks[1] - ticks[0])))
+
+
+def _curves(study: optuna.Study, fig, ax):
+    """Each trial's validation curve named after it in the legend and on hover, pruned trials'
+    dotted and named so (Optuna draws them like completed ones), in both the plotly figure and the
+    matplotlib axes, whose legend is kept only while it stays readable."""
     pruned = {f"Trial{t.number}" for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))}
     for trace in fig.data:
         if trace.name in pruned:
             trace.update(line={"dash": "dot"}, name=f"{trace.name} (pruned)")
+        trace.hovertemplate = f"{trace.name}<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>"
+    fig.update_layout(showlegend=True)  # Optuna hides it; plotly scrolls a long one
     for line in ax.lines:
         if line.get_label() in pruned:
             line.set_linestyle(":")
@@ -48,9 +78,82 @@ def _mark_pruned(study: optuna.Study, fig, ax):
         ax.legend(bbox_to_anchor=(1.05, 1.0), loc="upper left")
     elif ax.get_legend() is not None:
         ax.get_legend().remove()
-    for title, xy in (("epoch", "x"), ("validation accuracy", "y")):
+    for title, xy in (("epoch", "x"), (OBJECTIVE, "y")):
         fig.update_layout({f"{xy}axis_title": title})
         getattr(ax, f"set_{xy}label")(title)
+    _integer_x(fig, ax)
+    return fig, ax
+
+
+def _history(study: optuna.Study):
+    """Optuna's optimization history, its axes named as the page's other plots."""
+    fig = optuna.visualization.plot_optimization_history(study, target_name=OBJECTIVE)
+    ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name=OBJECTIVE)
+    _integer_x(fig, ax)
+    return fig, ax
+
+
+def _ticked(dim):
+    """An axis of the parallel coordinates with nice ticks where Optuna spaces five evenly (widths
+    at 4.5, an objective at 0.163): whole numbers where every value is one, 1-2-5 per decade on a
+    log axis (Optuna ticks only its ends and whole decades); categories keep theirs, one each."""
+    missing = dim.range[0] if dim.has_missing else None  # Optuna's "None" tick, below the values
+    values = [v for v in dim.values if v != missing]
+    lo, hi = min(values), max(values)
+    if dim.is_cat or lo == hi:
+        return dim
+
+    def inside(ticks) -> list[float]:  # the locators also tick just beyond the ends
+        return [float(t) for t in ticks if lo - 1e-9 * (hi - lo) <= t <= hi + 1e-9 * (hi - lo)]
+
+    if dim.is_log:  # values are log10: ticks at 1, 2, 5 x 10^k, or every digit over a narrow range
+        for subs in ((1.0, 2.0, 5.0), tuple(range(1, 10))):
+            ticks = inside(np.log10(LogLocator(subs=subs).tick_values(10**lo, 10**hi)))
+            if len(ticks) >= 3:
+                break
+        text = [f"{10**t:.3g}" for t in ticks]
+    else:
+        integer = all(float(v).is_integer() for v in values)
+        ticks = inside(MaxNLocator(nbins=5, integer=integer).tick_values(lo, hi))
+        text = [f"{t:.0f}" if integer else f"{t:.4g}" for t in ticks]
+    if len(ticks) < 2:  # a range too narrow for nice ticks: Optuna's own
+        return dim
+    keep = 1 if dim.has_missing else 0
+    return dim._replace(tickvals=dim.tickvals[:keep] + ticks, ticktext=dim.ticktext[:keep] + text)
+
+
+def _parallel(study: optuna.Study):
+    """Optuna's parallel coordinates (its axes: log scale for log-sampled parameters, one tick per
+    category, a None tick where a conditional parameter is missing) re-ticked by _ticked, the best
+    trials drawn last (on top) in a colour scale that stays visible on white, labels readable."""
+    axes = parallel_coordinate_axes(study, target_name=OBJECTIVE)
+    axes = axes._replace(
+        dims_objectives=[_ticked(d) for d in axes.dims_objectives],
+        dims_params=[_ticked(d) for d in axes.dims_params],
+        draw_order=tuple(sorted(axes.draw_order, key=axes.color_values.__getitem__, reverse=axes.reverse_scale)),
+    )
+    fig, ax = draw_parallel_coordinate(axes)
+    cmap = LINE_COLOURS.reversed() if axes.reverse_scale else LINE_COLOURS  # reversed: lower is better
+    for trace in fig.data:
+        if trace.customdata is not None:  # a trial's line; its first point is the objective, in [0, 1]
+            trace.update(line_color=to_hex(cmap(trace.y[0])), line_width=2, opacity=0.8)
+        elif trace.marker.colorscale is not None:  # the colour bar
+            trace.marker.update(colorscale=[[i / (cmap.N - 1), to_hex(cmap(i))] for i in range(cmap.N)], reversescale=False)
+    fig.update_annotations(font={"size": FONT_PX, "color": "#222"})
+    fig.update_xaxes(tickfont_size=FONT_PX + 1)
+    lines = ax.collections[0]
+    lines.set_cmap(cmap)
+    lines.set_linewidth(2)
+    twins = [a for a in ax.figure.axes if a is not ax and a.get_shared_x_axes().joined(a, ax)]
+    # One twin per axis after the first, ticked as in the plotly version: in Optuna's values (log10
+    # on a log axis, which its PNG draws on a log scale of 10**values instead, with matplotlib's ticks).
+    for twin, dim in zip(twins, axes.dims_objectives[1:] + axes.dims_params):
+        if dim.range[0] < dim.range[1]:  # a flat axis: Optuna draws its lines across the middle
+            twin.set_yscale("linear")
+            twin.set_ylim(*dim.range)
+            twin.set_yticks(dim.tickvals, dim.ticktext)
+            twin.minorticks_off()
+    ax.figure.set_size_inches(max(6.4, 1.6 * len(twins) + 3), 4.8)  # room for each axis's labels
     return fig, ax
 
 
@@ -68,21 +171,17 @@ def _plots(study: optuna.Study) -> Iterator[tuple]:
 
     same = None if len({t.value for t in complete}) > 1 else "every complete trial has the same value"
     no_epochs = None if any(t.intermediate_values for t in trials) else "no trial has reported an epoch yet"
-    plots = [  # (stem, title, why it is skipped or None, plotly and matplotlib versions)
-        ("history", "Optimization history", need(1), vis.plot_optimization_history, mpl.plot_optimization_history),
+    no_params = None if any(t.params for t in complete) else "no complete trial has a searched parameter"
+    plots = [  # (stem, title, why it is skipped or None, a function of the study to both versions)
+        ("history", "Optimization history", need(1), _history),
         ("intermediate", "Validation accuracy per epoch (dotted: pruned)", no_epochs,
-         vis.plot_intermediate_values, mpl.plot_intermediate_values),
-        ("importances", "Parameter importances", need(5) or same, vis.plot_param_importances,
-         mpl.plot_param_importances),
-        ("parallel", "Parallel coordinates", need(2), vis.plot_parallel_coordinate, mpl.plot_parallel_coordinate),
+         lambda s: _curves(s, vis.plot_intermediate_values(s), mpl.plot_intermediate_values(s))),
+        ("importances", "Parameter importances", need(5) or same,
+         lambda s: (vis.plot_param_importances(s), mpl.plot_param_importances(s))),
+        ("parallel", "Parallel coordinates (colour: validation accuracy)", need(2) or no_params, _parallel),
     ]  # fmt: skip
-    for stem, title, skip, plot, plot_png in plots:
-        if skip:
-            yield stem, title, skip
-        elif stem == "intermediate":
-            yield stem, title, *_mark_pruned(study, plot(study), plot_png(study))
-        else:
-            yield stem, title, plot(study), plot_png(study)
+    for stem, title, skip, plot in plots:
+        yield (stem, title, skip) if skip else (stem, title, *plot(study))
 
 
 # ------------------------------------------------------------------------------------- table
@@ -203,18 +302,24 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
 .note { color: #666; font-style: italic; }
+.wide { overflow-x: auto; }
+img { max-width: 100%; }
 """
 
 
-def write_report(study: optuna.Study, out: str | Path, *, storage: str = "") -> Path:
-    """Write the report of `study` into `out`; returns the page. `storage`: a masked URL to show."""
+def write_report(study: optuna.Study, out: str | Path, *, storage: str = "", runs: str | Path | None = None) -> Path:
+    """Write the report of `study` into `out`; returns the page. `storage`: a masked URL to show;
+    `runs`: a `stl-tune train` output folder, shown as the final training."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers
     import matplotlib.pyplot as plt
+    import plotly.offline
 
+    final = None if runs is None else report_runs.read_runs(runs)  # a bad folder is one line, before any file
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "final", ignore_errors=True)  # from an earlier report into this folder
     trials = study.get_trials(deepcopy=False)
     t = tally(study, trials=trials)
     confirmed = best_confirmed(study)
@@ -226,6 +331,7 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "") -> 
         ("direction", study.direction.name.lower()),
         ("trials", f"{t.trials} (" + ", ".join(f"{n} {s}" for s, n in counted.items() if n) + ")"),
         ("best", f"{t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no complete trial yet"),
+        ("final test accuracy", final and report_runs.headline(final)),
         ("best confirmed", f"trial {confirmed[0]}: {confirmed[1]['mean']:.4f} ± {confirmed[1]['std']:.4f} over "
                            f"{len(confirmed[1]['values'])} new seeds (stl-tune confirm; export takes it)" if confirmed else ""),
         ("warm start", _warm_start(study, trials)),
@@ -233,7 +339,10 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "") -> 
         ("storage", storage),
         ("generated", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
     ]
-    sections, first = [], True
+    sections = [] if final is None else [report_runs.section(final, out)]
+    bundle = out / "plotly.min.js"  # plotly.js (4.8 MB) beside the page, once for all its plots
+    bundle.unlink(missing_ok=True)  # from an earlier report, if this one has no plot
+    plotly_js = "directory"  # the first plot's <script src="plotly.min.js">; the others need none
     with experimental_ok(), warnings.catch_warnings():  # optuna.visualization.matplotlib is experimental
         # An axis over equal values (one objective value, a parameter tried at one value): matplotlib
         # widens it itself, which is all the plot needs.
@@ -246,8 +355,10 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "") -> 
             fig, ax = drawn
             ax.figure.savefig(out / f"{stem}.png", dpi=100, bbox_inches="tight")
             plt.close(ax.figure)
-            div = fig.to_html(full_html=False, include_plotlyjs=first, config={"displaylogo": False})
-            first = False
+            div = fig.to_html(full_html=False, include_plotlyjs=plotly_js, config={"displaylogo": False})
+            if plotly_js:
+                bundle.write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
+                plotly_js = False
             sections.append(f'<h2>{title} <small><a href="{stem}.png">PNG</a></small></h2>{div}')
     sections.append(f"<h2>Best trials</h2>{_table(study, out)}")
     sections.append(_next_steps(study, confirmed is not None, t.finished))

@@ -40,6 +40,9 @@ class EpochMetrics:
     label_smoothing: float
     seconds: float  # wall time of this epoch's training and evaluation
     checkpointed: bool  # the resume checkpoint was written after this epoch
+    # part of seconds: compiling the model at this epoch's first step (a compiled run's first
+    # epoch, and a resumed run's), else 0; seconds - compile_seconds is the epoch's pace
+    compile_seconds: float = 0.0
 
 
 @dataclass
@@ -74,17 +77,32 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """runtime.device as a torch.device, or a UserError naming what this process cannot have (a
+    search worker sees its own GPU only, as cuda:0): check it before any trial."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"runtime.device={name} but CUDA is not available on this machine")
-    return torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise UserError(f"runtime.device={name} but this process sees {n} GPU{'s' if n > 1 else ''} "
+                        f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")  # fmt: skip
+    return device
 
 
-def compile_wanted(setting: bool | str, device: torch.device) -> bool:
-    """runtime.compile resolved: auto compiles on CUDA and not on a CPU, where a first compile
-    costs tens of seconds (see use_compile_cache) against runs of minutes."""
+def switched_on(setting: bool | str, device: torch.device) -> bool:
+    """A runtime switch resolved (runtime.amp, channels_last, fused, compile): auto is on for CUDA,
+    which the trainer is built for, and off on a CPU, where a first compile costs tens of seconds
+    (see use_compile_cache) against runs of minutes; true and false hold on any device, so a CPU
+    can run the CUDA branch (tests/test_train.py)."""
     return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def place_model(model: nn.Module, cfg: C.TrainConfig, device: torch.device) -> nn.Module:
+    """The model on `device`, in channels_last layout where runtime.channels_last is on."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if switched_on(cfg.runtime.channels_last, device) else model
 
 
 def use_compile_cache() -> Path:
@@ -205,18 +223,32 @@ class Ema:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, cfg: C.TrainConfig, device: torch.device) -> Tensor:
-    """Class predictions for uint8 images, averaging the logits of each image and its mirror."""
+def predict_logits(
+    model: nn.Module, x: Tensor, cfg: C.TrainConfig, device: torch.device, index: Tensor | None = None
+) -> Tensor:
+    """float32 logits [N, classes] of uint8 images x [N,3,S,S] (or of x[index]: read a batch at a
+    time, never copied whole); with eval.tta, the mean of each image's and its mirror's."""
     model.eval()
-    preds = []
-    for xb in x.split(cfg.eval.batch_size):
+    out = []
+    batches = x.split(cfg.eval.batch_size) if index is None else (x[i] for i in index.split(cfg.eval.batch_size))
+    for xb in batches:
         xb = _to_input(xb.float().div_(255), cfg, device)
         with _autocast(cfg, device):
             logits = model(xb).float()
             if cfg.eval.tta:
-                logits += model(xb.flip(-1)).float()
-        preds.append(logits.argmax(1))
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=x.device)
+                logits = (logits + model(xb.flip(-1)).float()) / 2
+        out.append(logits)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, x: Tensor, cfg: C.TrainConfig, device: torch.device, index: Tensor | None = None
+) -> Tensor:
+    """Class predictions for uint8 images x (or x[index]), averaging the logits of each image and its mirror."""
+    if (len(x) if index is None else len(index)) == 0:
+        return torch.empty(0, dtype=torch.long, device=x.device)
+    return predict_logits(model, x, cfg, device, index).argmax(1)
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -230,14 +262,13 @@ def per_class_accuracy(cm: Tensor) -> list[float]:
 
 
 def _to_input(x: Tensor, cfg: C.TrainConfig, device: torch.device) -> Tensor:
-    if device.type == "cuda" and cfg.runtime.channels_last:
+    if switched_on(cfg.runtime.channels_last, device):
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
 
 def _autocast(cfg: C.TrainConfig, device: torch.device) -> torch.autocast:
-    enabled = device.type == "cuda" and cfg.runtime.amp
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=switched_on(cfg.runtime.amp, device))
 
 
 # ----------------------------------------------------------------------------------- checkpoints
@@ -256,12 +287,12 @@ def _load_checkpoint(path: Path, cfg: C.TrainConfig) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a checkpoint, or not written by torch.save
         raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
-    if _recipe(state.get("config", {})) != _recipe(C.to_dict(cfg)):
+    if recipe_of(state.get("config", {})) != recipe_of(C.to_dict(cfg)):
         raise UserError(f"checkpoint {path} was written for a different config; remove it to start over")
     return state
 
 
-def _recipe(d: dict) -> dict:
+def recipe_of(d: dict) -> dict:
     """A config dict less where things are (data.dir, runtime device and the like): a retry on
     another host, with the data mounted elsewhere or on another GPU, resumes the same run."""
     return {k: v for k, v in d.items() if k != "runtime"} | {
@@ -272,18 +303,32 @@ def _recipe(d: dict) -> dict:
 # ------------------------------------------------------------------------------------- the run
 
 
-def _epoch_batches(data: Dataset, cfg: C.TrainConfig, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-    """Shuffled, augmented (x in [0,1], y) batches for one epoch; the last partial batch is
-    dropped (BatchNorm dislikes tiny batches). On CUDA, ~4k images per augmentation call amortise
-    the per-op kernel launches; on a CPU, ~512 keep a chunk in cache (measured ~2x faster)."""
+# uint8 image bytes per augmentation call when runtime.augment_chunk_mib is 0 (auto), in MiB. On
+# CUDA, 4,096 images at 96 px per call amortise the per-op kernel launches; on a CPU, 512 keep a
+# chunk in cache (measured ~2x faster). Bytes, not images: a call's working set grows with the
+# pixels (the crop's int64 index alone is 8 bytes a pixel: 1.6 GB for 4,096 images at 224 px).
+CHUNK_MIB = {"cuda": 4096 * 3 * 96 * 96 / 2**20, "cpu": 512 * 3 * 96 * 96 / 2**20}  # 108, 13.5
+
+
+def chunk_images(cfg: C.TrainConfig, image_bytes: int, device: torch.device) -> int:
+    """Images per augmentation call: the whole batches of `image_bytes` each that the byte budget
+    holds, at least one batch."""
+    mib = cfg.runtime.augment_chunk_mib or CHUNK_MIB["cuda" if device.type == "cuda" else "cpu"]
     batch = cfg.optim.batch_size
-    steps = len(data.train_y) // batch
-    order = torch.randperm(len(data.train_y), device=device)[: steps * batch]
-    chunk = batch * max(1, (4096 if device.type == "cuda" else 512) // batch)
+    return batch * max(1, int(mib * 2**20) // (image_bytes * batch))
+
+
+def _epoch_batches(data: Dataset, cfg: C.TrainConfig, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """Shuffled, augmented (x in [0,1], y) batches for one epoch, augmented a chunk at a time
+    (chunk_images); the last partial batch is dropped (BatchNorm dislikes tiny batches)."""
+    batch = cfg.optim.batch_size
+    steps = len(data.train) // batch
+    order = data.train[torch.randperm(len(data.train), device=device)[: steps * batch]]  # into data.images
+    chunk = chunk_images(cfg, data.images.shape[1:].numel(), device)
     for start in range(0, len(order), chunk):
         idx = order[start : start + chunk]
-        x = augment_images(data.train_x[idx], cfg.augment)
-        yield from zip(x.split(batch), data.train_y[idx].split(batch))
+        x = augment_images(data.images[idx], cfg.augment)
+        yield from zip(x.split(batch), data.labels[idx].split(batch))
 
 
 class _Run:
@@ -296,21 +341,20 @@ class _Run:
         self.device = device = resolve_device(cfg.runtime.device)
         torch.manual_seed(cfg.seed)  # seeds the CPU and every CUDA generator
         self.data = data = load_data(cfg.data, cfg.seed, device, with_test=evaluate_test)
+        self.val_y = data.labels[data.val]
         batch = cfg.optim.batch_size
-        self.steps_per_epoch = len(data.train_y) // batch
+        self.steps_per_epoch = len(data.train) // batch
         if self.steps_per_epoch == 0:
-            raise UserError(f"optim.batch_size={batch} exceeds the {len(data.train_y)} training images")
+            raise UserError(f"optim.batch_size={batch} exceeds the {len(data.train)} training images")
 
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # shapes are fixed: time the conv algorithms once, keep the best
-        self.model = build_model(cfg.model, data.num_classes, data.mean, data.std).to(device)
-        if device.type == "cuda" and cfg.runtime.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = place_model(build_model(cfg.model, data.num_classes, data.mean, data.std), cfg, device)
         self.ema = Ema(self.model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
-        self.opt = make_optimizer(self.model, cfg.optim, fused=device.type == "cuda")
+        self.opt = make_optimizer(self.model, cfg.optim, fused=switched_on(cfg.runtime.fused, device))
         self.sched = make_scheduler(self.opt, cfg.optim, self.steps_per_epoch)
         self.step_model: nn.Module = self.model  # what a step calls: the model, or its compiled form
-        self.compile_pending = compile_wanted(cfg.runtime.compile, device)  # compiled at the first step
+        self.compile_pending = switched_on(cfg.runtime.compile, device)  # compiled at the first step
         if self.compile_pending:
             use_compile_cache()
         self.compile_seconds = 0.0
@@ -333,7 +377,8 @@ class _Run:
             "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else {},
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(self.device) if cuda else torch.empty(0),
+            # a ByteTensor, empty on a CPU, as torch.cuda.set_rng_state takes no other type
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if cuda else torch.empty(0, dtype=torch.uint8),
         }  # fmt: skip
 
     def restore(self, state: dict) -> None:
@@ -344,7 +389,9 @@ class _Run:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
-        if self.device.type == "cuda":
+        # Written on a CPU, a checkpoint has no CUDA state (earlier ones: an empty float tensor): on
+        # a GPU the run then goes on from the CUDA generator seeded in __init__.
+        if self.device.type == "cuda" and state["rng_cuda"].numel() > 0:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.epoch, self.history = state["epoch"], state["history"]
         self.best, self.best_epoch = state["best_val_acc"], state["best_epoch"]
@@ -418,25 +465,25 @@ class _Run:
     def validate(self) -> float | None:
         """Validation accuracy of the evaluated (EMA) weights, remembering the best; None without
         a validation split."""
-        if len(self.data.val_y) == 0:
+        if len(self.val_y) == 0:
             return None
-        pred = predict(self.eval_model, self.data.val_x, self.cfg, self.device)
-        acc = (pred == self.data.val_y).float().mean().item()
+        pred = predict(self.eval_model, self.data.images, self.cfg, self.device, self.data.val)
+        acc = (pred == self.val_y).float().mean().item()
         if self.best is None or acc > self.best:
             self.best, self.best_epoch = acc, self.epoch
         return acc
 
     def patience_spent(self) -> bool:
         patience = self.cfg.eval.patience
-        return len(self.data.val_y) > 0 and patience > 0 and self.epoch - self.best_epoch >= patience
+        return len(self.val_y) > 0 and patience > 0 and self.epoch - self.best_epoch >= patience
 
     def final_evaluation(self, result: TrainResult, on_test: bool) -> None:
         """Confusion matrix and per-class accuracy on test (on_test) or validation, and the test accuracy."""
         data = self.data
-        x, y = (data.test_x, data.test_y) if on_test else (data.val_x, data.val_y)
+        x, y, index = (data.test_x, data.test_y, None) if on_test else (data.images, self.val_y, data.val)
         if x is None or len(y) == 0:
             return
-        pred = predict(self.eval_model, x, self.cfg, self.device)
+        pred = predict(self.eval_model, x, self.cfg, self.device, index)
         cm = confusion_matrix(pred, y, data.num_classes)
         result.confusion = cm.tolist()
         result.per_class_acc = per_class_accuracy(cm)
@@ -482,7 +529,7 @@ def train(
 
     last_save = -math.inf
     while result.status == "completed" and run.epoch < cfg.optim.epochs:
-        t0 = time.perf_counter()
+        t0, compiled_before = time.perf_counter(), run.compile_seconds
         smoothing = label_smoothing_at(run.epoch, cfg)
         train_loss = run.train_epoch(smoothing)
         result.epochs_run = run.epoch
@@ -504,6 +551,7 @@ def train(
         metrics = EpochMetrics(
             epoch=run.epoch, train_loss=train_loss, val_acc=val_acc, lr=run.sched.get_last_lr()[0],
             label_smoothing=smoothing, seconds=time.perf_counter() - t0, checkpointed=save,
+            compile_seconds=run.compile_seconds - compiled_before,
         )  # fmt: skip
         run.history.append(asdict(metrics))
         if save:

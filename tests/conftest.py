@@ -18,6 +18,16 @@ import pytest
 PG_BIN_DIRS = ("/usr/lib/postgresql/15/bin",)  # Debian's layout; else initdb on PATH
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` are skipped where torch sees no GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in items:
+            if item.get_closest_marker("cuda"):
+                item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+
+
 @pytest.fixture(scope="session")
 def fake_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fake STL-10 folder (use as data.dir): 20 labelled images per class, 10 test images per class."""
@@ -156,7 +166,8 @@ def tiny_study(fake_data: Path) -> dict:
             "model": {"width": 4, "blocks": [1, 1, 1, 1]},
             "optim": {"epochs": 2, "batch_size": 32, "warmup_epochs": 1},
             "augment": {"randaugment_ops": 0},
-            "runtime": {"checkpoint_interval_s": 0},  # every epoch: resume tests stop trials anywhere
+            # the CPU on a GPU host too; a checkpoint every epoch: resume tests stop trials anywhere
+            "runtime": {"device": "cpu", "checkpoint_interval_s": 0},
         },
         "sampler": {"name": "random", "seed": 0},
         "pruner": {"name": "none"},
@@ -176,6 +187,30 @@ def worker_env(tmp_path: Path) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+@pytest.fixture
+def no_download(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make any STL-10 download attempt fail as it would offline; returns the URLs tried."""
+    from stl_tune import data
+
+    calls: list[str] = []
+
+    def offline(url, download_root, **kwargs):
+        calls.append(url)
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(data, "download_and_extract_archive", offline)
+    return calls
+
+
+@pytest.fixture
+def image_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The decode cache of folder datasets (stl_tune.data.image_cache_dir) in a fresh temporary
+    folder instead of ~/.cache (beside tmp_path, which tests fill with datasets); returns it."""
+    xdg = tmp_path_factory.mktemp("xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+    return xdg / "stl-tune" / "images"
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from stl_tune.augment import (
@@ -130,6 +131,22 @@ def test_grouped_ops_match_torchvision_per_image(magnitude, h, w):
     for i in range(len(x)):
         names = [(OPS[o], bool(n)) for o, n in zip(ops[:, i], negative[:, i])]
         assert torch.equal(out[i], expected[i]), f"image {i}: (op, negative) {names}"
+
+
+def test_every_convolution_sees_one_shape(monkeypatch):
+    """cudnn.benchmark times a convolution's algorithms per input shape: the Sharpness convolution
+    saw as many images as drew Sharpness, so it was timed again in every augmentation call."""
+    shapes, real = [], F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda x, *args, **kw: shapes.append(tuple(x.shape)) or real(x, *args, **kw))
+    sharpness = OPS.index("Sharpness")
+    for n, k in ((40, 1), (40, 33), (90, 70)):  # k of n images draw Sharpness, each sign
+        ops = torch.full((1, n), OPS.index("Identity")).index_fill_(1, torch.arange(k), sharpness)
+        negative = torch.arange(n)[None] % 2 == 1
+        x = images(n)
+        out = apply_ops(x, ops, negative, magnitude=9)
+        assert not torch.equal(out[:k], x[:k]) and torch.equal(out[k:], x[k:])
+    augment_images(images(300), AugmentConfig())
+    assert len(shapes) > 8 and len(set(shapes)) == 1, set(shapes)
 
 
 # --------------------------------------------------------------------------- Mixup / CutMix

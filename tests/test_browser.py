@@ -1,7 +1,9 @@
 """The report page and the dashboard, rendered by a real headless browser (Chromium).
 
-Catches what string checks on the HTML cannot: plotly.js failing to run, plots that stay empty,
-script errors, and anything the page tries to fetch from the network (blocked and reported here).
+Catches what string checks on the HTML cannot: plotly.js failing to run (or not found beside the
+page), plots that stay empty, what plotly draws (legend entries, hover labels, tick labels, font
+sizes), images that do not load, script errors, and anything the page tries to fetch from the
+network (blocked and reported here).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import subprocess
 
 import pytest
 from browser import STL_TUNE, chromium, colour_stats, free_port, wait_http
-from test_report import make_study, render
+from test_report import make_study, render, write_runs
 
 from optuna.trial import TrialState
 
@@ -18,9 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_report_page_draws_its_plots(tmp_path):
-    _, out = render(tmp_path)
+    _, out = render(tmp_path, runs=write_runs(tmp_path / "runs"))
     with chromium() as pg:
-        pg.page.goto((out / "index.html").as_uri())
+        pg.page.goto((out / "index.html").as_uri())  # plotly.js comes from the file beside it
         pg.page.wait_for_selector(".plotly-graph-div .main-svg")
         graphs = pg.page.locator(".plotly-graph-div")
         assert graphs.count() == 4  # history, intermediate values, importances, parallel coordinates
@@ -28,6 +30,23 @@ def test_report_page_draws_its_plots(tmp_path):
             graph = graphs.nth(i)
             assert graph.locator(".main-svg").count() >= 1, f"plot {i} was not drawn"
             assert graph.evaluate("div => div.data.length") > 0, f"plot {i} has no data"
+        history, curves, _, parallel = (graphs.nth(i) for i in range(4))
+        legend = curves.locator(".legendtext").all_text_contents()  # SVG: no inner text
+        assert "Trial0" in legend and "Trial6 (pruned)" in legend and len(legend) == 8
+        curves.evaluate("div => Plotly.Fx.hover(div, [{curveNumber: 6, pointNumber: 1}])")
+        hover = curves.locator(".hoverlayer").text_content()  # plotly's own: "Trial6 (prun...(2, 0.4)"
+        assert "Trial6 (pruned)" in hover and "epoch 2: 0.4000" in hover, hover
+        for graph in (history, curves):  # trial numbers and epochs
+            ticks = graph.locator(".xtick text").all_text_contents()
+            assert ticks and all(t.isdigit() for t in ticks), ticks
+        sizes = parallel.locator(".annotation-text").evaluate_all("ts => ts.map(t => parseFloat(getComputedStyle(t).fontSize))")
+        assert sizes and min(sizes) >= 12, sizes  # axis tick labels
+        final = pg.page.get_by_role("heading", name="Final training")
+        assert final.is_visible()
+        section = pg.page.inner_text("body")
+        assert "0.7333 ± 0.0334" in section and "the ensemble of seed-0, seed-1, seed-2" in section
+        matrix = pg.page.locator('img[src="final/confusion.png"]')
+        assert matrix.evaluate("img => img.complete && img.naturalWidth") > 100  # loaded from disk
         image = pg.screenshot(tmp_path / "report.png")
         assert pg.errors == [], f"script errors: {pg.errors}"
         assert pg.external == [], f"the page fetched from the network: {pg.external}"

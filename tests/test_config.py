@@ -76,20 +76,25 @@ def test_every_number_declares_its_range_and_validate_enforces_it():
                 C.from_dict(None, {path: bound + sign * step})
 
 
+SWITCHES = ["compile", "amp", "channels_last", "fused"]  # runtime settings: auto (on for CUDA) or forced
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("auto", "auto"), ("true", True), ("false", False), (True, True), (False, False)],
 )
-def test_compile_is_auto_or_a_boolean(value, expected):
-    assert C.TrainConfig().runtime.compile == "auto"
-    for cfg in (C.from_dict(None, {"runtime.compile": value}), C.from_dict({"runtime": {"compile": value}})):
-        assert cfg.runtime.compile == expected and type(cfg.runtime.compile) is type(expected)
+def test_runtime_switches_are_auto_or_a_boolean(switch, value, expected):
+    assert getattr(C.TrainConfig().runtime, switch) == "auto"
+    for cfg in (C.from_dict(None, {f"runtime.{switch}": value}), C.from_dict({"runtime": {switch: value}})):
+        assert getattr(cfg.runtime, switch) == expected and type(getattr(cfg.runtime, switch)) is type(expected)
 
 
+@pytest.mark.parametrize("switch", SWITCHES)
 @pytest.mark.parametrize("value", [1, "1", "maybe", "Auto"])
-def test_compile_refuses_other_values(value):
-    with pytest.raises(C.ConfigError, match=r"runtime.compile must be one of auto, true, false, got"):
-        C.from_dict(None, {"runtime.compile": value})
+def test_runtime_switches_refuse_other_values(switch, value):
+    with pytest.raises(C.ConfigError, match=rf"runtime.{switch} must be one of auto, true, false, got"):
+        C.from_dict(None, {f"runtime.{switch}": value})
 
 
 def test_string_choices_are_not_read_as_yaml(tmp_path):

@@ -15,6 +15,7 @@ from stl_tune.config import DataConfig
 from stl_tune.data import DataError, load_data, read_stl10_split, write_fake_stl10
 
 PER_CLASS, TEST_PER_CLASS = 20, 5  # the shared fake set: 200 train, 50 test images
+pytestmark = pytest.mark.usefixtures("image_cache")  # decoded folders are cached under a tmp folder
 
 
 @pytest.fixture(autouse=True)
@@ -27,19 +28,6 @@ def fresh_cache():
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory) -> Path:
     return write_fake_stl10(tmp_path_factory.mktemp("fake"), PER_CLASS, TEST_PER_CLASS, seed=0)
-
-
-@pytest.fixture
-def no_download(monkeypatch):
-    """Make any download attempt fail as it would offline, and record that it was tried."""
-    calls = []
-
-    def offline(url, download_root, **kwargs):
-        calls.append(url)
-        raise OSError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(data, "download_and_extract_archive", offline)
-    return calls
 
 
 def cfg(fake: Path, **kw) -> DataConfig:
@@ -222,9 +210,32 @@ def test_cache_returns_the_same_tensors(fake, monkeypatch):
     a = load_data(cfg(fake), seed=0)
     monkeypatch.chdir(fake.parent)  # a relative path to the same folder shares the cache entry
     b = load_data(DataConfig(dir=fake.name, image_size=16), seed=0, device="cpu")
-    assert b is a and b.train_x is a.train_x
+    assert b is a and b.images is a.images
     data.clear_cache()
-    assert load_data(cfg(fake), seed=0).train_x is not a.train_x
+    assert load_data(cfg(fake), seed=0).images is not a.images
+
+
+def test_seeds_and_splits_share_one_copy_of_the_images(fake):
+    """confirm alternates seeds, each with its own validation split: a worker keeps one copy."""
+    a, b = load_data(cfg(fake), seed=0), load_data(cfg(fake), seed=1)
+    final = load_data(cfg(fake, train_on_val=True), seed=0, with_test=True)
+    wider = load_data(cfg(fake, val_fraction=0.3), seed=0)
+    assert a is not b and a.images is b.images is final.images is wider.images
+    assert a.labels is b.labels is final.labels
+    assert not torch.equal(a.val, b.val) and len(wider.val) == 60  # 30 % of 20 per class
+    for ds in (a, b, wider):  # each split: the labelled images, disjoint, complete, gathered by index
+        assert torch.equal(torch.cat([ds.train, ds.val]).sort().values, torch.arange(10 * PER_CLASS))
+        assert torch.equal(ds.val_x, ds.images[ds.val]) and torch.equal(ds.train_y, ds.labels[ds.train])
+    assert torch.equal(final.train, torch.arange(10 * PER_CLASS)) and len(final.val) == 0
+    assert load_data(cfg(fake), seed=0, with_test=True).test_x is final.test_x  # test images: one copy too
+    assert load_data(cfg(fake, image_size=24), seed=0).images.shape[-1] == 24  # another size, another source
+
+
+@pytest.mark.cuda
+def test_cuda_and_cuda0_share_one_copy_on_the_gpu(fake):
+    a, b = load_data(cfg(fake), seed=0, device="cuda"), load_data(cfg(fake), seed=1, device="cuda:0")
+    assert a.images is b.images and a.images.is_cuda and a.train.is_cuda
+    assert torch.equal(a.images.cpu(), load_data(cfg(fake), seed=0).images)
 
 
 # ------------------------------------------------------------------------------ folder datasets

@@ -1,6 +1,7 @@
 """Folder datasets in both layouts (root/<class>/ and root/{train,val,test}/<class>/): which images
-each split gets, one clear line for every bad tree or file, and the cheap counts (train_size,
-describe) that decode and download nothing. Tiny PNG trees written per test."""
+each split gets, one clear line for every bad tree or file, the cheap counts (train_size,
+describe) that decode and download nothing, data.source auto, and prepare() with its decode
+cache. Tiny PNG trees written per test."""
 
 import re
 from pathlib import Path
@@ -12,9 +13,10 @@ from PIL import Image
 
 from stl_tune import data
 from stl_tune.config import DataConfig
-from stl_tune.data import DataError, describe, load_data, train_size
+from stl_tune.data import DataError, describe, load_data, prepare, train_size
 
 SIDE = 8  # pixels; files are written at the loaded size, so loaded pixels equal the files' exactly
+pytestmark = pytest.mark.usefixtures("image_cache")  # decoded folders are cached under tmp_path
 
 
 @pytest.fixture(autouse=True)
@@ -91,8 +93,12 @@ def test_describe_names_the_layout(tmp_path, fake_data):
     assert describe(folder(tmp_path / "flat")) == (
         f"folder {tmp_path / 'flat'}: class layout (<class>/; test: 20% of each class, fixed), 2 classes, "
         "6 train / 2 val / 2 test images")
-    assert describe(DataConfig(dir=str(fake_data))) == (
+    assert describe(DataConfig(source="stl10", dir=str(fake_data))) == (
         f"stl10 {fake_data}: STL-10 binaries, 10 classes, 180 train / 20 val / 100 test images")
+    # data.source auto (the default) names the source it found
+    assert describe(DataConfig(dir=str(fake_data))) == describe(DataConfig(source="stl10", dir=str(fake_data)))
+    for tree in ("split", "flat"):
+        assert describe(DataConfig(dir=str(tmp_path / tree), image_size=SIDE)) == describe(folder(tmp_path / tree))
 
 
 # ------------------------------------------------------------------------- bad trees, bad files
@@ -204,3 +210,153 @@ def test_train_size_decodes_and_downloads_nothing(tmp_path, fake_data, monkeypat
     with pytest.raises(DataError, match=r"train_y.bin not found: STL-10 is not downloaded yet"):
         train_size(DataConfig(dir=str(tmp_path / "nothing")))
     assert not (tmp_path / "nothing").exists()
+
+
+# ------------------------------------------------------------------------------- data.source auto
+def test_auto_finds_the_source_from_the_tree(tmp_path, fake_data, no_download):
+    write_tree(tmp_path / "flat", {"": {"a": 5, "b": 5}})
+    write_tree(tmp_path / "split", {"train": {"a": 4, "b": 4}, "test": {"a": 1, "b": 1}})
+    (tmp_path / "demo" / "fake" / "stl10_binary").mkdir(parents=True)  # data/ after `data fake --out data/fake`
+    auto = {name: DataConfig(dir=str(tmp_path / name), image_size=SIDE) for name in ("flat", "split")}
+    for name, cfg in auto.items():  # a folder dataset, read exactly as with data.source folder
+        ds = load_data(cfg, seed=0, with_test=True)
+        explicit = load_data(folder(tmp_path / name), seed=0, with_test=True)
+        assert torch.equal(ds.train_x, explicit.train_x) and torch.equal(ds.test_y, explicit.test_y)
+    assert len(load_data(DataConfig(dir=str(fake_data), image_size=SIDE), seed=0).train_y) == 180  # stl10_binary/
+    # nothing there yet, or folders without files: STL-10, downloaded into data.dir (offline here)
+    for where in (tmp_path / "nothing", tmp_path / "demo"):
+        with pytest.raises(DataError, match=re.escape(f"STL-10 is not in {where / 'stl10_binary'}")):
+            load_data(DataConfig(dir=str(where)), seed=0)
+    assert len(no_download) == 2
+
+
+def test_auto_refuses_what_it_cannot_place(tmp_path, fake_data):
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    Image.new("RGB", (SIDE, SIDE)).save(loose / "a.png")
+    with pytest.raises(DataError, match=re.escape(f"{loose}: 1 images but no class sub-folders: a folder dataset holds "
+                                                  f"{loose}/<class name>/<image files>")):  # fmt: skip
+        describe(DataConfig(dir=str(loose)))
+    inner = fake_data / "stl10_binary"
+    with pytest.raises(DataError, match=re.escape(f"{inner} holds the STL-10 files themselves: set data.dir to "
+                                                  f"the folder above it, {fake_data}")):  # fmt: skip
+        describe(DataConfig(dir=str(inner)))
+
+
+# ------------------------------------------------------------------------ what is and is not an image
+def test_every_format_pil_reads_is_an_image_and_other_files_are_counted(tmp_path):
+    written = write_tree(tmp_path, {"": {"a": 3, "b": 3}})[""]
+    tif = torch.randint(0, 256, (3, SIDE, SIDE), dtype=torch.uint8, generator=torch.Generator().manual_seed(9))
+    Image.fromarray(tif.permute(1, 2, 0).numpy()).save(tmp_path / "a" / "scan.TIF")  # TIFF, read by PIL
+    written[tif.numpy().tobytes()] = "a"
+    for junk in ("notes.txt", ".DS_Store", "Thumbs.db"):
+        (tmp_path / "b" / junk).write_text("not an image")
+    cfg = folder(tmp_path, train_on_val=True, test_fraction=0.3)
+    ds = load_data(cfg, seed=0, with_test=True)
+    got = {**loaded(ds.train_x, ds.train_y, ds.classes), **loaded(ds.test_x, ds.test_y, ds.classes)}
+    assert got == written
+    assert describe(cfg).endswith("; skipped 3 files that are not images: .DS_Store, Thumbs.db, notes.txt")
+
+
+def test_a_class_of_unreadable_format_names_it_and_how_to_convert(tmp_path):
+    write_tree(tmp_path, {"": {"a": 2, "b": 2}})
+    (tmp_path / "c").mkdir()
+    for i in range(3):
+        (tmp_path / "c" / f"{i}.heic").write_bytes(b"ftypheic")
+    (tmp_path / "c" / ".DS_Store").write_bytes(b"")
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'c'}: no image file PIL can read, its files are "
+                                                  "3 .heic: convert them to PNG or JPEG (ImageMagick: mogrify "
+                                                  "-format png *.heic)")):  # fmt: skip
+        describe(folder(tmp_path))
+
+
+def test_class_layout_needs_a_test_share_and_the_split_layout_does_not(tmp_path):
+    write_tree(tmp_path / "flat", {"": {"a": 4, "b": 4}})
+    write_tree(tmp_path / "split", {"train": {"a": 4, "b": 4}, "test": {"a": 1, "b": 1}})
+    with pytest.raises(DataError, match=r"flat: data.test_fraction must be > 0 for a class-layout folder"):
+        train_size(folder(tmp_path / "flat", test_fraction=0.0))
+    assert train_size(folder(tmp_path / "split", test_fraction=0.0)) == 6
+
+
+# ------------------------------------------------------------------------ prepare and its decode cache
+def test_prepare_names_every_unreadable_file_before_any_training(tmp_path):
+    write_tree(tmp_path, {"train": {"a": 3, "b": 3}, "test": {"a": 1, "b": 1}})
+    (tmp_path / "test" / "b" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n half a file")  # a test image
+    load_data(folder(tmp_path), seed=0)  # a search's trials read no test image: they would not notice
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'test' / 'b' / 'cut.png'}: cannot read this image")):
+        prepare(folder(tmp_path))
+    (tmp_path / "train" / "a" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "train" / "b" / "empty.jpg").write_bytes(b"")
+    with pytest.raises(DataError) as e:
+        prepare(folder(tmp_path))
+    assert str(e.value).startswith(f"{tmp_path / 'train' / 'a' / 'empty.jpg'}: cannot read this image")
+    assert str(e.value).endswith("(and 1 more file that cannot be read); remove or replace them")
+    assert "\n" not in str(e.value)
+
+
+def test_prepare_decodes_once_and_the_next_process_reads_the_cache(tmp_path, image_cache, monkeypatch):
+    root = tmp_path / "pets"
+    write_tree(root, {"train": {"a": 3, "b": 3}, "test": {"a": 1, "b": 1}})
+    cfg = folder(root, train_on_val=True)
+    line = prepare(cfg)
+    assert line == describe(cfg)
+    assert len(list(image_cache.glob("*.pt"))) == 2  # train/ and test/, outside the dataset
+    assert sorted(p.name for p in root.rglob("*") if p.is_file()) == sorted(f"{i}.png" for i in [0, 1, 2] * 2 + [0] * 2)
+    expected = load_data(cfg, seed=0, with_test=True)
+
+    def forbidden(f):
+        raise AssertionError(f"decoded {f} again")
+
+    data.clear_cache()  # as a new process, e.g. a search's worker
+    monkeypatch.setattr(data, "_decode", forbidden)
+    again = load_data(cfg, seed=0, with_test=True)
+    assert torch.equal(again.train_x, expected.train_x) and torch.equal(again.test_x, expected.test_x)
+    prepare(cfg)
+
+    # an image changed in place (new pixels and mtime) is decoded again; the stale entry goes
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(image_cache.parent.parent))
+    Image.new("RGB", (SIDE, SIDE), (255, 0, 0)).save(root / "train" / "a" / "0.png")
+    data.clear_cache()
+    changed = load_data(cfg, seed=0)
+    red = torch.tensor([255, 0, 0], dtype=torch.uint8)[:, None, None].expand(3, SIDE, SIDE)
+    assert any(torch.equal(img, red) for img in changed.train_x)
+    assert len(list(image_cache.glob("*.pt"))) == 2
+
+
+def test_a_cache_that_cannot_be_written_only_costs_decoding(tmp_path, monkeypatch):
+    write_tree(tmp_path / "d", {"": {"a": 3, "b": 3}})
+    (tmp_path / "not-a-folder").write_text("XDG_CACHE_HOME names a file: nothing can be written under it")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
+    prepare(folder(tmp_path / "d"))
+    assert len(load_data(folder(tmp_path / "d"), seed=0, with_test=True).test_y) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "not-a-folder"]
+
+
+def test_a_cache_write_cut_short_leaves_no_file(tmp_path, image_cache, monkeypatch):
+    write_tree(tmp_path / "d", {"": {"a": 3, "b": 3}})
+
+    def disk_full(obj, f):
+        f.write(b"half a tensor file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(data.torch, "save", disk_full)
+    prepare(folder(tmp_path / "d"))  # decoded all the same
+    assert list(image_cache.iterdir()) == []  # neither a half file under the final name nor a temporary one
+
+
+def test_many_images_decode_under_a_progress_bar(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from stl_tune import progress
+
+    write_tree(tmp_path, {"train": {"a": 4, "b": 4}, "test": {"a": 1, "b": 1}})
+    monkeypatch.setattr(progress, "IMAGE_PROGRESS_MIN", 5)  # "many": train/'s 8, not test/'s 2
+    screen = io.StringIO()
+    prepare(folder(tmp_path), Console(file=screen, width=100))
+    assert "decoding train/ 8/8" in screen.getvalue() and "test/" not in screen.getvalue()
+    screen.truncate(0)
+    prepare(folder(tmp_path), Console(file=screen, width=100))  # read from the cache: nothing to show
+    assert screen.getvalue() == ""

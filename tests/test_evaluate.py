@@ -1,5 +1,6 @@
-"""The final model on its own: model.pt loads back into the same network (stl_tune.load_model), and
-`stl-tune evaluate` scores folder datasets in both layouts with it, matching classes by name.
+"""The final model on its own: model.pt loads back into the same network (stl_tune.load_model), an
+ensemble.pt into the members' averaged probabilities, and `stl-tune evaluate` scores folder
+datasets in both layouts with either, matching classes by name (a subset of them too).
 
 One tiny model is trained per module on fake STL-10; its test images, written as PNG folders,
 must score exactly as `train` scored them."""
@@ -16,13 +17,15 @@ from typer.testing import CliRunner
 
 import stl_tune
 from stl_tune import config as C
+from stl_tune import data
 from stl_tune.cli import app
 from stl_tune.data import read_stl10_split
 from stl_tune.errors import UserError
-from stl_tune.outputs import write_outputs
+from stl_tune.outputs import MODEL_VERSION, Ensemble, save_ensemble, write_outputs
 from stl_tune.train import train
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: more threads only contend
+# tiny models: more threads only contend; decoded folders are cached under tmp_path
+pytestmark = pytest.mark.usefixtures("single_thread", "image_cache")
 runner = CliRunner()
 
 
@@ -35,7 +38,7 @@ def trained(fake_data, tmp_path_factory):
         "data.dir": str(fake_data), "data.image_size": 16, "model.width": 4, "model.blocks": [1, 1, 1, 1],
         "optim.epochs": 8, "optim.lr": 3e-3, "optim.batch_size": 16, "optim.warmup_epochs": 1,
         "augment.randaugment_ops": 0, "augment.mix_epochs": 0, "ema.decay": 0.9,
-        "eval.batch_size": 32,  # the 100 test images in several batches
+        "eval.batch_size": 32, "runtime.device": "cpu",  # the 100 test images in several batches
     })  # fmt: skip
     result = train(cfg, checkpoint=out / "checkpoint.pt", evaluate_test=True)
     write_outputs(out, cfg, result)
@@ -146,7 +149,7 @@ def test_default_out_folder_is_beside_the_model(trained, fake_data, tmp_path):
     assert json.loads((tmp_path / "final" / "eval-birds" / "metrics.json").read_text())["images"] == 20
 
 
-def test_classes_that_differ_from_the_model_are_one_line(trained, fake_data, tmp_path):
+def test_classes_the_model_does_not_know_are_one_line(trained, fake_data, tmp_path):
     out, result, _ = trained
     root = tmp_path / "other"
     write_pngs(root, "test", fake_data, result.classes, per_class=2)
@@ -154,10 +157,40 @@ def test_classes_that_differ_from_the_model_are_one_line(trained, fake_data, tmp
     res = run_evaluate(out / "model.pt", root, tmp_path / "eval")
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert res.output.strip() == (
-        f"error: {root}: its class folders are not the model's 10 classes: it lacks '{result.classes[3]}'; "
-        "it has classes the model does not know: 'cat'"
+        f"error: {root}: class folders the model does not know: 'cat' "
+        f"(the model's 10 classes: {', '.join(result.classes)})"
     )
     assert not (tmp_path / "eval").exists()
+
+
+def test_names_that_differ_only_in_case_are_pointed_out(trained, fake_data, tmp_path):
+    out, result, _ = trained
+    root = tmp_path / "shouty"
+    write_pngs(root, "test", fake_data, result.classes, per_class=1)
+    (root / result.classes[0]).rename(root / result.classes[0].upper())
+    res = run_evaluate(out / "model.pt", root, tmp_path / "eval")
+    assert res.exit_code == 2
+    assert (f"names must match exactly, case included: rename '{result.classes[0].upper()}' to "
+            f"'{result.classes[0]}' (the model's") in res.output  # fmt: skip
+
+
+def test_a_folder_of_some_of_the_classes_scores_those(trained, fake_data, tmp_path):
+    out, result, cfg = trained
+    root = tmp_path / "some"
+    keep = result.classes[2:5]
+    write_pngs(root, "test", fake_data, result.classes)
+    for name in set(result.classes) - set(keep):
+        shutil.rmtree(root / name)
+    res = run_evaluate(out / "model.pt", root, tmp_path / "eval")
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["images"] == 30 and metrics["missing"] == [c for c in result.classes if c not in keep]
+    # the rows of the classes scored are train's rows of them; an image predicted as another class is wrong
+    rows = {c: result.confusion[result.classes.index(c)] for c in keep}
+    assert [metrics["confusion"][result.classes.index(c)] for c in keep] == list(rows.values())
+    assert metrics["accuracy"] == pytest.approx(sum(r[result.classes.index(c)] for c, r in rows.items()) / 30)
+    assert [a is None for a in metrics["per_class_acc"]] == [c not in keep for c in result.classes]
+    assert "the folder holds 3 of the model's 10 classes: scored those" in res.output
 
 
 def test_evaluate_refuses_a_checkpoint(trained, fake_data, tmp_path):
@@ -166,3 +199,61 @@ def test_evaluate_refuses_a_checkpoint(trained, fake_data, tmp_path):
     res = run_evaluate(out / "checkpoint.pt", tmp_path / "d", tmp_path / "eval")
     assert res.exit_code == 2 and res.output.startswith("error: ") and "resume checkpoint" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+# -------------------------------------------------------------------------------------- ensembles
+@pytest.fixture(scope="module")
+def ensemble(trained, tmp_path_factory):
+    """ensemble.pt of the trained model and a second member whose logits are tripled (other
+    probabilities, the same argmax): the members' average differs from either member's."""
+    out = trained[0]
+    folder = tmp_path_factory.mktemp("ensemble")
+    saved = torch.load(out / "model.pt", weights_only=True)
+    saved["state_dict"]["head.weight"] = saved["state_dict"]["head.weight"] * 3
+    saved["state_dict"]["head.bias"] = saved["state_dict"]["head.bias"] * 3 + torch.arange(10) * 0.5
+    torch.save(saved, folder / "other.pt")
+    save_ensemble(folder / "ensemble.pt", [out / "model.pt", folder / "other.pt"])
+    return folder / "ensemble.pt", [out / "model.pt", folder / "other.pt"]
+
+
+def test_an_ensemble_loads_as_one_model_of_averaged_probabilities(ensemble, trained):
+    path, members = ensemble
+    model = stl_tune.load_model(path)
+    assert isinstance(model, Ensemble) and len(model.members) == 2
+    assert model.classes == trained[1].classes and model.config == trained[2]
+    assert torch.load(path, weights_only=True)["version"] == MODEL_VERSION
+    x = torch.rand(6, 3, 16, 16)
+    with torch.no_grad():
+        probs = torch.stack([stl_tune.load_model(m)(x).softmax(1) for m in members]).mean(0)
+        assert torch.allclose(model(x).exp(), probs, atol=1e-6)
+
+
+def test_evaluate_scores_an_ensemble(ensemble, trained, fake_data, tmp_path):
+    path, members = ensemble
+    root = tmp_path / "pets"
+    write_pngs(root, "test", fake_data, trained[1].classes)
+    res = run_evaluate(path, root, tmp_path / "eval")
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    # the trainer's own flip TTA over the ensemble: the mean of both views' log averaged probabilities
+    test = data.load_data(C.DataConfig(dir=str(fake_data), image_size=16), seed=0, with_test=True)
+    x, y = test.test_x.float() / 255, test.test_y
+    nets = [stl_tune.load_model(m) for m in members]
+    with torch.no_grad():
+        views = [torch.stack([n(v).softmax(1) for n in nets]).mean(0).log() for v in (x, x.flip(-1))]
+    assert metrics["accuracy"] == pytest.approx(((views[0] + views[1]).argmax(1) == y).float().mean().item())
+
+
+def test_a_version_1_model_file_still_loads(trained, tmp_path):
+    out, result, _ = trained
+    saved = torch.load(out / "model.pt", weights_only=True)
+    del saved["kind"]
+    saved["version"] = 1
+    torch.save(saved, tmp_path / "v1.pt")
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(stl_tune.load_model(tmp_path / "v1.pt")(x), stl_tune.load_model(out / "model.pt")(x))
+    saved["version"] = 3
+    torch.save(saved, tmp_path / "v3.pt")
+    with pytest.raises(UserError, match="format version 3; this stl-tune reads versions 1, 2"):
+        stl_tune.load_model(tmp_path / "v3.pt")

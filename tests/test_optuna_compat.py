@@ -142,3 +142,38 @@ def test_shared_hyperband_prunes_as_hyperband_and_its_sampler_sees_every_bracket
     assert pruned_all == pruned_own and any(pruned_all)  # the same decisions
     assert seen_all == list(range(1, 13))  # every trial so far (the one being sampled included)
     assert seen_own[-1] < 12 and len(set(seen_own)) < 12  # Optuna's own: the new trial's bracket only
+
+
+def test_parallel_coordinate_axes_then_draw_is_optunas_plot_and_draws_the_ticks_given(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+    from optuna.distributions import FloatDistribution, IntDistribution
+    from optuna.trial import create_trial
+
+    study = optuna.create_study(study_name="parallel", storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
+    dists = {"width": IntDistribution(4, 7), "lr": FloatDistribution(1e-4, 1e-1, log=True)}
+    for i in range(4):
+        study.add_trial(create_trial(value=0.1 * i, params={"width": 4 + i, "lr": 10.0 ** -(i + 1)}, distributions=dists))
+    axes = compat.parallel_coordinate_axes(study, target_name="acc")
+    assert [d.label for d in axes.dims_params] == ["lr", "width"]  # sorted
+    assert axes.dims_params[0].is_log and axes.dims_params[0].values == (-1.0, -2.0, -3.0, -4.0)  # log10
+    assert axes.dims_objectives[0].values == tuple(0.1 * i for i in range(4)) and not axes.reverse_scale
+    fig, ax = compat.draw_parallel_coordinate(axes)
+    with compat.experimental_ok():
+        assert fig.to_plotly_json() == optuna.visualization.plot_parallel_coordinate(study, target_name="acc").to_plotly_json()
+    lines = [t for t in fig.data if t.customdata is not None]  # one per trial, in draw_order
+    assert [t.y[0] for t in lines] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])  # first point: the objective in [0, 1]
+    assert [t for t in fig.data if t.customdata is None][-1].marker.colorscale is not None  # the colour bar
+    assert isinstance(ax.collections[0], LineCollection)  # every trial's line
+    twins = [a for a in ax.figure.axes if a is not ax and a.get_shared_x_axes().joined(a, ax)]
+    assert len(twins) == 2  # an axis per parameter, in order
+    plt.close("all")
+
+    width = axes.dims_params[1]._replace(tickvals=[4, 7], ticktext=["four", "seven"])
+    fig, _ = compat.draw_parallel_coordinate(axes._replace(dims_params=[axes.dims_params[0], width], draw_order=(3, 2, 1, 0)))
+    assert [a.text for a in fig.layout.annotations if a.x == 2] == ["four", "seven"]
+    assert [t.y[0] for t in fig.data if t.customdata is not None] == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])  # drawn in that order
+    plt.close("all")

@@ -29,7 +29,7 @@ def test_exported_best_trial_retrains_to_the_same_accuracy(tmp_path, tiny_study)
     assert result.exit_code == 0, result.output
     exported = C.load(out)
     assert exported.data.train_on_val  # export sets up the final training ...
-    cfg = C.load(out, ["data.train_on_val=false"])  # ... and this is the trial's own setting
+    cfg = C.load(out, ["data.train_on_val=false", "runtime.device=cpu"])  # ... and these are the trial's own settings
     assert C.to_dict(cfg) == best.user_attrs["config"]
 
     retrained = train(cfg)

@@ -171,7 +171,7 @@ def test_training_run_has_under_a_quarter_sync_per_step(data_dir, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------- CUDA
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_steps_raise_no_sync_error(data_dir, monkeypatch):
     """set_sync_debug_mode("error") around every training step after the first epoch (compilation
     and cuDNN autotuning may sync once, in epoch 1): from the batch handed to the step to the next

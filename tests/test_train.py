@@ -6,6 +6,7 @@ import torch
 from rich.console import Console
 from torch.optim.swa_utils import AveragedModel
 
+import stl_tune.train as T
 from stl_tune import config as C
 from stl_tune.data import write_fake_stl10
 from stl_tune.errors import UserError
@@ -13,10 +14,10 @@ from stl_tune.model import build_model
 from stl_tune.progress import EpochProgress
 from stl_tune.train import (
     Ema,
-    compile_wanted,
     label_smoothing_at,
     make_optimizer,
     make_scheduler,
+    switched_on,
     train,
     use_compile_cache,
 )
@@ -36,7 +37,7 @@ def tiny(data_dir, **overrides) -> C.TrainConfig:
     base = {
         "data.dir": str(data_dir), "data.image_size": 24, "model.width": 8, "model.blocks": [1, 1, 1, 1],
         "optim.batch_size": 32, "optim.epochs": 3, "optim.warmup_epochs": 1, "augment.mix_epochs": 1,
-        "augment.crop_padding": 3, "ema.decay": 0.9, "eval.batch_size": 200,
+        "augment.crop_padding": 3, "ema.decay": 0.9, "eval.batch_size": 200, "runtime.device": "cpu",
     }  # fmt: skip
     return C.from_dict(None, {**base, **overrides})
 
@@ -132,7 +133,7 @@ def test_ema_equals_the_averaged_model_it_replaces():
     assert ours["stem.0.1.num_batches_tracked"].item() == 40  # integer buffers follow the model
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_ema_update_waits_for_nothing_on_cuda():
     model = build_model(C.ModelConfig(width=4, blocks=[1, 1, 1, 1]), 10).cuda()
     ema = Ema(model, decay=0.9, warmup=True)
@@ -143,6 +144,20 @@ def test_ema_update_waits_for_nothing_on_cuda():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert ema.updates == 3
+
+
+def test_augmentation_chunk_is_sized_by_bytes():
+    def chunk(device: str, size: int = 96, batch: int = 64, **runtime) -> int:
+        over = {"data.image_size": size, "optim.batch_size": batch, **{f"runtime.{k}": v for k, v in runtime.items()}}
+        return T.chunk_images(C.from_dict(None, over), 3 * size * size, torch.device(device))
+
+    assert (chunk("cuda"), chunk("cpu")) == (4096, 512)  # the recipe's 96 px, batch 64
+    assert chunk("cuda", size=224) == 704 and chunk("cpu", size=32, batch=100) == 4600  # whole batches
+    for size in (96, 224, 512):  # the budget holds whatever the size: the crop's int64 index too
+        assert 3 * size * size * chunk("cuda", size=size) <= T.CHUNK_MIB["cuda"] * 2**20
+        assert 8 * size * size * chunk("cuda", size=size) <= 0.31e9  # 1.6 GB at 224 px when 4,096 images
+    assert chunk("cpu", size=512, batch=256) == 256  # at least one batch
+    assert chunk("cpu", augment_chunk_mib=108) == 4096 and chunk("cuda", augment_chunk_mib=1) == 64
 
 
 # ------------------------------------------------------------------------------------- training
@@ -179,6 +194,27 @@ def test_resume_equals_uninterrupted(data_dir, tmp_path):
     assert strip(resumed.history) == strip(full.history)
     for p, q in zip(resumed.model.state_dict().values(), full.model.state_dict().values()):
         assert torch.equal(p, q)
+
+
+def test_checkpoint_written_on_a_cpu_resumes_on_a_gpu_and_back(data_dir, tmp_path, monkeypatch):
+    """torch.cuda.set_rng_state takes a ByteTensor: a CPU checkpoint hands it nothing (it stored an
+    empty float tensor, a TypeError on a GPU: the trial failed and its retry started at epoch 0)."""
+    cfg = tiny(data_dir, **{"optim.epochs": 2, "runtime.checkpoint_interval_s": 0})
+    ckpt = tmp_path / "c.pt"
+    train(cfg, on_epoch_end=lambda m: True, checkpoint=ckpt)  # stopped after epoch 1, on a CPU
+    state = torch.load(ckpt, weights_only=True)
+    passed = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda new_state, device="cuda": passed.append(new_state))
+    on_gpu = T._Run(cfg, evaluate_test=False)
+    on_gpu.device = torch.device("cuda", 0)  # restore() touches nothing of CUDA but its generator
+    on_gpu.restore(state)
+    assert passed == [] and on_gpu.epoch == 1
+    gpu_state = torch.arange(16, dtype=torch.uint8)  # what torch.cuda.get_rng_state returns: 16 bytes
+    on_gpu.restore({**state, "rng_cuda": gpu_state})
+    assert len(passed) == 1 and passed[0] is gpu_state
+    torch.save({**state, "rng_cuda": gpu_state}, ckpt)  # written on a GPU, resumed on a CPU
+    resumed = train(cfg, checkpoint=ckpt)
+    assert resumed.resumed_from_epoch == 1 and resumed.epochs_run == 2 and len(passed) == 1
 
 
 def test_callback_sees_every_epoch_and_can_stop(data_dir):
@@ -266,11 +302,25 @@ def test_progress_bar_follows_the_callback_resumes_and_chains(data_dir, tmp_path
 # ------------------------------------------------------------------------------------- compile
 
 
-def test_compile_auto_means_cuda_only():
+def test_runtime_switches_auto_means_cuda_only():
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert [compile_wanted("auto", d) for d in (cpu, cuda)] == [False, True]
-    assert [compile_wanted(True, d) for d in (cpu, cuda)] == [True, True]
-    assert [compile_wanted(False, d) for d in (cpu, cuda)] == [False, False]
+    assert [switched_on("auto", d) for d in (cpu, cuda)] == [False, True]
+    assert [switched_on(True, d) for d in (cpu, cuda)] == [True, True]
+    assert [switched_on(False, d) for d in (cpu, cuda)] == [False, False]
+
+
+def test_a_device_this_process_cannot_have_is_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="^runtime.device=cuda but CUDA is not available on this machine$"):
+        T.resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # as in a search worker
+    assert T.resolve_device("cuda:0") == torch.device("cuda", 0) and T.resolve_device("auto").type == "cuda"
+    with pytest.raises(UserError, match=r"^runtime.device=cuda:1 but this process sees 1 GPU \(cuda:0\)$"):
+        T.resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match=r"sees 2 GPUs \(cuda:0 to cuda:1\)$"):
+        T.resolve_device("cuda:2")
 
 
 def test_compile_cache_lives_in_the_user_cache_unless_set(monkeypatch, tmp_path):
@@ -298,18 +348,45 @@ def _spy_on_compile(monkeypatch, backend=None) -> list:
     return calls
 
 
-def test_compiled_run_on_cpu(data_dir, monkeypatch):
+def test_the_cuda_branch_on_a_cpu_learns_and_resumes_exactly(data_dir, tmp_path, monkeypatch):
+    """What auto switches on for CUDA, forced on a CPU: bf16 autocast, channels_last, the fused
+    optimizer, torch.compile, and the CUDA augmentation chunk."""
     # The trainer's cache (~/.cache/stl-tune/inductor unless TORCHINDUCTOR_CACHE_DIR is set): the
     # first run on a machine compiles (36-154 s on 2 busy cores), later runs load (~4-9 s).
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(use_compile_cache()))  # restored afterwards
-    calls = _spy_on_compile(monkeypatch)
+    compiled, autocasts, fused = _spy_on_compile(monkeypatch), [], []
+    real_autocast, real_optimizer = torch.autocast, T.make_optimizer
+    monkeypatch.setattr(torch, "autocast", lambda *a, **kw: autocasts.append(kw["enabled"]) or real_autocast(*a, **kw))
+    monkeypatch.setattr(T, "make_optimizer", lambda *a, **kw: fused.append(kw["fused"]) or real_optimizer(*a, **kw))
+    cfg = tiny(data_dir, **{
+        "optim.epochs": 4, "optim.lr": 3e-3, "runtime.checkpoint_interval_s": 0,
+        "runtime.amp": True, "runtime.channels_last": True, "runtime.fused": True, "runtime.compile": True,
+        "runtime.augment_chunk_mib": T.CHUNK_MIB["cuda"],
+    })  # fmt: skip
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # no fallback warning
-        result = train(tiny(data_dir, **{"runtime.compile": True, "optim.epochs": 1}))
-    assert len(calls) == 1 and result.status == "completed" and result.best_val_acc is not None
-    assert result.compile_seconds > 0 and result.seconds > result.compile_seconds
-    auto = _spy_on_compile(monkeypatch)
-    assert train(tiny(data_dir, **{"optim.epochs": 1})).compile_seconds == 0.0 and auto == []  # auto: off on CPU
+        warnings.filterwarnings("error", message="torch.compile failed")  # compiled for real
+        full = train(cfg, checkpoint=tmp_path / "full.pt")
+        cut = train(cfg, on_epoch_end=lambda m: m.epoch == 2, checkpoint=tmp_path / "cut.pt")
+        resumed = train(cfg, checkpoint=tmp_path / "cut.pt")
+    assert len(compiled) == 3 and set(autocasts) == {True} and fused == [True] * 3
+    assert full.model.stem[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert full.status == "completed" and full.best_val_acc > 0.2  # 10 classes: chance is 0.1
+    assert cut.epochs_run == 2 and resumed.resumed_from_epoch == 2
+    strip = lambda hs: [{k: v for k, v in h.items() if k not in ("seconds", "checkpointed", "compile_seconds")} for h in hs]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+    for p, q in zip(resumed.model.state_dict().values(), full.model.state_dict().values()):
+        assert torch.equal(p, q)
+    # the first epoch of each process holds its compile, for the search's pace to leave out
+    assert full.compile_seconds > 0 and full.seconds > full.compile_seconds
+    assert [h["compile_seconds"] for h in full.history] == [full.compile_seconds, 0, 0, 0]
+    assert resumed.history[2]["compile_seconds"] == resumed.compile_seconds > 0
+
+
+def test_auto_switches_nothing_on_on_a_cpu(data_dir, monkeypatch):
+    compiled = _spy_on_compile(monkeypatch)
+    result = train(tiny(data_dir, **{"optim.epochs": 1}))
+    assert result.compile_seconds == 0.0 and compiled == [] and result.history[0]["compile_seconds"] == 0
+    assert result.model.stem[0][0].weight.is_contiguous()  # NCHW
 
 
 def test_failed_compile_warns_once_and_trains_eagerly(data_dir, monkeypatch):
@@ -325,7 +402,19 @@ def test_failed_compile_warns_once_and_trains_eagerly(data_dir, monkeypatch):
     assert [h["train_loss"] for h in compiled.history] == [h["train_loss"] for h in eager.history]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_bf16_channels_last_run(data_dir):
     result = train(tiny(data_dir, **{"runtime.device": "cuda"}))
     assert result.device.startswith("cuda") and result.best_val_acc is not None
+
+
+@pytest.mark.cuda
+def test_a_checkpoint_moves_between_cpu_and_gpu(data_dir, tmp_path):
+    cfg = {"optim.epochs": 3, "runtime.checkpoint_interval_s": 0, "runtime.compile": False}
+    ckpt = tmp_path / "c.pt"
+    train(tiny(data_dir, **cfg), on_epoch_end=lambda m: m.epoch == 1, checkpoint=ckpt)  # on the CPU
+    on_gpu = train(tiny(data_dir, **cfg, **{"runtime.device": "cuda"}), on_epoch_end=lambda m: m.epoch == 2,
+                   checkpoint=ckpt)  # fmt: skip
+    assert on_gpu.device.startswith("cuda") and on_gpu.resumed_from_epoch == 1 and on_gpu.epochs_run == 2
+    back = train(tiny(data_dir, **cfg), checkpoint=ckpt)
+    assert back.device == "cpu" and back.resumed_from_epoch == 2 and back.status == "completed"

@@ -2,7 +2,7 @@
 call into the package. Heavy imports (torch, Optuna, SQLAlchemy) happen inside the commands, so
 `stl-tune --help` stays fast.
 
-    train.py    train, evaluate, data fake
+    train.py    train, evaluate, predict, data fake
     search.py   run, worker, confirm (each a call into stl_tune/search/session.py)
     inspect.py  status, export, report
     serve.py    dashboard, proxy
@@ -10,6 +10,8 @@ call into the package. Heavy imports (torch, Optuna, SQLAlchemy) happen inside t
 """
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -35,3 +37,18 @@ app = typer.Typer(
 )  # fmt: skip
 for group in (search, inspect, serve, train):
     app.add_typer(group.app)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from stl_tune import __version__
+
+        typer.echo(f"stl-tune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    pass

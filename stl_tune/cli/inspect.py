@@ -157,6 +157,7 @@ def report(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for index.html, the PNG plots and configs/.")],
     name: NameOpt = None,
     storage: StorageOpt = None,
+    runs: Annotated[Path | None, typer.Option(help="`stl-tune train` output to show as the final training: one run's folder, or a --seeds folder (summary.json).")] = None,
 ) -> None:
     """Write a study's report: a self-contained HTML page (opens from disk), PNG plots, best configs."""
     import optuna
@@ -167,7 +168,7 @@ def report(
     store = open_storage(storage, heartbeat=False, create=False)
     study = optuna.load_study(study_name=resolve_study_name(name, store), storage=store)
     try:
-        page = write_report(study, out, storage=describe(store))
+        page = write_report(study, out, storage=describe(store), runs=runs)
     except OSError as e:  # the folder cannot be made or written (a read-only place, a file in the way)
         raise UserError(f"cannot write the report to {out}: {e.strerror or e}") from None
     typer.echo(f"wrote {page}")

@@ -1,10 +1,14 @@
 """`stl-tune train` (the final training, the only command that scores the test split; --seeds: once
-per seed, with the spread), `stl-tune evaluate` (a trained model file on a folder dataset) and
-`stl-tune data fake` (a small learnable dataset in STL-10's binary layout)."""
+per seed, with the spread and the seeds' ensemble), `stl-tune evaluate` (a trained model file on a
+folder dataset), `stl-tune predict` (unlabelled images) and `stl-tune data fake` (a small learnable
+dataset in STL-10's binary layout)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,45 +16,39 @@ import typer
 
 if TYPE_CHECKING:
     from stl_tune.config import TrainConfig
-    from stl_tune.train import TrainResult
+    from stl_tune.train import EpochMetrics, TrainResult
 
 app = typer.Typer(no_args_is_help=True)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate fake STL-10 data for tests and demos.")
 app.add_typer(data_app, name="data")
+
+STOPPED_EXIT = 130  # a run stopped by Ctrl-C or SIGTERM, resumable (as `stl-tune run` exits)
 
 
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (e.g. from `stl-tune export`); defaults otherwise.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set optim.lr=3e-4 (repeatable).")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder (sets data.dir).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder; an unfinished run there resumes.", show_default="runs/<config name>")] = None,
-    seeds: Annotated[str | None, typer.Option(help="Train once per seed, e.g. 0,1,2, into OUT/seed-N/, and write OUT/summary.json: mean ± std of test accuracy.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder (sets data.dir): class sub-folders, train/ val/ test/, or STL-10's stl10_binary/.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder; an unfinished run there resumes, a finished one is shown.", show_default="runs/<config name>")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Train once per seed, e.g. 0,1,2, into OUT/seed-N/; write OUT/summary.json (mean ± std of test accuracy), OUT/ensemble.pt and OUT/model.pt.")] = None,
 ) -> None:
     """Train one model (final training: the test split is scored) and write its artefacts."""
+    from rich.console import Console
+
     from stl_tune import config as C
+    from stl_tune import data
 
     overrides = list(set_ or []) + ([f"data.dir={data_dir}"] if data_dir is not None else [])
     cfg = C.load(config, overrides)
     out = out or Path("runs") / (config.stem if config is not None else "default")
+    # The data is checked (every folder image decoded) once, before the first run that trains.
+    prepare = functools.cache(lambda: typer.echo(f"data: {data.prepare(cfg.data, Console())}"))
     if seeds is None:
-        if _train_one(cfg, out).status == "diverged":
+        if _train_one(cfg, out, prepare).status == "diverged":
             raise typer.Exit(1)
         return
-    from stl_tune.outputs import write_seed_summary
-
-    results: dict[int, TrainResult] = {}
-    for seed in _parse_seeds(seeds):
-        typer.echo(f"seed {seed}: {out / f'seed-{seed}'}")
-        results[seed] = _train_one(dataclasses.replace(cfg, seed=seed), out / f"seed-{seed}")
-    s = write_seed_summary(out, results)
-    if s["finished"]:
-        spread = "" if s["test_acc_std"] is None else f" ± {100 * s['test_acc_std']:.1f}"
-        typer.echo(f"test accuracy {100 * s['test_acc_mean']:.1f} %{spread} over {s['finished']} seeds")
-    diverged = [seed for seed, r in results.items() if r.status == "diverged"]
-    typer.echo(f"wrote {out / 'summary.json'}" + (f"; diverged: seeds {', '.join(map(str, diverged))}" if diverged else ""))
-    if diverged:
-        raise typer.Exit(1)
+    _train_seeds(cfg, out, _parse_seeds(seeds), prepare)
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -65,33 +63,146 @@ def _parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _train_one(cfg: TrainConfig, out: Path) -> TrainResult:
-    """Train `cfg` into `out` (resuming a run there), write its artefacts and say how it went."""
-    from stl_tune.outputs import write_outputs
+class _Stop:
+    """Ctrl-C or SIGTERM during a training. The first lets the epoch under way finish, has it
+    checkpointed (checkpoint_now) and stops the run there (on_epoch_end): the trainer's state is
+    whole only between epochs, and keeping the last finished epoch saved instead would mean a
+    checkpoint write after every epoch (~16 bytes per parameter: 180 MB at width 64). A second
+    stops at once (KeyboardInterrupt): the run then resumes from its last checkpoint."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.requested = False
+        self.epoch = 0  # the last epoch finished in this process (0: none yet)
+        self.saved: int | None = None  # the last epoch checkpointed in this process
+        self.on_request: Callable[[], None] = lambda: None
+
+    def __enter__(self) -> _Stop:
+        self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.on_request()
+
+    def on_epoch_end(self, m: EpochMetrics) -> bool:
+        self.epoch = m.epoch
+        if m.checkpointed:
+            self.saved = m.epoch
+        return self.requested and m.epoch < self.epochs  # at the last epoch the run just finishes
+
+
+def _train_one(cfg: TrainConfig, out: Path, prepare: Callable[[], None]) -> TrainResult:
+    """Train `cfg` into `out` (resuming a run there; a finished one is only shown), write its
+    artefacts and say how it went."""
+    from stl_tune.outputs import finished_run, write_config, write_outputs
     from stl_tune.progress import EpochProgress
     from stl_tune.train import train as run_training
 
-    with EpochProgress(cfg.optim.epochs) as bar:
-        result = run_training(cfg, bar.on_epoch_end, checkpoint=out / "checkpoint.pt", evaluate_test=True)
+    done = finished_run(out, cfg)
+    if done is not None:
+        typer.echo(f"{out} holds a finished run: {_scores(done)} (a new --out trains again)")
+        return done
+    prepare()
+    write_config(out, cfg)
+    ckpt = out / "checkpoint.pt"
+    stop = _Stop(cfg.optim.epochs)
+    try:
+        with stop, EpochProgress(cfg.optim.epochs, then=stop.on_epoch_end) as bar:
+            stop.on_request = lambda: bar.note("stopping after this epoch, with a checkpoint (Ctrl-C again: at once)")
+            result = run_training(cfg, bar.on_epoch_end, checkpoint=ckpt, evaluate_test=True,
+                                  checkpoint_now=lambda: stop.requested)  # fmt: skip
+    except KeyboardInterrupt:
+        saved = stop.saved if stop.saved is not None else ("its last checkpoint" if ckpt.exists() else None)
+        resume = f"resumes from epoch {saved}" if isinstance(saved, int) else (f"resumes from {saved}" if saved else "starts over")
+        typer.echo(f"stopped at once in epoch {stop.epoch + 1} of {cfg.optim.epochs}: the same command "
+                   f"(same --out) {resume}")  # fmt: skip
+        raise typer.Exit(STOPPED_EXIT) from None
+    if result.status == "stopped":
+        typer.echo(f"stopped at epoch {result.epochs_run} of {cfg.optim.epochs}, saved in {ckpt}: "
+                   "the same command (same --out) resumes there")  # fmt: skip
+        raise typer.Exit(STOPPED_EXIT)
     paths = write_outputs(out, cfg, result)
     if result.status == "diverged":
         typer.echo(f"diverged: the loss became NaN at epoch {result.diverged_epoch}; see {paths[1]}", err=True)
         return result
-    if result.resumed_from_epoch == result.epochs_run:
-        typer.echo(f"{out} holds a finished run: its results again (remove {out / 'checkpoint.pt'} to retrain)")
-    elif result.resumed_from_epoch:
-        typer.echo(f"resumed from epoch {result.resumed_from_epoch} of {out / 'checkpoint.pt'}")
-    val = "-" if result.best_val_acc is None else f"{result.best_val_acc:.2%}"
-    typer.echo(
-        f"{result.status} after {result.epochs_run} epochs in {result.seconds:.0f} s: "
-        f"best val {val}, test {result.test_acc:.2%}\nwrote {', '.join(str(p) for p in paths)}"
-    )
+    if result.resumed_from_epoch:
+        typer.echo(f"resumed from epoch {result.resumed_from_epoch} of {ckpt}")
+    typer.echo(f"{_scores(result)} in {result.seconds:.0f} s\nwrote {', '.join(str(p) for p in paths)}")
     return result
+
+
+def _scores(r: TrainResult) -> str:
+    val = "-" if r.best_val_acc is None else f"{r.best_val_acc:.2%}"
+    test = "-" if r.test_acc is None else f"{r.test_acc:.2%}"
+    return f"{r.status} after {r.epochs_run} epochs: best val {val}, test {test}"
+
+
+def _train_seeds(cfg: TrainConfig, out: Path, seeds: list[int], prepare: Callable[[], None]) -> None:
+    """`train --seeds`: each seed into out/seed-N/; out/model.pt, the first finished seed's model
+    until the ensemble of the finished seeds (two or more) replaces it; out/summary.json. When
+    every seed had finished before, the summary is shown as it is."""
+    import json
+
+    from stl_tune.outputs import FINISHED, copy_model, write_seed_summary
+
+    results: dict[int, TrainResult] = {}
+    for seed in seeds:
+        typer.echo(f"seed {seed}: {out / f'seed-{seed}'}")
+        results[seed] = _train_one(dataclasses.replace(cfg, seed=seed), out / f"seed-{seed}", prepare)
+        if results[seed].status in FINISHED and not (out / "model.pt").exists():
+            copy_model(out / f"seed-{seed}" / "model.pt", out / "model.pt")
+    trained = any(r.model is not None for r in results.values())  # a finished run read back has none
+    summary_file = out / "summary.json"
+    old = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+    written = trained or old is None or old.get("seeds") != seeds
+    if written:
+        members = [seed for seed, r in results.items() if r.status in FINISHED]
+        s = write_seed_summary(out, results, _ensemble(cfg, out, members) if len(members) > 1 else None)
+    else:
+        s = old
+    if s["finished"]:
+        spread = "" if s["test_acc_std"] is None else f" ± {100 * s['test_acc_std']:.1f}"
+        typer.echo(f"test accuracy {100 * s['test_acc_mean']:.1f} %{spread} over {s['finished']} seeds")
+    if s["ensemble"] is not None:
+        e = s["ensemble"]
+        typer.echo(f"ensemble of {len(e['members'])} seeds ({out / e['file']}, also {out / 'model.pt'}): "
+                   f"test accuracy {100 * e['test_acc']:.1f} %")  # fmt: skip
+    diverged = [seed for seed, r in results.items() if r.status == "diverged"]
+    typer.echo(f"{'wrote' if written else 'summary in'} {summary_file}"
+               + (f"; diverged: seeds {', '.join(map(str, diverged))}" if diverged else ""))  # fmt: skip
+    if diverged:
+        raise typer.Exit(1)
+
+
+def _ensemble(cfg: TrainConfig, out: Path, members: list[int]) -> dict:
+    """out/ensemble.pt of the seeds' models, scored on the test split (its softmax averaged, flip
+    TTA as for one model); out/model.pt becomes a copy of it. The summary's "ensemble" entry."""
+    from stl_tune import data
+    from stl_tune.evaluate import score
+    from stl_tune.outputs import copy_model, load_model, save_ensemble
+    from stl_tune.train import resolve_device
+
+    path = out / "ensemble.pt"
+    save_ensemble(path, [out / f"seed-{seed}" / "model.pt" for seed in members])
+    device = resolve_device(cfg.runtime.device)
+    model = load_model(path, device)
+    ds = data.load_data(cfg.data, members[-1], device, with_test=True)  # the last seed's: cached in this process
+    s = score(model, ds.test_x, ds.test_y.cpu(), device)
+    copy_model(path, out / "model.pt")
+    return {"file": path.name, "members": [f"seed-{seed}" for seed in members], "test_acc": s.accuracy,
+            "per_class_acc": s.per_class_acc, "confusion": s.confusion, "classes": list(model.classes)}  # fmt: skip
 
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Option(help="A model file written by `stl-tune train` (OUT/model.pt).")],
+    model: Annotated[Path, typer.Option(help="A model file written by `stl-tune train` (OUT/model.pt, or OUT/ensemble.pt).")],
     data_dir: Annotated[Path, typer.Option(help="Folder dataset: split layout (test/ is scored) or class layout (every image is scored).")],
     out: Annotated[Path | None, typer.Option(help="Folder for metrics.json and confusion.png.", show_default="beside the model: eval-<data dir name>/")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
@@ -103,14 +214,48 @@ def evaluate(
     from stl_tune.evaluate import evaluate as run_evaluation
     from stl_tune.evaluate import write_evaluation
 
-    ev = run_evaluation(model, data_dir, device)
+    console = Console()
+    ev = run_evaluation(model, data_dir, device, progress=console)
     paths = write_evaluation(out or model.parent / f"eval-{data_dir.resolve().name}", ev)
     table = Table("class", "images", "correct", "accuracy", title=f"{ev.model} on {ev.data_dir}")
     for i, (name, row, acc) in enumerate(zip(ev.classes, ev.confusion, ev.per_class_acc)):
-        table.add_row(name, str(sum(row)), str(row[i]), f"{acc:.1%}")
-    Console().print(table)
+        if acc is not None:
+            table.add_row(name, str(sum(row)), str(row[i]), f"{acc:.1%}")
+    console.print(table)
+    if ev.missing:
+        lacks = ", ".join(ev.missing[:5]) + (f" and {len(ev.missing) - 5} more" if len(ev.missing) > 5 else "")
+        typer.echo(f"the folder holds {len(ev.classes) - len(ev.missing)} of the model's {len(ev.classes)} classes: "
+                   f"scored those (none of {lacks}; an image predicted as one of these counts as wrong)")  # fmt: skip
     typer.echo(f"scored {ev.scored}{', flip TTA' if ev.tta else ''}: accuracy {ev.accuracy:.2%}")
     typer.echo(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Option(help="A model file written by `stl-tune train` (OUT/model.pt, or OUT/ensemble.pt).")],
+    images: Annotated[list[Path], typer.Option(help="A folder (searched recursively) or image files; a shell glob works: --images photos/*.jpg.")],
+    more: Annotated[list[Path] | None, typer.Argument(hidden=True, help="The rest of a shell glob after --images.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV: file, class, probability, then the next classes.")] = Path("predictions.csv"),
+    top_k: Annotated[int, typer.Option(min=1, help="Classes per image in the CSV, most probable first.")] = 3,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+) -> None:
+    """Classify unlabelled images with a trained model (decoded and flip-TTA'd as `evaluate` does)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from stl_tune.data import skipped_note
+    from stl_tune.predict import predict_images, write_csv
+
+    console = Console()
+    p = predict_images(model, [*images, *(more or [])], top_k, device, progress=console)
+    write_csv(output, p)
+    shown = 10  # rows in the terminal; the CSV has them all
+    table = Table("file", "class", "probability", title=None if len(p.files) <= shown else f"the first {shown} of {len(p.files):,}")
+    for file, classes, probs in list(zip(p.files, p.classes, p.probabilities))[:shown]:
+        table.add_row(str(file), classes[0], f"{probs[0]:.1%}")
+    console.print(table)
+    skipped = f"; {skipped_note(p.skipped)}" if p.skipped else ""
+    typer.echo(f"classified {len(p.files):,} images{', flip TTA' if p.tta else ''}{skipped}: wrote {output}")
 
 
 @data_app.command("fake")

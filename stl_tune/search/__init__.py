@@ -45,6 +45,7 @@ _EXPORTS = {  # name: the module that defines it
     "best_confirmed": "confirm", "confirmed_ranking": "confirm",
     "estimate": "eta", "duration": "fmt", "write_export": "export",
     "experimental_ok": "optuna_compat", "retry_history": "optuna_compat",
+    "parallel_coordinate_axes": "optuna_compat", "draw_parallel_coordinate": "optuna_compat",
 }  # fmt: skip
 __all__ = sorted(_EXPORTS)
 

@@ -113,3 +113,24 @@ class SharedHyperband(optuna.pruners.BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         return self.hyperband.prune(study, trial)
+
+
+def parallel_coordinate_axes(study: optuna.Study, target_name: str):
+    """The axes of Optuna's parallel-coordinates plot before it is drawn, so the report can re-tick
+    them (Optuna spaces five ticks evenly on a numeric axis): a NamedTuple with dims_objectives and
+    dims_params (in sorted parameter order), each a NamedTuple of .label, .values (log10 on a log
+    axis, category indices), .range, .is_log, .is_cat, .tickvals, .ticktext and .has_missing (a
+    "None" tick first, for trials without a conditional parameter); and .color_values, .draw_order
+    and .reverse_scale."""
+    from optuna.visualization._parallel_coordinate import _get_parallel_coordinate_info
+
+    return _get_parallel_coordinate_info(study, target_name=target_name)
+
+
+def draw_parallel_coordinate(axes):
+    """(plotly figure, matplotlib Axes) of parallel_coordinate_axes' result, drawn as
+    optuna.visualization's and optuna.visualization.matplotlib's plot_parallel_coordinate draw them."""
+    from optuna.visualization._parallel_coordinate import _get_parallel_coordinate_plot
+    from optuna.visualization.matplotlib._parallel_coordinate import _get_parallel_coordinate_plot as draw_png
+
+    return _get_parallel_coordinate_plot(axes), draw_png(axes)
