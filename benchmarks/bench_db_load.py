@@ -44,7 +44,7 @@ import psycopg
 import sqlalchemy
 from optuna.trial import TrialState
 
-from stl_tune.search.study import mask_url, open_storage
+from stl_tune.search import mask_url, open_storage
 from stl_tune.search.workers import work
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -34,9 +34,9 @@ import yaml
 from optuna.trial import TrialState
 
 from stl_tune.data import write_fake_stl10
+from stl_tune.search import create_or_load_study, mask_url, open_storage
 from stl_tune.search.objective import Objective
 from stl_tune.search.space import StudySpec
-from stl_tune.search.study import create_or_load_study, mask_url, open_storage
 from stl_tune.search.workers import work
 from stl_tune.train import train
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from stl_tune.model import build_model
-from stl_tune.search.eta import reference_config, trial_cost
+from stl_tune.search.probe import reference_config, trial_cost
 from stl_tune.search.space import load_study_file
 from stl_tune.train import make_optimizer
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-if TYPE_CHECKING:
-    from stl_tune.train import EpochMetrics
+# The epoch callbacks take the trainer's EpochMetrics; typed Any, since stl_tune.data (which the
+# trainer imports) imports this module for its image bar: no import loop, even for type checkers.
+EpochMetrics = Any
 
 # Fewer images than this get no bar: they decode in a few seconds at most (0.7-2.6 ms per image
 # measured on the 2-core dev VM, see stl_tune/data.py's read_images).

@@ -1,13 +1,16 @@
-"""Shared fixtures: tiny fake STL-10 data, and a real PostgreSQL server for the storage tests."""
+"""Shared fixtures: tiny fake STL-10 data, a real PostgreSQL server for the session, and the storage
+matrix that runs a test on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,44 +50,106 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """A throw-away PostgreSQL server on 127.0.0.1 with a password-protected role; its SQLAlchemy URL.
+class Postgres:
+    """A throw-away PostgreSQL server on 127.0.0.1 with a password-protected role, started once per
+    session: a database of its own for each test that asks (new_database), and a stop and start
+    as an administrator does them (stopped), for the tests of a server's faults.
 
     PostgreSQL refuses to run as root, so under root (CI) the server runs as `nobody`.
     """
+
+    USER, DB = "stltune", "stltune"
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir, self.port, self.password = bindir, _free_port(), secrets.token_hex(12)
+        # Not under pytest's tmp dir: that one is private to root, and the server user must reach it.
+        self.root = Path(tempfile.mkdtemp(prefix="stl-tune-pg-"))
+        self.data, self.log = self.root / "data", self.root / "server.log"
+        self.run_as = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+        (self.root / "pwfile").write_text(self.password + "\n")
+        if self.run_as:
+            shutil.chown(self.root, "nobody")
+            shutil.chown(self.root / "pwfile", "nobody")
+        # max_connections: each test's own processes and pools, with room for those not yet closed
+        self.options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
+                        "-c fsync=off -c max_connections=300")  # fmt: skip
+        self._count = 0
+
+    def _pg(self, *args: str) -> None:
+        # -l (a log file): the server must not inherit our pipes, which run() would wait for.
+        subprocess.run([*self.run_as, str(self.bindir / args[0]), *args[1:]], check=True, capture_output=True,
+                       timeout=120)  # fmt: skip
+
+    def start(self) -> None:
+        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self.options, "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._pg("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """Stopped as an administrator stops it for a restart (-m fast: every open connection is
+        cut, transactions in flight are rolled back), and started again on leaving."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
+    def url(self, db: str) -> str:
+        return f"postgresql+psycopg://{self.USER}:{self.password}@127.0.0.1:{self.port}/{db}"
+
+    def sql(self, statement: str) -> None:
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.USER, password=self.password,
+                             dbname="postgres", autocommit=True) as conn:  # fmt: skip
+            conn.execute(statement)
+
+    def new_database(self) -> str:
+        self._count += 1
+        name = f"{self.DB}_{self._count}"
+        self.sql(f"CREATE DATABASE {name}")
+        return name
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """The session's PostgreSQL server (Postgres)."""
     bindir = _pg_bin()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/15/bin or PATH")
-    as_root = os.geteuid() == 0
-    # Not under pytest's tmp dir: that one is private to root, and the server user must reach it.
-    root = Path(tempfile.mkdtemp(prefix="stl-tune-pg-"))
-    user, password, db, port = "stltune", secrets.token_hex(12), "stltune", _free_port()
-    (root / "pwfile").write_text(password + "\n")
-    run_as: list[str] = []
-    if as_root:
-        run_as = ["runuser", "-u", "nobody", "--"]
-        shutil.chown(root, "nobody")
-        shutil.chown(root / "pwfile", "nobody")
-    data, log = root / "data", root / "server.log"
-
-    def pg(*args: str) -> None:
-        subprocess.run([*run_as, str(bindir / args[0]), *args[1:]], check=True, capture_output=True, timeout=120)
-
-    pg("initdb", "-D", str(data), "-U", user, f"--pwfile={root / 'pwfile'}", "--auth=scram-sha-256",
-       "--encoding=UTF8", "--no-sync")  # fmt: skip
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root} -c fsync=off"
-    pg("pg_ctl", "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
+    server = Postgres(bindir)
+    server._pg("initdb", "-D", str(server.data), "-U", server.USER, f"--pwfile={server.root / 'pwfile'}",
+               "--auth=scram-sha-256", "--encoding=UTF8", "--no-sync")  # fmt: skip
+    server.start()
     try:
-        import psycopg
-
-        with psycopg.connect(host="127.0.0.1", port=port, user=user, password=password, dbname="postgres",
-                             autocommit=True) as conn:  # fmt: skip
-            conn.execute(f"CREATE DATABASE {db}")
-        yield f"postgresql+psycopg://{user}:{password}@127.0.0.1:{port}/{db}"
+        yield server
     finally:
-        pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        server.stop("immediate")
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres: Postgres) -> Iterator[str]:
+    """The SQLAlchemy URL of a new, empty database on the session's PostgreSQL server, dropped after
+    the test (with the connections still open to it)."""
+    db = postgres.new_database()
+    yield postgres.url(db)
+    postgres.sql(f"DROP DATABASE {db} WITH (FORCE)")
+
+
+STORAGES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(params=STORAGES)
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The storage matrix, as Optuna's optuna/testing/storages.py has one: a test that takes this
+    fixture runs once on a new SQLite file and once on a new PostgreSQL database (the session's
+    server), the two storages whose code differs below the workers (search/storages.py)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/study.db"
+    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture

@@ -10,10 +10,11 @@ from optuna.trial import TrialState
 
 from stl_tune import config
 from stl_tune.search import confirm as CF
+from stl_tune.search import record
 from stl_tune.search.export import write_export
 from stl_tune.search.objective import Objective
 from stl_tune.search.space import StudyError, StudySpec
-from stl_tune.search.study import create_or_load_study, load_study, open_storage, resolve_study_name
+from stl_tune.search import create_or_load_study, load_study, mask_url, open_storage, resolve_study_name
 from stl_tune.search.trials import tally
 from stl_tune.search.workers import work
 from stl_tune.train import train
@@ -22,16 +23,16 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # in-process trainings
 
 
 @pytest.fixture
-def searched(tmp_path, tiny_study):
+def searched(storage_url, tmp_path, tiny_study):
     """A search of 3 finished trials, its spec and its storage."""
     spec = StudySpec.from_dict(tiny_study)
-    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    storage = open_storage(storage_url)
     search = create_or_load_study(spec, None, storage)
     work(search, Objective(spec, tmp_path / "artifacts"), 3)
     return search, spec, storage
 
 
-def test_confirm_retrains_the_top_k_with_new_seeds_once(searched, tmp_path):
+def test_confirm_retrains_the_top_k_with_new_seeds_once(searched, storage_url, tmp_path):
     search, spec, storage = searched
     study, candidates, seeds = CF.prepare(search, spec, top=2, n_seeds=2)
     assert seeds == [1, 2] and [t.number for t in candidates] == [t.number for t in
@@ -43,16 +44,16 @@ def test_confirm_retrains_the_top_k_with_new_seeds_once(searched, tmp_path):
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(study.trials) == 4 and len(trials) == 4
     for t in trials:  # each a candidate's config with a new seed
-        source = search.trials[t.user_attrs[CF.CANDIDATE_ATTR]]
+        source = search.trials[t.user_attrs[record.CANDIDATE_ATTR]]
         assert t.params == {**source.params, "seed": t.params["seed"]}
         assert t.user_attrs["config"]["seed"] == t.params["seed"] and t.user_attrs["epochs_run"] == 2
     summary = CF.summarize(study, search)
     for number, s in summary.items():
-        values = sorted((t.params["seed"], t.value) for t in trials if t.user_attrs[CF.CANDIDATE_ATTR] == int(number))
+        values = sorted((t.params["seed"], t.value) for t in trials if t.user_attrs[record.CANDIDATE_ATTR] == int(number))
         assert s["values"] == [v for _, v in values] and s["seeds"] == [1, 2]
         assert s["mean"] == pytest.approx(statistics.fmean(s["values"]))
         assert s["std"] == pytest.approx(statistics.stdev(s["values"]))
-    assert search.user_attrs[CF.CONFIRMED_ATTR] == summary
+    assert search.user_attrs[record.CONFIRMED_ATTR] == summary
 
     again, _, _ = CF.prepare(search, spec, top=2, n_seeds=2)  # the same call again: nothing new to train
     assert len(again.trials) == 4 and tally(again).finished == 4
@@ -70,7 +71,7 @@ def test_confirm_retrains_the_top_k_with_new_seeds_once(searched, tmp_path):
 
     from stl_tune.cli import app
 
-    r = CliRunner().invoke(app, ["status", "--storage", f"sqlite:///{tmp_path}/s.db"], terminal_width=200)
+    r = CliRunner().invoke(app, ["status", "--storage", storage_url], terminal_width=200)
     assert r.exit_code == 0 and "Confirmed with new seeds" in r.output, r.output  # no --name: the search
     assert f"{best['mean']:.4f} ± {best['std']:.4f}" in r.output and f"Best confirmed: trial {best_number}" in r.output
 
@@ -91,21 +92,23 @@ def test_a_failed_confirmation_is_reported_not_replaced_by_a_sampled_trial(searc
     confirm_study, confirm_spec = load_study("tiny.confirm", storage)
     t = work(confirm_study, Objective(confirm_spec, tmp_path / "artifacts", trainer=seed_2_fails), 2)
     assert t.finished == 1 and t.failed == 1
-    assert all(CF.CANDIDATE_ATTR in tr.user_attrs for tr in study.trials) and len(study.trials) == 2
-    assert CF.summarize(study, search)[str(study.trials[0].user_attrs[CF.CANDIDATE_ATTR])]["values"] == [
+    assert all(record.CANDIDATE_ATTR in tr.user_attrs for tr in study.trials) and len(study.trials) == 2
+    assert CF.summarize(study, search)[str(study.trials[0].user_attrs[record.CANDIDATE_ATTR])]["values"] == [
         study.get_trials(states=(TrialState.COMPLETE,))[0].value
     ]
 
 
-def test_nothing_to_confirm_is_one_line(tmp_path, tiny_study):
+def test_nothing_to_confirm_is_one_line(storage_url, tiny_study):
     spec = StudySpec.from_dict(tiny_study)
-    search = create_or_load_study(spec, None, open_storage(f"sqlite:///{tmp_path}/s.db"))
+    search = create_or_load_study(spec, None, open_storage(storage_url))
     with pytest.raises(StudyError, match="has no complete trial to confirm yet"):
         CF.prepare(search, spec, top=3, n_seeds=3)
 
 
 @pytest.mark.slow
-def test_confirm_command_trains_on_the_data_the_search_used(tmp_path, tiny_study, fake_data, worker_env, monkeypatch):
+def test_confirm_command_trains_on_the_data_the_search_used(
+    storage_url, tmp_path, tiny_study, fake_data, worker_env, monkeypatch
+):
     """The study file names data that is not on this host; the search ran with --data-dir: confirm
     takes the trials' recorded folder, and leaves nothing behind when data is missing."""
     from typer.testing import CliRunner
@@ -114,7 +117,7 @@ def test_confirm_command_trains_on_the_data_the_search_used(tmp_path, tiny_study
 
     tiny_study["fixed"]["data"]["dir"] = str(tmp_path / "not-here")
     spec = StudySpec.from_dict(tiny_study)
-    url = f"sqlite:///{tmp_path}/s.db"
+    url = storage_url
     search = create_or_load_study(spec, None, open_storage(url))
     work(search, Objective(spec, tmp_path / "artifacts", {"data.dir": str(fake_data)}), 2)
     for key in ("TMPDIR", "STL_TUNE_HEARTBEAT_INTERVAL", "STL_TUNE_GRACE_PERIOD", "OMP_NUM_THREADS"):
@@ -124,7 +127,7 @@ def test_confirm_command_trains_on_the_data_the_search_used(tmp_path, tiny_study
     assert r.exit_code == 0, r.output
     (t,) = load_study("tiny.confirm", open_storage(url))[0].trials
     assert t.state == TrialState.COMPLETE and t.user_attrs["config"]["data"]["dir"] == str(fake_data)
-    assert "mean ± std over seeds 1" in r.output and f"--storage {url}" in r.output
+    assert "mean ± std over seeds 1" in r.output and f"--storage {mask_url(url)}" in r.output  # no password
 
     def offline(*args, **kwargs):
         raise OSError("no network")
@@ -133,3 +136,27 @@ def test_confirm_command_trains_on_the_data_the_search_used(tmp_path, tiny_study
     r = CliRunner().invoke(app, [*args, "--data-dir", str(tmp_path / "missing"), "--name", "tiny", "--top", "2"])
     assert r.exit_code == 2 and "downloading it failed (OSError: no network)" in r.output  # before anything is queued
     assert len(load_study("tiny.confirm", open_storage(url))[0].trials) == 1
+
+
+def test_status_lists_the_confirmed_means_best_first_in_the_studys_direction(storage_url, tiny_study):
+    """A study that minimizes: the lowest confirmed mean first, as export takes it (status listed the
+    highest first whatever the direction)."""
+    import optuna
+    from typer.testing import CliRunner
+
+    from stl_tune.cli import app
+
+    spec = StudySpec.from_dict({**tiny_study, "direction": "minimize"})
+    study = create_or_load_study(spec, None, open_storage(storage_url, heartbeat=False))
+    for value in (0.5, 0.4, 0.6):
+        study.add_trial(optuna.create_trial(value=value, params={}, distributions={}))
+    means = {"0": 0.3, "1": 0.1, "2": 0.2}
+    study.set_user_attr(record.CONFIRMED_ATTR, {n: {"mean": m, "std": 0.0, "values": [m], "seeds": [1]}
+                                                for n, m in means.items()})  # fmt: skip
+    assert CF.best_confirmed(study)[0] == 1
+    r = CliRunner().invoke(app, ["status", "--storage", storage_url], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    confirmed = r.output[r.output.index("Confirmed with new seeds") :]
+    rows = [line.split("│")[1].strip() for line in confirmed.splitlines() if line.startswith("│")]
+    assert [row for row in rows if row.isdigit()] == ["1", "2", "0"]
+    assert "Best confirmed: trial 1" in r.output

@@ -16,7 +16,7 @@ from stl_tune.cli import inspect as search_cli
 from stl_tune.cli import app
 from stl_tune.search.export import final_config, pick_trial, write_export
 from stl_tune.search.space import StudyError, StudySpec
-from stl_tune.search.study import create_or_load_study, open_storage
+from stl_tune.search import create_or_load_study, open_storage
 
 SPEC = {"name": "ex", "search_space": {"model.width": {"type": "int", "low": 4, "high": 8}}}
 
@@ -35,13 +35,8 @@ def add(study, width, value, state=TrialState.COMPLETE, with_config=True):
 
 
 @pytest.fixture
-def url(tmp_path):
-    return f"sqlite:///{tmp_path / 'db.sqlite'}"
-
-
-@pytest.fixture
-def study(url):
-    s = create_or_load_study(StudySpec.from_dict(SPEC), None, open_storage(url, heartbeat=False))
+def study(storage_url):
+    s = create_or_load_study(StudySpec.from_dict(SPEC), None, open_storage(storage_url, heartbeat=False))
     add(s, 4, 0.5)  # 0
     add(s, 6, 0.7)  # 1: the best
     add(s, 5, 0.6)  # 2
@@ -90,21 +85,21 @@ def test_no_complete_trial(tmp_path):
         final_config(pick_trial(s))
 
 
-def test_export_and_status_commands(study, url, tmp_path):
+def test_export_and_status_commands(study, storage_url, tmp_path):
     runner = CliRunner()
     out = tmp_path / "chosen.yaml"
-    r = runner.invoke(app, ["export", "--storage", url, "--trial", "2", "-o", str(out)])
+    r = runner.invoke(app, ["export", "--storage", storage_url, "--trial", "2", "-o", str(out)])
     assert r.exit_code == 0, r.output
     assert config.load(out).model.width == 5 and "stl-tune train --config" in r.output
-    r = runner.invoke(app, ["export", "--storage", url, "--name", "nope", "-o", str(out)])
+    r = runner.invoke(app, ["export", "--storage", storage_url, "--name", "nope", "-o", str(out)])
     assert r.exit_code == 2 and "error: no study 'nope'" in r.output
 
-    r = runner.invoke(app, ["status", "--storage", url], terminal_width=200)
+    r = runner.invoke(app, ["status", "--storage", storage_url], terminal_width=200)
     assert r.exit_code == 0, r.output
     assert "PRUNED" in r.output and "model.width=6" in r.output
     assert "Best: trial 4" in r.output  # by value; status shows it even without a config
-    create_or_load_study(StudySpec.from_dict(SPEC), "second", url)
-    r = runner.invoke(app, ["status", "--storage", url], terminal_width=200)
+    create_or_load_study(StudySpec.from_dict(SPEC), "second", storage_url)
+    r = runner.invoke(app, ["status", "--storage", storage_url], terminal_width=200)
     assert "second" in r.output and "ex" in r.output and "Best" not in r.output  # a list of studies
 
 
@@ -116,8 +111,9 @@ def test_read_only_commands_create_no_database(command, tmp_path):
     assert not (tmp_path / "none").exists()
 
 
-def test_status_names_trials_of_dead_workers(study, url, monkeypatch):
-    from stl_tune.search.trials import DIED, requeue_dead, tally
+def test_status_names_trials_of_dead_workers(study, storage_url, monkeypatch):
+    from stl_tune.search.record import Reason
+    from stl_tune.search.trials import requeue_dead, tally
 
     host = socket.gethostname()
     dead = subprocess.Popen(["true"])
@@ -136,16 +132,16 @@ def test_status_names_trials_of_dead_workers(study, url, monkeypatch):
     trials = study.get_trials()
     died = trials[number]
     assert died.state == TrialState.FAIL and died.user_attrs["worker"] == f"{host}:{dead.pid}"
-    assert (died.user_attrs["status"], died.user_attrs["fail_reason"]) == ("died", DIED)
+    assert (died.user_attrs["status"], died.user_attrs["fail_reason"]) == ("died", Reason.DIED)
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == number]
     assert retry.state == TrialState.WAITING and retry.params == died.params
     assert [t.state for t in trials if t.user_attrs.get("worker") == f"{host}:{os.getpid()}"] == [TrialState.RUNNING]
     assert tally(study).failed == before + 1
 
     monkeypatch.setattr(search_cli.console, "width", 250)  # one line per row
-    r = CliRunner().invoke(app, ["status", "--storage", url])
+    r = CliRunner().invoke(app, ["status", "--storage", storage_url])
     assert r.exit_code == 0, r.output
     cells = [line.split("│")[1:-1] for line in r.output.splitlines()]  # the table's rows
     notes = {int(row[0]): row[5].strip() for row in cells if row and row[0].strip().isdigit()}
-    assert notes[number] == notes[stale.number] == DIED  # not "running"
+    assert notes[number] == notes[stale.number] == Reason.DIED  # not "running"
     assert notes[retry.number] == f"retry of trial {number}"

@@ -1,5 +1,6 @@
-"""Faults with real processes on SQLite: a worker killed with SIGKILL mid-trial, Ctrl-C on
-`stl-tune run` and a re-run, and a trial whose loss turns NaN."""
+"""Faults with real processes, each on SQLite and on PostgreSQL (the storage_url fixture): a worker
+killed with SIGKILL mid-trial, Ctrl-C on `stl-tune run` and a re-run, a worker frozen past the grace
+period, and a trial whose loss turns NaN."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.search.objective import Objective
 from stl_tune.search.space import StudySpec
-from stl_tune.search.study import create_or_load_study, open_storage
+from stl_tune.search import create_or_load_study, open_storage
 from stl_tune.search.workers import work
 
 STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]  # the installed console script
@@ -35,10 +36,11 @@ def _study_file(tmp_path: Path, tiny_study: dict, epochs: int) -> Path:
 def _wait_for_checkpoint(url: str, name: str, procs: list[subprocess.Popen], timeout: float = 120) -> FrozenTrial:
     """The first RUNNING trial that has uploaded a checkpoint (>= 1 epoch done)."""
     deadline = time.monotonic() + timeout
+    storage = open_storage(url, heartbeat=False)  # once: a storage per look costs the workers a core on a server
     while time.monotonic() < deadline:
         assert all(p.poll() is None for p in procs), "a worker exited early"
         try:
-            trials = optuna.load_study(study_name=name, storage=url).get_trials(states=(TrialState.RUNNING,))
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.RUNNING,))
         except KeyError:  # the study is not created yet
             trials = []
         for t in trials:
@@ -53,8 +55,8 @@ def _finished(study: optuna.Study) -> list[FrozenTrial]:
 
 
 @pytest.mark.slow
-def test_killed_worker_trial_resumes_from_its_checkpoint(tmp_path, tiny_study, worker_env):
-    n, name, url, artifacts = 2, "kill", f"sqlite:///{tmp_path}/study.db", tmp_path / "artifacts"
+def test_killed_worker_trial_resumes_from_its_checkpoint(storage_url, tmp_path, tiny_study, worker_env):
+    n, name, url, artifacts = 2, "kill", storage_url, tmp_path / "artifacts"
     spec = StudySpec.from_dict(yaml.safe_load(_study_file(tmp_path, tiny_study, epochs=12).read_text()))
     create_or_load_study(spec, name, open_storage(url, heartbeat=False)).set_user_attr("n_trials", n)
     cmd = [*STL_TUNE, "worker", "--name", name, "--storage", url, "--gpus", "none", "--artifacts", str(artifacts)]
@@ -98,9 +100,9 @@ def _check_resumed(study: optuna.Study, victim: FrozenTrial) -> None:
 
 
 @pytest.mark.slow
-def test_run_requeues_a_killed_workers_trial_at_once(tmp_path, tiny_study, worker_env):
+def test_run_requeues_a_killed_workers_trial_at_once(storage_url, tmp_path, tiny_study, worker_env):
     """Without waiting for the heartbeat's grace period (120 s here: the run's timeout is shorter)."""
-    n, name, url, artifacts = 2, "reap", f"sqlite:///{tmp_path}/study.db", tmp_path / "artifacts"
+    n, name, url, artifacts = 2, "reap", storage_url, tmp_path / "artifacts"
     cmd = _run_cmd(_study_file(tmp_path, tiny_study, epochs=12), name, n, 2, url, artifacts)
     run = subprocess.Popen(cmd, env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"}, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -120,10 +122,10 @@ def test_run_requeues_a_killed_workers_trial_at_once(tmp_path, tiny_study, worke
 
 
 @pytest.mark.slow
-def test_rerun_requeues_the_trial_of_a_dead_run_on_this_host(tmp_path, tiny_study, worker_env):
+def test_rerun_requeues_the_trial_of_a_dead_run_on_this_host(storage_url, tmp_path, tiny_study, worker_env):
     """`run` and its worker both killed (a closed terminal, a reboot): the next run on this host
     re-queues the orphaned RUNNING trial at once instead of waiting out the grace period."""
-    n, name, url, artifacts = 1, "orphan", f"sqlite:///{tmp_path}/study.db", tmp_path / "artifacts"
+    n, name, url, artifacts = 1, "orphan", storage_url, tmp_path / "artifacts"
     cmd = _run_cmd(_study_file(tmp_path, tiny_study, epochs=12), name, n, 1, url, artifacts)
     env = {**worker_env, "STL_TUNE_GRACE_PERIOD": "120"}
     run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -142,13 +144,13 @@ def test_rerun_requeues_the_trial_of_a_dead_run_on_this_host(tmp_path, tiny_stud
 
 
 @pytest.mark.slow
-def test_confirm_survives_a_killed_worker(tmp_path, tiny_study, worker_env):
+def test_confirm_survives_a_killed_worker(storage_url, tmp_path, tiny_study, worker_env):
     """`stl-tune confirm` on 2 workers, one killed mid-confirmation: `confirm` re-queues its trial at
     once, the retry resumes from its checkpoint with the same config and seed, and the candidate's
     mean is over all its seeds."""
     from stl_tune.search import confirm as CF
 
-    url, artifacts = f"sqlite:///{tmp_path}/study.db", tmp_path / "artifacts"
+    url, artifacts = storage_url, tmp_path / "artifacts"
     spec = StudySpec.from_dict(yaml.safe_load(_study_file(tmp_path, tiny_study, epochs=12).read_text()))
     search = create_or_load_study(spec, None, open_storage(url, heartbeat=False))
     work(search, Objective(spec, artifacts), 1)
@@ -173,17 +175,17 @@ def test_confirm_survives_a_killed_worker(tmp_path, tiny_study, worker_env):
 
 
 @pytest.mark.slow
-def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(tmp_path, tiny_study, worker_env):
+def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_url, tmp_path, tiny_study, worker_env):
     """`run --from-study --enqueue --time-budget` on 2 workers, one killed mid-trial: the old
     study's trials are copied, the recipe and the file are queued, the killed trial resumes from its
     checkpoint, the run stops at the deadline with every running trial paused (exit 0), and the
     next run, without a budget, resumes them and finishes exactly N."""
     from stl_tune import config
-    from stl_tune.search import warmstart
+    from stl_tune.search import record
     from stl_tune.search.export import write_export
     from stl_tune.search.trials import tally
 
-    url, artifacts = f"sqlite:///{tmp_path}/study.db", tmp_path / "artifacts"
+    url, artifacts = storage_url, tmp_path / "artifacts"
     study_file = _study_file(tmp_path, tiny_study, epochs=12)
     spec = StudySpec.from_dict(yaml.safe_load(study_file.read_text()))
     old = create_or_load_study(spec, "old", open_storage(url, heartbeat=False))
@@ -209,9 +211,9 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(tmp_path, 
 
     study = optuna.load_study(study_name="new", storage=url)
     recipe, *copied = study.trials[:3]
-    assert recipe.user_attrs[warmstart.ENQUEUED_ATTR] == warmstart.KNOWN_RECIPE
+    assert recipe.user_attrs[record.ENQUEUED_ATTR] == record.KNOWN_RECIPE
     assert [t.params for t in copied] == [t.params for t in old.trials]
-    assert study.trials[3].user_attrs[warmstart.ENQUEUED_ATTR] == str(best)
+    assert study.trials[3].user_attrs[record.ENQUEUED_ATTR] == str(best)
     assert not study.get_trials(states=(TrialState.RUNNING,))
     paused = [t for t in study.get_trials(states=(TrialState.FAIL,)) if t.user_attrs["fail_reason"] == "time budget"]
     assert paused and all(t.user_attrs["checkpoint"]["epoch"] >= 1 for t in paused)
@@ -234,8 +236,8 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(tmp_path, 
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(tmp_path, tiny_study, worker_env):
-    n, name, url, artifacts = 3, "sigint", f"sqlite:///{tmp_path}/study.db", tmp_path / "artifacts"
+def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(storage_url, tmp_path, tiny_study, worker_env):
+    n, name, url, artifacts = 3, "sigint", storage_url, tmp_path / "artifacts"
     study_file = _study_file(tmp_path, tiny_study, epochs=12)
     cmd = [*STL_TUNE, "run", "--study", str(study_file), "--name", name, "--trials", str(n), "--workers", "2",
            "--gpus", "none", "--storage", url, "--artifacts", str(artifacts)]  # fmt: skip
@@ -269,13 +271,13 @@ def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(tmp_path, tiny_study, w
     assert not any(artifacts.iterdir())
 
 
-def test_diverging_trial_fails_with_its_reason_and_the_others_finish(tmp_path, tiny_study):
+def test_diverging_trial_fails_with_its_reason_and_the_others_finish(storage_url, tmp_path, tiny_study):
     # SGD at lr 10 with weight decay 1.0 multiplies the weights by about -9 per step: the loss
     # overflows within a few epochs, deterministically (seeded, CPU). lr 0.01 trains normally.
     tiny_study["search_space"] = {"optim.lr": {"type": "categorical", "choices": [0.01, 10.0]}}
     tiny_study["fixed"]["optim"].update(name="sgd", weight_decay=1.0, warmup_epochs=0, epochs=4)
     spec = StudySpec.from_dict(tiny_study)
-    study = create_or_load_study(spec, None, open_storage(f"sqlite:///{tmp_path}/s.db"))
+    study = create_or_load_study(spec, None, open_storage(storage_url))
     for lr in (10.0, 0.01, 0.01):
         study.enqueue_trial({"optim.lr": lr})
 
@@ -287,31 +289,52 @@ def test_diverging_trial_fails_with_its_reason_and_the_others_finish(tmp_path, t
     assert [t.state for t in ok] == [TrialState.COMPLETE, TrialState.COMPLETE]
 
 
-def _stop_outside_a_write(pid: int, db: Path) -> None:
-    """SIGSTOP `pid` at a moment it holds no SQLite write lock: frozen mid-transaction, it would
-    block every other worker for the busy timeout, which is another fault than the one under test."""
-    import sqlite3
-
+def _stop_outside_a_write(pid: int, url: str) -> None:
+    """SIGSTOP `pid` at a moment no transaction is open on the storage: frozen in the middle of one,
+    it would hold SQLite's write lock (or PostgreSQL's row locks) and block every other worker,
+    which is another fault than the one under test."""
     for _ in range(100):
         os.kill(pid, signal.SIGSTOP)
+        if not _a_transaction_is_open(url):
+            return
+        os.kill(pid, signal.SIGCONT)  # it was writing; let it finish
+        time.sleep(0.05)
+    raise AssertionError(f"worker {pid} never left the database unlocked")
+
+
+def _a_transaction_is_open(url: str) -> bool:
+    import sqlite3
+
+    import sqlalchemy
+
+    from stl_tune.search.urls import sqlite_file
+
+    db = sqlite_file(url)
+    if db is not None:
         try:
             with sqlite3.connect(db, timeout=0.5, isolation_level=None) as conn:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute("ROLLBACK")
-            return
-        except sqlite3.OperationalError:  # "database is locked": it was writing; let it finish
-            os.kill(pid, signal.SIGCONT)
-            time.sleep(0.05)
-    raise AssertionError(f"worker {pid} never left the database unlocked")
+            return False
+        except sqlite3.OperationalError:  # "database is locked"
+            return True
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:  # any other session of the database inside a statement or a transaction
+            return bool(conn.execute(sqlalchemy.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND (state = 'active' OR state LIKE 'idle in transaction%')"
+            )).scalar())  # fmt: skip
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.slow
-def test_frozen_worker_wakes_drops_its_stale_trial_and_goes_on(tmp_path, tiny_study, worker_env):
+def test_frozen_worker_wakes_drops_its_stale_trial_and_goes_on(storage_url, tmp_path, tiny_study, worker_env):
     """A worker frozen past the grace period (a closed laptop lid, a stopped container): another
     worker fails and retries its trial; when it wakes, it drops the trial with one line, no
     traceback, and helps finish the study, which ends with exactly N finished trials."""
-    n, name, db, artifacts = 2, "frozen", tmp_path / "study.db", tmp_path / "artifacts"
-    url = f"sqlite:///{db}"
+    n, name, url, artifacts = 2, "frozen", storage_url, tmp_path / "artifacts"
     spec = StudySpec.from_dict(yaml.safe_load(_study_file(tmp_path, tiny_study, epochs=12).read_text()))
     create_or_load_study(spec, name, open_storage(url, heartbeat=False)).set_user_attr("n_trials", n)
     cmd = [*STL_TUNE, "worker", "--name", name, "--storage", url, "--gpus", "none", "--artifacts", str(artifacts)]
@@ -321,10 +344,10 @@ def test_frozen_worker_wakes_drops_its_stale_trial_and_goes_on(tmp_path, tiny_st
     pid = int(victim.user_attrs["worker"].rpartition(":")[2])
     (frozen,) = [p for p in procs if p.pid == pid]
     (other,) = [p for p in procs if p is not frozen]
-    _stop_outside_a_write(pid, db)
+    _stop_outside_a_write(pid, url)
     try:  # the other worker finishes its trial, then finds this one silent past the grace period
-        deadline = time.monotonic() + 120
-        while optuna.load_study(study_name=name, storage=url).trials[victim.number].state != TrialState.FAIL:
+        deadline, storage = time.monotonic() + 120, open_storage(url, heartbeat=False)
+        while optuna.load_study(study_name=name, storage=storage).trials[victim.number].state != TrialState.FAIL:
             assert time.monotonic() < deadline, "the frozen worker's trial was never failed"
             time.sleep(0.2)
     finally:

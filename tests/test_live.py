@@ -21,13 +21,13 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from stl_tune.cli import app
-from stl_tune.cli import search as search_cli
-from stl_tune.search.eta import EpochsRun, estimate, reference_config, trial_cost
+from stl_tune.search import probe
+from stl_tune.search.eta import EpochsRun, estimate
 from stl_tune.search.live import EpochLog, View
 from stl_tune.search.space import StudySpec
-from stl_tune.search.study import create_or_load_study, open_storage
-from stl_tune.search.trials import N_TRIALS_ATTR, tally
-from stl_tune.search.warmstart import ENQUEUED_ATTR
+from stl_tune.search import create_or_load_study, open_storage
+from stl_tune.search.record import ENQUEUED_ATTR, N_TRIALS_ATTR
+from stl_tune.search.trials import tally
 from stl_tune.train import EpochMetrics
 
 STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]
@@ -207,7 +207,7 @@ def test_log_lines_are_plain_and_spaced(known_study):
             return 0.9
 
         def __call__(self, trial):
-            return self.trainer(reference_config(StudySpec.from_dict(SPEC)), lambda m: m.epoch == 99)
+            return self.trainer(probe.reference_config(StudySpec.from_dict(SPEC)), lambda m: m.epoch == 99)
 
     study = optuna.create_study()
     trial = study.ask({"model.width": CategoricalDistribution([32, 64])})
@@ -228,27 +228,23 @@ def test_log_lines_are_plain_and_spaced(known_study):
 
 
 # ---------------------------------------------------------------------------- start-up check
-def test_start_up_check_says_what_a_trial_costs_on_a_cpu(tiny_study, tmp_path, capsys, monkeypatch):
+def test_start_up_check_says_what_a_trial_costs_on_a_cpu(tiny_study, tmp_path, monkeypatch):
     spec = StudySpec.from_dict(tiny_study)
     study = create_or_load_study(spec, None, open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=False))
-    cfg = reference_config(spec)
-    cost = trial_cost(cfg, 180, threads=1)
+    cfg = probe.reference_config(spec)
+    cost = probe.trial_cost(cfg, 180, threads=1)
     assert cost.steps == 180 // 32 and cost.epochs == 2 and cost.step_s > 0 and cost.eval_s > 0
 
-    search_cli._cost_note(spec, study, [None], None, 1)  # a tiny study: seconds, nothing said
-    assert capsys.readouterr().out == ""
-    monkeypatch.setattr(search_cli, "COST_NOTE_S", 0)
-    search_cli._cost_note(spec, study, ["0"], None, 1)  # a GPU slot: nothing said
-    assert capsys.readouterr().out == ""
-    search_cli._cost_note(spec, study, [None], None, 1)
-    (line,) = capsys.readouterr().out.splitlines()
+    assert probe.cost_note(spec, study, [None], None, 1) is None  # a tiny study: seconds, nothing said
+    monkeypatch.setattr(probe, "COST_NOTE_S", 0)
+    assert probe.cost_note(spec, study, ["0"], None, 1) is None  # a GPU slot: nothing said
+    line = probe.cost_note(spec, study, [None], None, 1)
     assert re.fullmatch(
         r"note: no GPU here: one trial \(width 4, batch 32, 16 px, 2 epochs\) takes about .+ on this CPU "
         r"\(5 steps of .+ s \+ .+ s of validation per epoch, 1 threads\); use a GPU \(--gpus\), a smaller "
         r"study \(--study studies/smoke.yaml\) or --time-budget", line)  # fmt: skip
     study.add_trial(_trial(TrialState.COMPLETE, [1.0]))
-    search_cli._cost_note(spec, study, [None], None, 1)  # trials have run: the time left says it
-    assert capsys.readouterr().out == ""
+    assert probe.cost_note(spec, study, [None], None, 1) is None  # trials have run: the time left says it
 
 
 def test_reference_config_is_the_recipe_moved_into_the_space():
@@ -259,20 +255,20 @@ def test_reference_config_is_the_recipe_moved_into_the_space():
             "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},  # default 1e-3: inside
         },
     })  # fmt: skip
-    cfg = reference_config(spec)
+    cfg = probe.reference_config(spec)
     assert (cfg.model.width, cfg.optim.batch_size, cfg.optim.lr) == (8, 16, 1e-3)
 
 
 # ------------------------------------------------------------------------------- a quiet stop
 @pytest.mark.slow
 @pytest.mark.usefixtures("single_thread")
-def test_sigterm_on_a_worker_is_one_calm_line(tmp_path, tiny_study, worker_env):
+def test_sigterm_on_a_worker_is_one_calm_line(storage_url, tmp_path, tiny_study, worker_env):
     """A scheduler's SIGTERM: the worker's trial stops, is queued to resume from its checkpoint,
     and the worker says so in one line; nothing from Optuna about a failure or nan."""
     from test_faults import _wait_for_checkpoint
 
     tiny_study["fixed"]["optim"]["epochs"] = 12
-    name, url = "term", f"sqlite:///{tmp_path}/s.db"
+    name, url = "term", storage_url
     create_or_load_study(StudySpec.from_dict(tiny_study), name, open_storage(url, heartbeat=False))
     cmd = [*STL_TUNE, "worker", "--name", name, "--storage", url, "--gpus", "none", "--trials", "1",
            "--artifacts", str(tmp_path / "artifacts")]  # fmt: skip

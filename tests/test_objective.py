@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from stl_tune import config as C
 from stl_tune.search.objective import Objective
 from stl_tune.search.space import StudySpec
-from stl_tune.search.study import create_or_load_study, open_storage
+from stl_tune.search import create_or_load_study, open_storage
 from stl_tune.search.workers import work
 from stl_tune.train import train
 
@@ -22,10 +22,10 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # in-process trainings
 
 
 @pytest.fixture
-def setup(tmp_path: Path, tiny_study: dict):
-    """(spec, study on a fresh SQLite file, artifact folder)."""
+def setup(storage_url: str, tmp_path: Path, tiny_study: dict):
+    """(spec, study on a fresh storage of each kind, artifact folder)."""
     spec = StudySpec.from_dict(tiny_study)
-    study = create_or_load_study(spec, None, open_storage(f"sqlite:///{tmp_path}/s.db"))
+    study = create_or_load_study(spec, None, open_storage(storage_url))
     return spec, study, tmp_path / "artifacts"
 
 
@@ -51,12 +51,12 @@ def test_trial_records_config_curve_and_result(setup, fake_data, tmp_path):
     assert t.user_attrs["checkpoint"] is None and not any(artifacts.iterdir())  # nothing left to resume
 
 
-def test_pruned_trial_keeps_its_curve_and_no_checkpoint(tmp_path, tiny_study):
+def test_pruned_trial_keeps_its_curve_and_no_checkpoint(storage_url, tmp_path, tiny_study):
     tiny_study["fixed"]["optim"]["epochs"] = 3
     spec = StudySpec.from_dict(tiny_study)
     artifacts = tmp_path / "artifacts"
     pruner = optuna.pruners.ThresholdPruner(lower=1.01)  # below 101 % accuracy: prune at once
-    pruned = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", pruner=pruner)
+    pruned = optuna.create_study(storage=open_storage(storage_url), pruner=pruner)
     pruned.optimize(Objective(spec, artifacts), n_trials=1)
 
     (t,) = pruned.trials

@@ -11,12 +11,12 @@ import pytest
 from optuna.trial import TrialState
 
 from stl_tune.search import optuna_compat as compat
-from stl_tune.search.study import open_storage
+from stl_tune.search import open_storage
 
 
 @pytest.fixture
-def study(tmp_path) -> optuna.Study:
-    return optuna.create_study(study_name="compat", storage=open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=False))
+def study(storage_url) -> optuna.Study:
+    return optuna.create_study(study_name="compat", storage=open_storage(storage_url, heartbeat=False))
 
 
 def test_storage_of_and_trial_id_address_the_trial(study):
@@ -26,17 +26,17 @@ def test_storage_of_and_trial_id_address_the_trial(study):
     assert compat.trial_id(storage.get_trial(compat.trial_id(trial))) == compat.trial_id(trial)
 
 
-def test_frozen_sees_a_change_made_through_another_handle(study, tmp_path):
+def test_frozen_sees_a_change_made_through_another_handle(study, storage_url):
     trial = study.ask()
-    other = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=False)
+    other = open_storage(storage_url, heartbeat=False)
     other.set_trial_state_values(compat.trial_id(trial), TrialState.FAIL)
     assert compat.frozen(trial).state == TrialState.FAIL
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # what a stale worker then meets
         trial.set_user_attr("status", "late")
 
 
-def test_heartbeat_keeps_a_trial_alive_and_its_absence_fails_it(tmp_path):
-    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=2)
+def test_heartbeat_keeps_a_trial_alive_and_its_absence_fails_it(storage_url):
+    storage = open_storage(storage_url, heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(study_name="beat", storage=storage)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Optuna's "heartbeat is for Study.optimize" is silenced
@@ -53,7 +53,7 @@ def test_heartbeat_keeps_a_trial_alive_and_its_absence_fails_it(tmp_path):
 
 
 def test_retry_history_names_the_retried_trials(study):
-    from stl_tune.search.study import retry_callback
+    from stl_tune.search.trials import retry_callback
 
     first = study.ask()
     assert compat.retry_history(compat.frozen(first)) == []
@@ -64,8 +64,8 @@ def test_retry_history_names_the_retried_trials(study):
     assert compat.retry_history(retry) == [first.number]
 
 
-def test_storage_url_of_a_database_and_of_optunas_cache_around_it(tmp_path):
-    url = f"sqlite:///{tmp_path}/s.db"
+def test_storage_url_of_a_database_and_of_optunas_cache_around_it(storage_url):
+    url = storage_url
     rdb = open_storage(url, heartbeat=False)
     assert compat.storage_url(rdb) == url
     cached = compat.CachedStorage(rdb)  # what Optuna puts around an RDBStorage; the proxy extends it

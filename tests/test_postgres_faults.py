@@ -1,70 +1,26 @@
 """Faults of the database server itself: PostgreSQL restarted in the middle of a study, or gone
-for longer; and the count by state that waiting workers poll instead of the trials."""
+for longer (the session's server, tests/conftest.py); and the count by state that waiting workers
+poll instead of the trials, on both storages."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shlex
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import optuna
-import psycopg
 import pytest
-import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
 from stl_tune.search import reconnect, workers
-from stl_tune.search.study import open_storage
+from stl_tune.search import open_storage
 from stl_tune.search.trials import count_states, tally
 
 
-class Server:
-    """Control of the session's PostgreSQL server, found from inside: its data directory (SHOW
-    data_directory), the pg_ctl next to its running postgres binary, and the user that owns it."""
-
-    def __init__(self, url: str):
-        u = sqlalchemy.make_url(url)
-        with psycopg.connect(host=u.host, port=u.port, user=u.username, password=u.password, dbname=u.database) as c:
-            self.data = Path(c.execute("SHOW data_directory").fetchone()[0])
-        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
-        self.pg_ctl = Path(os.readlink(f"/proc/{postmaster}/exe")).with_name("pg_ctl")
-        owner = self.data.owner()
-        self.run_as = ["runuser", "-u", owner, "--"] if os.geteuid() == 0 and owner != "root" else []
-        # The server's options as it was started (port, address, socket folder), for a start after a stop.
-        argv = shlex.split((self.data / "postmaster.opts").read_text())[1:]
-        d = argv.index("-D")
-        self.options = shlex.join(argv[:d] + argv[d + 2 :])
-
-    def _ctl(self, *args: str) -> None:
-        # -l: the server must not inherit our pipes (run() would wait for them to close).
-        subprocess.run([*self.run_as, str(self.pg_ctl), *args, "-D", str(self.data), "-w", "-t", "60",
-                        "-l", str(self.data / "restart.log")], check=True, capture_output=True, timeout=90)  # fmt: skip
-
-    @contextlib.contextmanager
-    def stopped(self) -> Iterator[None]:
-        """Stopped as an administrator stops it for a restart (-m fast: every open connection is
-        cut, transactions in flight are rolled back), and started again on leaving."""
-        self._ctl("stop", "-m", "fast")
-        try:
-            yield
-        finally:
-            self._ctl("start", "-o", self.options)
-
-
-@pytest.fixture
-def server(postgres_url: str) -> Server:
-    return Server(postgres_url)
-
-
 @pytest.mark.slow
-def test_workers_ride_out_a_postgres_restart(postgres_url, server, tiny_study, worker_env, tmp_path):
+def test_workers_ride_out_a_postgres_restart(postgres, postgres_url, tiny_study, worker_env, tmp_path):
     """Four workers, trials in flight, the server restarted: no worker dies, no trial fails or is
     re-run, and the study ends with exactly N finished trials.
 
@@ -72,7 +28,7 @@ def test_workers_ride_out_a_postgres_restart(postgres_url, server, tiny_study, w
     worker meets the outage however the restart falls; the grace period is longer than the outage,
     as in production (180 s against a restart's seconds), so that no trial is taken for dead."""
     worker_env = {**worker_env, "STL_TUNE_GRACE_PERIOD": "15"}
-    n, name, artifacts = 6, f"restart-{tmp_path.name}", tmp_path / "artifacts"
+    n, name, artifacts = 6, "restart", tmp_path / "artifacts"
     tiny_study["fixed"]["optim"]["epochs"] = 3  # each trial writes to the database every epoch
     study_file = tmp_path / "tiny.yaml"
     study_file.write_text(yaml.safe_dump(tiny_study))
@@ -80,17 +36,17 @@ def test_workers_ride_out_a_postgres_restart(postgres_url, server, tiny_study, w
            "--workers", "4", "--gpus", "none", "--storage", postgres_url, "--artifacts", str(artifacts)]  # fmt: skip
     run = subprocess.Popen(cmd, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline, storage = time.monotonic() + 120, open_storage(postgres_url, heartbeat=False)
         while True:  # restart once a trial has finished and others run: every kind of call is in use
             assert run.poll() is None and time.monotonic() < deadline, "the study ended before the restart"
             try:
-                states = [t.state for t in optuna.load_study(study_name=name, storage=postgres_url).trials]
+                states = [t.state for t in optuna.load_study(study_name=name, storage=storage).trials]
             except KeyError:  # not created yet
                 states = []
             if TrialState.COMPLETE in states and states.count(TrialState.RUNNING) >= 2:
                 break
             time.sleep(0.2)
-        with server.stopped():
+        with postgres.stopped():
             time.sleep(2)
         out, _ = run.communicate(timeout=180)
     finally:
@@ -108,10 +64,10 @@ def test_workers_ride_out_a_postgres_restart(postgres_url, server, tiny_study, w
     assert [(t.state, t.user_attrs.get("fail_reason")) for t in failed] == [(TrialState.FAIL, "surplus")] * len(failed)
 
 
-def test_a_server_gone_for_longer_fails_the_call(postgres_url, server, monkeypatch, caplog):
+def test_a_server_gone_for_longer_fails_the_call(postgres, postgres_url, monkeypatch, caplog):
     storage = open_storage(postgres_url, heartbeat=False)
     monkeypatch.setattr(reconnect, "RECONNECT_S", 1)
-    with server.stopped(), pytest.raises(optuna.exceptions.StorageInternalError) as e:
+    with postgres.stopped(), pytest.raises(optuna.exceptions.StorageInternalError) as e:
         storage.get_all_studies()
     assert reconnect.lost_server(e.value) is not None
     lost = [r.getMessage() for r in caplog.records if "database connection lost" in r.getMessage()]
@@ -127,11 +83,9 @@ def test_a_refused_request_is_not_retried(postgres_url, caplog):
     assert not [r for r in caplog.records if "database connection" in r.getMessage()]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_count_states_counts_every_trial_like_a_tally(backend, request, tmp_path):
-    url = f"sqlite:///{tmp_path}/s.db" if backend == "sqlite" else request.getfixturevalue("postgres_url")
-    study = optuna.create_study(study_name=f"count-{tmp_path.name}", storage=open_storage(url, heartbeat=False))
-    assert (reconnect.database_of(study) is not None) == (backend == "postgresql")  # the GROUP BY there
+def test_count_states_counts_every_trial_like_a_tally(storage_url):
+    study = optuna.create_study(study_name="count", storage=open_storage(storage_url, heartbeat=False))
+    assert (reconnect.database_of(study) is not None) == storage_url.startswith("postgresql")  # the GROUP BY there
     assert count_states(study) == Counter()
     for state in (TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
         study.add_trial(optuna.create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None))
@@ -142,10 +96,10 @@ def test_count_states_counts_every_trial_like_a_tally(backend, request, tmp_path
     assert count_states(study) == tally(study).states == want
 
 
-def test_a_waiting_worker_looks_less_often_while_nothing_changes(tmp_path, monkeypatch):
+def test_a_waiting_worker_looks_less_often_while_nothing_changes(storage_url, monkeypatch):
     """The budget is all in flight in two trials of other workers: this worker waits, its pause
     doubling while nothing changes and starting over after a change, until the budget is met."""
-    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=False))
+    study = optuna.create_study(storage=open_storage(storage_url, heartbeat=False))
     others = [study.ask(), study.ask()]
     pauses: list[float] = []
 

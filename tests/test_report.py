@@ -248,8 +248,7 @@ def test_page_says_how_the_known_recipe_did_the_warm_start_the_budgets_and_what_
     from datetime import timedelta
 
     from stl_tune.search import budget
-    from stl_tune.search.trials import N_TRIALS_ATTR
-    from stl_tune.search.warmstart import COPIED_ATTR, ENQUEUED_ATTR, KNOWN_RECIPE
+    from stl_tune.search.record import COPIED_ATTR, ENQUEUED_ATTR, KNOWN_RECIPE, N_TRIALS_ATTR
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = make_study(url, more_attrs={0: {ENQUEUED_ATTR: KNOWN_RECIPE}, 1: {ENQUEUED_ATTR: "/x/best.yaml"},

@@ -41,8 +41,8 @@ def test_no_gpu_means_cpu_workers(monkeypatch):
     assert W.plan_slots("all") == [None]
 
 
-def test_each_worker_sees_only_its_gpu(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path}/s.db"
+def test_each_worker_sees_only_its_gpu(storage_url, tmp_path, monkeypatch):
+    url = storage_url  # a PostgreSQL URL carries a password: it must not reach argv
     study = optuna.create_study(study_name="slots", storage=url)
     seen = []
     real_popen = subprocess.Popen

@@ -8,14 +8,7 @@ import pytest
 import yaml
 
 from stl_tune import config
-from stl_tune.data import DataError, write_fake_stl10
-from stl_tune.search.space import (
-    StudyError,
-    StudySpec,
-    check_against_data,
-    load_study_file,
-    suggest_config,
-)
+from stl_tune.search.space import StudyError, StudySpec, load_study_file, suggest_config
 
 GOOD = {
     "name": "t",
@@ -170,64 +163,3 @@ def test_suggest_config_starts_from_defaults():
     cfg = suggest_config(optuna.create_study().ask(), StudySpec.from_dict(d))
     assert cfg.seed == 7 and cfg.augment.mix_epochs == 5 and cfg.optim.epochs == 3
     assert cfg.data == config.TrainConfig().data  # neither fixed nor searched: the defaults
-
-
-# ------------------------------------------------------------------------------ against the data
-# fake_data: 20 training images in each of 10 classes; the 10 % validation split leaves 180.
-BATCH = "optim.batch_size"
-
-
-def batch_study(study: dict, entry: dict | None = None, fixed: int | None = None) -> StudySpec:
-    """tiny_study with optim.batch_size searched as `entry`, or fixed to `fixed`."""
-    del study["fixed"]["optim"]["batch_size"]
-    if entry is not None:
-        study["search_space"][BATCH] = entry
-    if fixed is not None:
-        study["fixed"]["optim"]["batch_size"] = fixed
-    return StudySpec.from_dict(study, "studies/tiny.yaml")  # each value alone is in range: it loads
-
-
-@pytest.mark.parametrize("entry, fixed, largest, fix", [
-    ({"type": "int", "low": 16, "high": 256}, None, 256, f"lower search_space.{BATCH}.high"),
-    ({"type": "categorical", "choices": [32, 512]}, None, 512, f"drop the larger search_space.{BATCH}.choices"),
-    (None, 512, 512, f"lower fixed.{BATCH}"),
-])  # fmt: skip
-def test_batch_larger_than_the_training_images_is_refused(tiny_study, fake_data, entry, fixed, largest, fix):
-    spec = batch_study(tiny_study, entry, fixed)
-    with pytest.raises(StudyError) as e:
-        check_against_data(spec, source="studies/tiny.yaml")
-    assert str(e.value) == (
-        f"studies/tiny.yaml: optim.batch_size can reach {largest} but a trial has only 180 training images "
-        f"(stl10 {fake_data}: STL-10 binaries, 10 classes, 180 train / 20 val / 100 test images); {fix} (at most 180)"
-    )
-
-
-@pytest.mark.parametrize("entry", [
-    {"type": "int", "low": 16, "high": 180},  # a batch of every training image still makes a step
-    {"type": "int", "low": 16, "high": 200, "step": 41},  # draws 16, 57, ..., 180, never 200
-    {"type": "int", "low": 8, "high": 128, "log": True},
-    {"type": "categorical", "choices": [180, 64]},
-])  # fmt: skip
-def test_batch_that_fits_is_accepted(tiny_study, entry):
-    check_against_data(batch_study(tiny_study, entry))
-
-
-def test_searched_validation_share_counts_at_its_largest(tiny_study):
-    tiny_study["search_space"]["data.val_fraction"] = {"type": "float", "low": 0.05, "high": 0.5}
-    with pytest.raises(StudyError, match=r"can reach 150 but a trial has only 100 training images .*100 val"):
-        check_against_data(batch_study(copy.deepcopy(tiny_study), fixed=150))
-    tiny_study["search_space"]["data.val_fraction"]["high"] = 0.2  # leaves 160
-    check_against_data(batch_study(tiny_study, fixed=150))
-
-
-def test_data_dir_of_this_host_is_the_one_checked(tiny_study, tmp_path):
-    small = write_fake_stl10(tmp_path / "small", train_per_class=10, test_per_class=1, num_classes=2)
-    spec = StudySpec.from_dict(tiny_study)  # batch 32: fits fixed data.dir (180 images)
-    check_against_data(spec)
-    with pytest.raises(StudyError, match=rf"only 18 training images \(stl10 {small}:"):
-        check_against_data(spec, data_dir=small)
-    default = batch_study(copy.deepcopy(tiny_study))  # nothing sets optim.batch_size: the default, 64
-    with pytest.raises(StudyError, match=r"can reach 64 .*; set a lower one in `fixed` \(at most 18\)$"):
-        check_against_data(default, data_dir=small)
-    with pytest.raises(DataError, match="not downloaded yet"):  # it never downloads
-        check_against_data(spec, data_dir=tmp_path / "elsewhere")

@@ -9,7 +9,7 @@ import pytest
 
 from stl_tune import config
 from stl_tune.search.space import default_study_file, load_study_file, suggest_config
-from stl_tune.search.study import make_pruner, make_sampler
+from stl_tune.search.plugins import make_pruner, make_sampler
 
 STUDIES = sorted((Path(__file__).parent.parent / "studies").glob("*.yaml"))
 

@@ -1,5 +1,6 @@
 """Warm starts and budgets: the known recipe as trial 0, --enqueue, --from-study, and the time and
-patience budgets, each on its own (no training: trials are made with optuna.create_trial)."""
+patience budgets, each on its own (no training: trials are made with optuna.create_trial), on both
+storages (the storage_url fixture)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from optuna.trial import TrialState
 
 from stl_tune import config
 from stl_tune.errors import UserError
-from stl_tune.search import budget, warmstart
+from stl_tune.search import budget, record, warmstart
 from stl_tune.search.space import StudySpec, load_study_file
-from stl_tune.search.study import create_or_load_study, open_storage
+from stl_tune.search import create_or_load_study, open_storage
 
 
 @pytest.fixture
@@ -22,17 +23,17 @@ def seed_spec() -> StudySpec:
     return load_study_file("studies/seed.yaml")
 
 
-def _study(tmp_path, spec: StudySpec, name: str | None = None) -> optuna.Study:
-    return create_or_load_study(spec, name, open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=False))
+def _study(url: str, spec: StudySpec, name: str | None = None) -> optuna.Study:
+    return create_or_load_study(spec, name, open_storage(url, heartbeat=False))
 
 
-def test_the_known_recipe_is_trial_0_of_a_new_study_only(tmp_path, seed_spec):
-    study = _study(tmp_path, seed_spec)
+def test_the_known_recipe_is_trial_0_of_a_new_study_only(storage_url, seed_spec):
+    study = _study(storage_url, seed_spec)
     queued = warmstart.enqueue_known_recipe(study, seed_spec)
     assert queued.added and queued.outside == {}  # seed.yaml's space holds every default
     assert warmstart.enqueue_known_recipe(study, seed_spec) is None  # not twice, not into a used study
     trial = study.ask()
-    assert trial.number == 0 and trial.user_attrs[warmstart.ENQUEUED_ATTR] == warmstart.KNOWN_RECIPE
+    assert trial.number == 0 and trial.user_attrs[record.ENQUEUED_ATTR] == record.KNOWN_RECIPE
     from stl_tune.search.space import suggest_config
 
     cfg, defaults = suggest_config(trial, seed_spec), config.from_dict(None, seed_spec.fixed)
@@ -49,29 +50,29 @@ def test_params_of_leaves_values_outside_the_space_to_the_sampler(seed_spec):
     assert params["lr_adamw"] == 2e-3 and "lr_sgd" not in params  # the entry whose `when` holds
 
 
-def test_enqueue_file_queues_an_exported_config(tmp_path, seed_spec):
+def test_enqueue_file_queues_an_exported_config(storage_url, tmp_path, seed_spec):
     path = tmp_path / "best.yaml"
     config.dump(config.from_dict(None, {"optim.name": "sgd", "optim.lr": 0.1, "optim.weight_decay": 5e-4}), path)
-    study = _study(tmp_path, seed_spec)
+    study = _study(storage_url, seed_spec)
     queued = warmstart.enqueue(study, seed_spec, config.load(path), str(path))  # as run --enqueue does
     params = queued.params
     assert params["optim.name"] == "sgd" and params["lr_sgd"] == 0.1 and params["wd_sgd"] == 5e-4
     assert queued.added and "not queued again" not in queued.describe("x")
     again = warmstart.enqueue(study, seed_spec, config.load(path), str(path))  # the same values again: said, not queued
     assert not again.added and "a trial with these values exists; not queued again" in again.describe("x")
-    assert len(study.trials) == 1 and study.ask().user_attrs[warmstart.ENQUEUED_ATTR] == str(path)
+    assert len(study.trials) == 1 and study.ask().user_attrs[record.ENQUEUED_ATTR] == str(path)
 
 
-def test_values_outside_the_space_are_named(tmp_path, seed_spec):
+def test_values_outside_the_space_are_named(storage_url, seed_spec):
     cfg = config.from_dict(None, {"model.width": 80})
-    queued = warmstart.enqueue(_study(tmp_path, seed_spec), seed_spec, cfg, "x")
+    queued = warmstart.enqueue(_study(storage_url, seed_spec), seed_spec, cfg, "x")
     assert queued.outside == {"model.width": 80}
     assert queued.describe("queued x").endswith("the sampler chooses these, whose values lie outside this study's space: model.width=80")
 
 
-def test_from_study_copies_the_finished_trials_that_fit(tmp_path, tiny_study):
+def test_from_study_copies_the_finished_trials_that_fit(storage_url, tiny_study):
     old_spec = StudySpec.from_dict(tiny_study)
-    old = _study(tmp_path, old_spec, "old")
+    old = _study(storage_url, old_spec, "old")
     dists = {p.name: p.distribution() for p in old_spec.params}
     for lr, state in ((2e-3, TrialState.COMPLETE), (8e-3, TrialState.PRUNED), (3e-3, TrialState.FAIL),
                       (4e-3, TrialState.PRUNED)):  # fmt: skip
@@ -82,13 +83,13 @@ def test_from_study_copies_the_finished_trials_that_fit(tmp_path, tiny_study):
         ))  # fmt: skip
     tiny_study["search_space"]["optim.lr"]["high"] = 5e-3  # the new space: 8e-3 no longer fits
     new_spec = StudySpec.from_dict({**tiny_study, "name": "new"})
-    new = _study(tmp_path, new_spec)
+    new = _study(storage_url, new_spec)
     assert warmstart.copy_trials(old, new, new_spec) == (2, 1, 0)  # the FAIL is not a candidate
     assert warmstart.copy_trials(old, new, new_spec) == (0, 1, 2)  # the same command again copies nothing twice
     t, pruned = new.trials
     assert (pruned.state, pruned.value, pruned.params["optim.lr"]) == (TrialState.PRUNED, 0.3, 4e-3)
     assert t.state == TrialState.COMPLETE and t.params == {"optim.lr": 2e-3, "model.se": True}
-    assert t.intermediate_values == {1: 0.3, 2: 0.5} and t.user_attrs[warmstart.COPIED_ATTR] == "study old, trial 0"
+    assert t.intermediate_values == {1: 0.3, 2: 0.5} and t.user_attrs[record.COPIED_ATTR] == "study old, trial 0"
     from stl_tune.search.trials import is_surplus, tally
 
     assert tally(new).finished == 0 and tally(new).best.number == 0  # teaches, but is not the new budget's
@@ -106,26 +107,26 @@ def test_bad_durations_are_one_line(text):
         budget.parse_duration(text)
 
 
-def test_deadline_in_the_study_stops_new_trials(tmp_path, tiny_study):
-    study = _study(tmp_path, StudySpec.from_dict(tiny_study))
+def test_deadline_in_the_study_stops_new_trials(storage_url, tiny_study):
+    study = _study(storage_url, StudySpec.from_dict(tiny_study))
     assert budget.stop_reason(study) is None
     budget.set_budgets(study, timedelta(hours=1), None)
     left = budget.time_left(study.user_attrs)
     assert timedelta(minutes=59) < left <= timedelta(hours=1) and budget.stop_reason(study) is None
-    study.set_user_attr(budget.DEADLINE_ATTR, (budget.now() - timedelta(seconds=1)).isoformat())
+    study.set_user_attr(record.DEADLINE_ATTR, (budget.now() - timedelta(seconds=1)).isoformat())
     assert budget.stop_reason(study).startswith("time budget spent at")
     from typer.testing import CliRunner
 
     from stl_tune.cli import app
 
-    r = CliRunner().invoke(app, ["status", "--storage", f"sqlite:///{tmp_path}/s.db"])
+    r = CliRunner().invoke(app, ["status", "--storage", storage_url])
     assert r.exit_code == 0 and "time budget: spent (deadline " in r.output, r.output
     budget.set_budgets(study, None, None)  # the next run without a budget clears it
     assert budget.stop_reason(study) is None and budget.time_left(study.user_attrs) is None
 
 
-def test_patience_counts_finished_trials_since_the_best(tmp_path, tiny_study):
-    study = _study(tmp_path, StudySpec.from_dict(tiny_study))
+def test_patience_counts_finished_trials_since_the_best(storage_url, tiny_study):
+    study = _study(storage_url, StudySpec.from_dict(tiny_study))
     budget.set_budgets(study, None, 3)
     for value in (0.5, 0.7, 0.6, 0.7):  # 0.7 again is not better
         study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}))
@@ -136,14 +137,14 @@ def test_patience_counts_finished_trials_since_the_best(tmp_path, tiny_study):
     assert budget.stop_reason(study) is None
 
 
-def test_a_runs_patience_counts_its_own_trials_not_earlier_or_copied_ones(tmp_path, tiny_study):
-    study = _study(tmp_path, StudySpec.from_dict(tiny_study))
+def test_a_runs_patience_counts_its_own_trials_not_earlier_or_copied_ones(storage_url, tiny_study):
+    study = _study(storage_url, StudySpec.from_dict(tiny_study))
     for value in (0.9, 0.5, 0.5, 0.5):  # an earlier run: 3 trials since its best
         study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}))
     study.enqueue_trial({})  # queued before this run sets its budgets (e.g. --enqueue): this run's
     budget.set_budgets(study, None, 2)
     assert budget.stop_reason(study) is None  # the 3 earlier trials do not count
-    copied = optuna.trial.create_trial(value=0.1, params={}, distributions={}, user_attrs={warmstart.COPIED_ATTR: "study old, trial 0"})
+    copied = optuna.trial.create_trial(value=0.1, params={}, distributions={}, user_attrs={record.COPIED_ATTR: "study old, trial 0"})
     study.add_trial(copied)  # not run here: does not count either
     assert budget.stop_reason(study) is None
     queued = study.ask()
@@ -156,12 +157,12 @@ def test_a_runs_patience_counts_its_own_trials_not_earlier_or_copied_ones(tmp_pa
 
 # ------------------------------------------------------------------------ with the worker loop
 @pytest.fixture
-def pruning_study(tmp_path, tiny_study):
+def pruning_study(storage_url, tiny_study):
     """A study whose median pruner stops any trial at epoch 1: two finished trials scored 0.99."""
     tiny_study["fixed"]["optim"]["epochs"] = 3
     tiny_study["pruner"] = {"name": "median", "n_startup_trials": 0, "n_warmup_steps": 0}
     spec = StudySpec.from_dict(tiny_study)
-    study = _study(tmp_path, spec)
+    study = _study(storage_url, spec)
     dists = {p.name: p.distribution() for p in spec.params}
     for _ in range(2):
         study.add_trial(optuna.trial.create_trial(value=0.99, params={"optim.lr": 5e-3, "model.se": True},
@@ -175,16 +176,18 @@ def test_an_enqueued_trial_runs_to_full_length_where_others_are_pruned(tmp_path,
     from stl_tune.search.workers import work
 
     spec, study = pruning_study
-    warmstart.enqueue(study, spec, config.from_dict(None, spec.fixed), warmstart.KNOWN_RECIPE)
+    warmstart.enqueue(study, spec, config.from_dict(None, spec.fixed), record.KNOWN_RECIPE)
     work(study, Objective(spec, tmp_path / "artifacts"), 4)  # 2 finished + the enqueued + one sampled
     enqueued, sampled = study.trials[2:]
-    assert enqueued.user_attrs[warmstart.ENQUEUED_ATTR] == warmstart.KNOWN_RECIPE
+    assert enqueued.user_attrs[record.ENQUEUED_ATTR] == record.KNOWN_RECIPE
     assert enqueued.state == TrialState.COMPLETE and enqueued.user_attrs["epochs_run"] == 3
     assert sampled.state == TrialState.PRUNED and sampled.user_attrs["epochs_run"] == 1
 
 
 @pytest.mark.usefixtures("single_thread")
-def test_a_trial_running_at_the_deadline_pauses_and_resumes_on_the_next_run(tmp_path, tiny_study, monkeypatch):
+def test_a_trial_running_at_the_deadline_pauses_and_resumes_on_the_next_run(
+    storage_url, tmp_path, tiny_study, monkeypatch
+):
     from stl_tune.search.objective import Objective
     from stl_tune.search.workers import work
     from stl_tune.train import train
@@ -192,7 +195,7 @@ def test_a_trial_running_at_the_deadline_pauses_and_resumes_on_the_next_run(tmp_
     tiny_study["fixed"]["optim"]["epochs"] = 4
     tiny_study["fixed"]["runtime"]["checkpoint_interval_s"] = 1e6  # none by time: the one at the deadline is forced
     spec = StudySpec.from_dict(tiny_study)
-    study = _study(tmp_path, spec)
+    study = _study(storage_url, spec)
     budget.set_budgets(study, timedelta(hours=1), None)
     later = budget.now() + timedelta(hours=2)
 
@@ -228,29 +231,30 @@ def test_a_trial_running_at_the_deadline_pauses_and_resumes_on_the_next_run(tmp_
      (["--enqueue", "missing.yaml"], "missing.yaml"),
      (["--from-study", "nope"], "no study 'nope'")],  # fmt: skip
 )
-def test_bad_warm_start_and_budget_options_are_one_line_and_create_nothing(args, needle, tmp_path, tiny_study):
+def test_bad_warm_start_and_budget_options_are_one_line_and_create_nothing(
+    args, needle, storage_url, tmp_path, tiny_study
+):
     from typer.testing import CliRunner
 
     from stl_tune.cli import app
 
     study_file = tmp_path / "tiny.yaml"
     study_file.write_text(yaml.safe_dump(tiny_study))
-    url = f"sqlite:///{tmp_path}/s.db"
-    r = CliRunner().invoke(app, ["run", "--study", str(study_file), "--storage", url, "--trials", "1", *args])
+    r = CliRunner().invoke(app, ["run", "--study", str(study_file), "--storage", storage_url, "--trials", "1", *args])
     assert r.exit_code == 2 and needle in r.output, r.output
-    assert not (tmp_path / "s.db").exists() or optuna.get_all_study_names(url) == []
+    assert optuna.get_all_study_names(storage_url) == []
 
 
-def test_from_study_of_the_study_itself_is_one_line_and_copies_nothing(tmp_path, tiny_study):
+def test_from_study_of_the_study_itself_is_one_line_and_copies_nothing(storage_url, tmp_path, tiny_study):
     from typer.testing import CliRunner
 
     from stl_tune.cli import app
 
-    study = _study(tmp_path, StudySpec.from_dict(tiny_study))
+    study = _study(storage_url, StudySpec.from_dict(tiny_study))
     study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
     study_file = tmp_path / "tiny.yaml"
     study_file.write_text(yaml.safe_dump(tiny_study))
-    args = ["run", "--study", str(study_file), "--storage", f"sqlite:///{tmp_path}/s.db", "--trials", "2",
+    args = ["run", "--study", str(study_file), "--storage", storage_url, "--trials", "2",
             "--from-study", "tiny"]  # fmt: skip
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2 and "--from-study tiny: that is the study this run continues" in r.output, r.output

@@ -1,5 +1,5 @@
-"""Worker processes against real databases: the exact trial budget, with the same tests on SQLite
-and on a PostgreSQL server (Optuna's style: one test body, every storage)."""
+"""Worker processes against real databases: the exact trial budget, every test on SQLite and on a
+PostgreSQL server (the storage_url fixture: Optuna's style, one test body for every storage)."""
 
 from __future__ import annotations
 
@@ -17,18 +17,11 @@ from typer.testing import CliRunner
 from stl_tune.cli import app
 from stl_tune.search.objective import Objective
 from stl_tune.search.space import StudySpec
-from stl_tune.search.study import create_or_load_study, open_storage
+from stl_tune.search import create_or_load_study, open_storage
 from stl_tune.search.trials import is_surplus, tally
 from stl_tune.search.workers import StudyStopped, work
 
 STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]  # the installed console script
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/study.db"
-    return request.getfixturevalue("postgres_url")
 
 
 def _states(study: optuna.Study) -> dict[str, int]:
@@ -39,8 +32,8 @@ def _states(study: optuna.Study) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
-def test_tally_counts_and_best_follow_the_direction(direction):
-    study = optuna.create_study(direction=direction)
+def test_tally_counts_and_best_follow_the_direction(direction, storage_url):
+    study = optuna.create_study(direction=direction, storage=open_storage(storage_url, heartbeat=False))
     for value in (0.3, 0.1, 0.5):
         study.add_trial(optuna.create_trial(value=value, params={}, distributions={}))
     study.add_trial(optuna.create_trial(state=TrialState.PRUNED, params={}, distributions={}))
@@ -51,8 +44,8 @@ def test_tally_counts_and_best_follow_the_direction(direction):
     assert t.best.number == study.best_trial.number == (2 if direction == "maximize" else 1)
 
 
-def test_claims_count_trials_ahead_in_flight_or_finished(tmp_path):
-    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=False))
+def test_claims_count_trials_ahead_in_flight_or_finished(storage_url):
+    study = optuna.create_study(storage=open_storage(storage_url, heartbeat=False))
     first, second = study.ask(), study.ask()
     third = study.ask()
     assert not is_surplus(study, second, 2)  # one trial ahead of it
@@ -65,18 +58,18 @@ def test_claims_count_trials_ahead_in_flight_or_finished(tmp_path):
 
 
 @pytest.mark.slow
-def test_racing_workers_finish_exactly_n_trials(storage_url, worker_env, tmp_path):
+def test_racing_workers_finish_exactly_n_trials(storage_url, worker_env):
     """Four processes claim trials as fast as they can (trials of a few ms): never one too many.
 
     "blind": each process asks for 10 trials without any pre-check, so only the claim check
     after ask() stands between 40 claims and a budget of 12. "work": the workers' real loop."""
-    n, blind, real = 12, f"blind-{tmp_path.name}", f"work-{tmp_path.name}"
+    n, blind, real = 12, "blind", "work"
     for name in (blind, real):
         optuna.create_study(study_name=name, storage=open_storage(storage_url, heartbeat=False))
     script = textwrap.dedent(f"""
         import random, time, optuna
         from optuna.trial import TrialState
-        from stl_tune.search.study import open_storage
+        from stl_tune.search import open_storage
         from stl_tune.search.trials import is_surplus
         from stl_tune.search.workers import work
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -105,7 +98,7 @@ def test_racing_workers_finish_exactly_n_trials(storage_url, worker_env, tmp_pat
 
 @pytest.mark.slow
 def test_run_with_three_workers_finishes_exactly_n_trials(storage_url, worker_env, tiny_study, tmp_path):
-    n, name = 5, f"run-{tmp_path.name}"
+    n, name = 5, "run"
     study_file = tmp_path / "tiny.yaml"
     study_file.write_text(yaml.safe_dump(tiny_study))
     artifacts = tmp_path / "artifacts"
@@ -132,12 +125,12 @@ def test_run_with_three_workers_finishes_exactly_n_trials(storage_url, worker_en
 
 
 @pytest.mark.usefixtures("single_thread")
-def test_hopeless_study_stops_with_the_last_reason(tmp_path, tiny_study):
+def test_hopeless_study_stops_with_the_last_reason(storage_url, tmp_path, tiny_study):
     def broken(cfg, on_epoch_end=None, **kw):
         raise FileNotFoundError("no stl10_binary/ in /data")
 
     spec = StudySpec.from_dict(tiny_study)
-    study = create_or_load_study(spec, None, open_storage(f"sqlite:///{tmp_path}/s.db"))
+    study = create_or_load_study(spec, None, open_storage(storage_url))
     with pytest.raises(StudyStopped, match=r"last 3 trials failed \(last: FileNotFoundError: no stl10_binary"):
         work(study, Objective(spec, tmp_path / "artifacts", trainer=broken), 5, max_failures=3)
     assert _states(study) == {"FAIL": 3}
@@ -152,19 +145,18 @@ def test_hopeless_study_stops_with_the_last_reason(tmp_path, tiny_study):
     [(["--trials", "2", "--gpus", "7"], "no GPU 7 here"), (["--trials", "2", "--gpus", "abc"], "--gpus must be"),
      ([], "has no trial budget yet; pass --trials N")],  # fmt: skip
 )
-def test_bad_run_arguments_leave_no_study_behind(args, needle, tmp_path, tiny_study):
+def test_bad_run_arguments_leave_no_study_behind(args, needle, storage_url, tmp_path, tiny_study):
     study_file = tmp_path / "tiny.yaml"
     study_file.write_text(yaml.safe_dump(tiny_study))
-    url = f"sqlite:///{tmp_path}/s.db"
-    r = CliRunner().invoke(app, ["run", "--study", str(study_file), "--storage", url, *args])
+    r = CliRunner().invoke(app, ["run", "--study", str(study_file), "--storage", storage_url, *args])
     assert r.exit_code == 2 and needle in r.output, r.output
-    assert not (tmp_path / "s.db").exists() or optuna.get_all_study_names(url) == []
+    assert optuna.get_all_study_names(storage_url) == []
 
 
-def test_run_and_worker_with_the_budget_reached_do_nothing(tmp_path, tiny_study):
+def test_run_and_worker_with_the_budget_reached_do_nothing(storage_url, tmp_path, tiny_study):
     study_file = tmp_path / "tiny.yaml"
     study_file.write_text(yaml.safe_dump(tiny_study))
-    url = f"sqlite:///{tmp_path}/s.db"
+    url = storage_url
     study = create_or_load_study(StudySpec.from_dict(tiny_study), None, url)
     for value in (0.2, 0.3):
         study.add_trial(optuna.create_trial(value=value, params={}, distributions={}))
@@ -176,15 +168,16 @@ def test_run_and_worker_with_the_budget_reached_do_nothing(tmp_path, tiny_study)
 
 
 @pytest.mark.usefixtures("single_thread")
-def test_trial_failed_by_another_worker_is_dropped_with_one_line(tmp_path, tiny_study, caplog):
+def test_trial_failed_by_another_worker_is_dropped_with_one_line(storage_url, tmp_path, tiny_study, caplog):
     """What a worker that was frozen past the grace period meets when it wakes: its trial failed
     and re-queued by another. It drops the trial quietly and runs the retry itself."""
-    from stl_tune.search.trials import DIED, fail_reason, retry
+    from stl_tune.search.record import Reason, fail_reason
+    from stl_tune.search.trials import retry
     from stl_tune.train import train
 
     tiny_study["fixed"]["optim"]["epochs"] = 3
     spec = StudySpec.from_dict(tiny_study)
-    url = f"sqlite:///{tmp_path}/s.db"
+    url = storage_url
     study = create_or_load_study(spec, None, open_storage(url))
     other = optuna.load_study(study_name=study.study_name, storage=open_storage(url, heartbeat=False))
     calls = []
@@ -210,6 +203,6 @@ def test_trial_failed_by_another_worker_is_dropped_with_one_line(tmp_path, tiny_
         "trial 0 was failed by another worker while this one was paused; its retry goes on"
     ]
     first, resumed = study.trials
-    assert first.state == TrialState.FAIL and fail_reason(first) == DIED  # its attrs as a dead worker's
+    assert first.state == TrialState.FAIL and fail_reason(first) == Reason.DIED  # its attrs as a dead worker's
     assert resumed.state == TrialState.COMPLETE and resumed.user_attrs["resumed_from_epoch"] == 1
     assert not any(artifacts.iterdir())

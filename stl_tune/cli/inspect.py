@@ -2,7 +2,8 @@
 
 Every command takes --storage (default $STL_TUNE_STORAGE, else sqlite:///storage/stl-tune.db) and
 prints storage URLs masked. Errors are StudyError (a UserError) that the main app prints as one line.
-Optuna and the storage code are imported inside the commands: `stl-tune --help` does not pay for them.
+What they read comes from the search package's exports (stl_tune/search/__init__.py), imported
+inside the commands: `stl-tune --help` does not pay for Optuna and the storage code.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from stl_tune import config
+from stl_tune.cli.options import NameOpt, StorageOpt
 from stl_tune.errors import UserError
-from stl_tune.search.options import NameOpt, StorageOpt
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -34,17 +35,16 @@ def _fmt(v: Any) -> str:
 
 
 def _trial_row(t: FrozenTrial) -> list[str]:
-    from stl_tune.search import optuna_compat as compat
-    from stl_tune.search.trials import fail_reason
+    from stl_tune.search import record, retry_history
 
-    epochs = t.user_attrs.get("epochs_run", len(t.intermediate_values))  # live trials: reports so far
-    seconds = t.user_attrs.get("seconds", t.duration.total_seconds() if t.duration else None)
+    epochs = t.user_attrs.get(record.EPOCHS_RUN_ATTR, len(t.intermediate_values))  # live trials: reports so far
+    seconds = t.user_attrs.get(record.SECONDS_ATTR, t.duration.total_seconds() if t.duration else None)
     state = t.state.name
     if state == "WAITING":  # a retry carries the attrs of the trial it retries: say which that was
-        retried = compat.retry_history(t)
+        retried = retry_history(t)
         note = f"retry of trial {retried[-1]}" if retried else "queued"
     else:
-        note = fail_reason(t) or t.user_attrs.get("status", "")
+        note = record.fail_reason(t) or t.user_attrs.get(record.STATUS_ATTR, "")
     return [
         str(t.number),
         f"[{_STATE_STYLE.get(state, '')}]{state}[/]",
@@ -59,8 +59,7 @@ def _trial_row(t: FrozenTrial) -> list[str]:
 def _studies_table(storage: BaseStorage, studies: list[FrozenStudy]) -> Table:
     import optuna
 
-    from stl_tune.search.study import describe
-    from stl_tune.search.trials import tally
+    from stl_tune.search import describe, tally
 
     table = Table("study", "trials", "complete", "best", title=f"Studies in {describe(storage)}")
     for s in studies:
@@ -73,12 +72,10 @@ def _studies_table(storage: BaseStorage, studies: list[FrozenStudy]) -> Table:
 @app.command()
 def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     """Trials of a study (state, value, epochs, seconds, params), the time left, its best trial and that config."""
-    from stl_tune.search import budget as B
-    from stl_tune.search.confirm import CONFIRMED_ATTR, best_confirmed
-    from stl_tune.search.eta import duration, estimate
-    from stl_tune.search.space import StudyError
-    from stl_tune.search.study import CONFIG_ATTR, describe, load_study, open_storage, storage_arg
-    from stl_tune.search.trials import N_TRIALS_ATTR, ranked, tally
+    from stl_tune.search import (
+        StudyError, best_confirmed, confirmed_ranking, deadline, describe, duration, estimate, load_study,
+        open_storage, ranked, record, storage_arg, tally, time_left,
+    )  # fmt: skip
 
     store = open_storage(storage, heartbeat=False, create=False)
     try:
@@ -96,33 +93,33 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     for t in trials:
         table.add_row(*_trial_row(t))
     console.print(table)
-    n_trials = study.user_attrs.get(N_TRIALS_ATTR)
+    n_trials = study.user_attrs.get(record.N_TRIALS_ATTR)
     if n_trials:  # the same figure as the live view's, from the storage alone
         finished = tally(study, trials=trials).finished
         left = estimate(trials, n_trials, finished, spec)
         console.print(f"{finished}/{n_trials} finished; {left} ({left.detail()})")
-    budget_left = B.time_left(study.user_attrs)
+    budget_left = time_left(study.user_attrs)
     if budget_left is not None:  # `run --time-budget`: no trial starts after the deadline
         spent = budget_left.total_seconds() <= 0
         console.print(f"time budget: {'spent' if spent else duration(budget_left.total_seconds()) + ' left'}"
-                      f" (deadline {B.deadline(study.user_attrs):%Y-%m-%d %H:%M:%S} UTC)")  # fmt: skip
+                      f" (deadline {deadline(study.user_attrs):%Y-%m-%d %H:%M:%S} UTC)")  # fmt: skip
     ranking = ranked(trials, study.direction)
     if not ranking:
         console.print("No complete trial yet.")
         return
     best = ranking[0]
     console.print(f"Best: trial {best.number}, {spec.objective} = {best.value:.4f}")
-    confirmed = study.user_attrs.get(CONFIRMED_ATTR) or {}
+    confirmed = confirmed_ranking(study)
     if confirmed:  # `stl-tune confirm`: export takes the best mean
         table = Table("trial", spec.objective, "confirmed mean ± std", "seeds", title="Confirmed with new seeds")
-        for number, c in sorted(confirmed.items(), key=lambda kv: -kv[1]["mean"]):
-            table.add_row(number, f"{trials[int(number)].value:.4f}", f"{c['mean']:.4f} ± {c['std']:.4f}",
+        for number, c in confirmed:
+            table.add_row(str(number), f"{trials[number].value:.4f}", f"{c['mean']:.4f} ± {c['std']:.4f}",
                           ", ".join(map(str, c["seeds"])))  # fmt: skip
         console.print(table)
         best = trials[best_confirmed(study)[0]]
         console.print(f"Best confirmed: trial {best.number}")
-    if CONFIG_ATTR in best.user_attrs:  # only what differs from the defaults; export writes it all
-        ours = config.flatten(best.user_attrs[CONFIG_ATTR])
+    if record.CONFIG_ATTR in best.user_attrs:  # only what differs from the defaults; export writes it all
+        ours = config.flatten(best.user_attrs[record.CONFIG_ATTR])
         defaults = config.flatten(config.to_dict(config.TrainConfig()))
         console.print("Its config, where it differs from the defaults:")
         diff = Table("config key", "value", "default")
@@ -144,8 +141,7 @@ def export(
     storage: StorageOpt = None,
 ) -> None:
     """Write a trial's full config, set to train on train+validation, for `stl-tune train --config`."""
-    from stl_tune.search.export import write_export
-    from stl_tune.search.study import load_study, open_storage
+    from stl_tune.search import load_study, open_storage, write_export
 
     study, spec = load_study(name, open_storage(storage, heartbeat=False, create=False))
     t = write_export(study, trial, output)
@@ -167,7 +163,7 @@ def report(
     import optuna
 
     from stl_tune.report import write_report
-    from stl_tune.search.study import describe, open_storage, resolve_study_name
+    from stl_tune.search import describe, open_storage, resolve_study_name
 
     store = open_storage(storage, heartbeat=False, create=False)
     study = optuna.load_study(study_name=resolve_study_name(name, store), storage=store)

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
+from stl_tune.cli.options import StorageOpt
 from stl_tune.errors import UserError
-from stl_tune.search.options import GRACE_ENV, GRACE_PERIOD_S, StorageOpt
+from stl_tune.search.settings import GRACE_ENV, GRACE_PERIOD_S
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -27,7 +28,7 @@ def dashboard(
 
     import optuna_dashboard
 
-    from stl_tune.search.study import describe, open_storage
+    from stl_tune.search import describe, open_storage
 
     store = open_storage(storage, heartbeat=False, create=False)
     url = f"http://{host}:{port}/dashboard"
@@ -56,8 +57,8 @@ def proxy(
 
     import optuna
 
+    from stl_tune.search import describe, mask_url, open_storage, storage_url
     from stl_tune.search.proxy import HeartbeatOnWrite, fail_stale_trials_forever
-    from stl_tune.search.study import describe, mask_url, open_storage, storage_url
 
     url = storage_url(storage)
     if url.startswith("grpc://"):  # before opening it, which would wait for that server first

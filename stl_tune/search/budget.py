@@ -17,10 +17,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.errors import UserError
+from stl_tune.search.record import DEADLINE_ATTR, PATIENCE_ATTR, PATIENCE_FROM_ATTR, counts
+from stl_tune.search.trials import better
 
-DEADLINE_ATTR = "deadline"  # study user attr: ISO-8601 UTC time at which workers stop starting trials
-PATIENCE_ATTR = "patience_trials"  # study user attr: stop after this many finished trials without a better one
-PATIENCE_FROM_ATTR = "patience_from"  # study user attr: the first trial number the patience counts
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -74,19 +73,14 @@ def trials_since_best(trials: Sequence[FrozenTrial], direction: optuna.study.Stu
     """Finished (complete or pruned) trials that ended after the best complete one, in the order
     they ended, counting only trials numbered `start` or later that were not copied from another
     study; the best is over all trials."""
-    from stl_tune.search.warmstart import COPIED_ATTR  # not at the top: warmstart imports space, which imports this
-
     finished = sorted(
         (t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)), key=lambda t: t.datetime_complete
     )
     best, since = None, 0
     for t in finished:
-        better = t.state == TrialState.COMPLETE and (
-            best is None or (t.value > best if direction == optuna.study.StudyDirection.MAXIMIZE else t.value < best)
-        )
-        if better:
+        if t.state == TrialState.COMPLETE and better(t.value, best, direction):
             best, since = t.value, 0
-        elif t.number >= start and COPIED_ATTR not in t.user_attrs:
+        elif t.number >= start and counts(t):
             since += 1
     return since
 

@@ -9,7 +9,7 @@ checkpoints, and no pruning; a second identical call trains nothing. Workers of 
 run queued trials only: one that fails is reported, not replaced by a sampled config.
 
 The summary, {trial number: mean, std, values, seeds}, goes into the search study's user attrs
-(CONFIRMED_ATTR), where status, export, the report and the dashboard read it.
+(record.CONFIRMED_ATTR), where status, export, the report and the dashboard read it.
 """
 
 from __future__ import annotations
@@ -23,15 +23,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune import config
 from stl_tune.search import optuna_compat as compat
+from stl_tune.search.record import (
+    CANDIDATE_ATTR, CONFIG_ATTR, CONFIRMED_ATTR, ENQUEUED_ATTR, N_TRIALS_ATTR, QUEUED_ONLY_ATTR,
+)  # fmt: skip
 from stl_tune.search.space import ParamSpec, StudyError, StudySpec
 from stl_tune.search.study import CONFIRM_SUFFIX as SUFFIX
 from stl_tune.search.study import create_or_load_study
-from stl_tune.search.trials import N_TRIALS_ATTR, ranked
-from stl_tune.search.warmstart import ENQUEUED_ATTR
-
-CANDIDATE_ATTR = "candidate"  # confirm trial user attr: number of the search trial it re-trains
-CONFIRMED_ATTR = "confirmed"  # search study user attr: {"N": {"mean", "std", "values", "seeds"}}
-QUEUED_ONLY_ATTR = "queued_only"  # study user attr: workers run queued trials only, never sampled ones
+from stl_tune.search.trials import best_first, ranked
 
 
 def new_seeds(spec: StudySpec, n: int) -> list[int]:
@@ -43,7 +41,7 @@ def new_seeds(spec: StudySpec, n: int) -> list[int]:
 def searched_data_dir(search: optuna.Study) -> Path | None:
     """The data folder the search's best trial trained on (its recorded data.dir), if any."""
     best = ranked(search.get_trials(deepcopy=False), search.direction)
-    recorded = best[0].user_attrs.get("config", {}).get("data", {}).get("dir") if best else None
+    recorded = best[0].user_attrs.get(CONFIG_ATTR, {}).get("data", {}).get("dir") if best else None
     return Path(recorded) if recorded else None
 
 
@@ -97,11 +95,14 @@ def summarize(confirm: optuna.Study, search: optuna.Study) -> dict[str, dict]:
     return out
 
 
+def confirmed_ranking(search: optuna.Study) -> list[tuple[int, dict]]:
+    """(trial number, its summary) of each confirmed candidate, the best mean first; [] before any
+    confirmation."""
+    summaries = ((int(n), s) for n, s in (search.user_attrs.get(CONFIRMED_ATTR) or {}).items())
+    return sorted(summaries, key=best_first(search.direction, lambda item: item[1]["mean"]))
+
+
 def best_confirmed(search: optuna.Study) -> tuple[int, dict] | None:
     """(trial number, its summary) of the best confirmed mean, or None before any confirmation."""
-    confirmed = search.user_attrs.get(CONFIRMED_ATTR) or {}
-    if not confirmed:
-        return None
-    maximize = search.direction == optuna.study.StudyDirection.MAXIMIZE
-    number, summary = (max if maximize else min)(confirmed.items(), key=lambda kv: kv[1]["mean"])
-    return int(number), summary
+    ranking = confirmed_ranking(search)
+    return ranking[0] if ranking else None

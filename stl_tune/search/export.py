@@ -1,5 +1,5 @@
 """A finished trial -> the final-training config: its stored, fully resolved TrainConfig, set to
-train on train+validation. Read from the trial's "config" user attr, never rebuilt from its params,
+train on train+validation. Read from the trial's config user attr, never rebuilt from its params,
 so defaults and `fixed` values are exactly those the trial ran with."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune import config
 from stl_tune.config import ConfigError, TrainConfig
+from stl_tune.search.confirm import best_confirmed
+from stl_tune.search.record import CONFIG_ATTR, CONFIRMED_ATTR, SPEC_ATTR
 from stl_tune.search.space import StudyError
-from stl_tune.search.study import CONFIG_ATTR, SPEC_ATTR
-from stl_tune.search.confirm import CONFIRMED_ATTR, best_confirmed
 from stl_tune.search.trials import ranked
 
 

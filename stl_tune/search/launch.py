@@ -1,11 +1,12 @@
-"""Worker processes on one host: GPU slots, launching `stl-tune worker` children, reaping the ones
-that die (their trials are re-queued at once), relaying their output under the live view
+"""Worker processes on one host: GPU slots, launching `stl-tune worker --launched` children, reaping
+the ones that die (their trials are re-queued at once), relaying their output under the live view
 (search/live.py).
 
 Each child sees only its GPU (CUDA_VISIBLE_DEVICES, set before it imports torch) and gets an equal
 share of the CPU cores for torch's threads. Children run in their own session, so a terminal's
 Ctrl-C reaches only the launching process, which forwards it once; a second Ctrl-C kills them and
-re-queues their trials. The worker loop itself is search/workers.py.
+re-queues their trials. What a child runs is search/session.py's worker loop in its process
+(search/workers.py); what runs before any child starts, search/session.py too.
 """
 
 from __future__ import annotations
@@ -25,36 +26,12 @@ from rich.text import Text
 from stl_tune.errors import UserError
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.budget import stop_reason
-from stl_tune.search.live import EPOCH_LINES_ENV, View
-from stl_tune.search.study import describe, sqlite_file
+from stl_tune.search.fmt import numbers, plural
+from stl_tune.search.live import View
+from stl_tune.search.settings import STORAGE_ENV
+from stl_tune.search.storages import describe
 from stl_tune.search.trials import requeue_dead, tally
 from stl_tune.search.workers import POLL_S, STOP_SIGNALS
-
-ARTIFACTS_ATTR = "artifacts"  # study user attr: artifact folder chosen at `run` (same host workers)
-ARTIFACTS_ENV = "STL_TUNE_ARTIFACTS"
-PARENT_ENV = "STL_TUNE_LAUNCHED_BY"  # set by launch for its children: the pid of the process that reaps them
-
-
-def requeue_dead_here(study: optuna.Study, console: Console | None = None) -> None:
-    """requeue_dead once per start on a host: by the process that launches workers, or by a worker
-    started on its own; not by launched siblings, which would race for the same trials (SQLite has
-    no row locks to make that safe)."""
-    if os.environ.get(PARENT_ENV):
-        return
-    requeued = requeue_dead(study)
-    if requeued:
-        (console or Console()).print(f"queued {_numbers(requeued)} of dead workers on this host to resume")
-
-
-def artifacts_dir(arg: Path | None, url: str, study: optuna.Study) -> Path:
-    """Where checkpoints go: --artifacts, else $STL_TUNE_ARTIFACTS, else the folder `run` chose
-    for this study, else `artifacts/` next to the SQLite file (storage/artifacts for a server).
-    Workers on several hosts need one shared folder (e.g. NFS) mounted at this path."""
-    chosen = arg or os.environ.get(ARTIFACTS_ENV) or study.user_attrs.get(ARTIFACTS_ATTR)
-    if not chosen:
-        db = sqlite_file(url)
-        chosen = db.parent / "artifacts" if db is not None else Path("storage/artifacts")
-    return Path(chosen).expanduser().resolve()
 
 
 def plan_slots(gpus: str, workers_per_gpu: int = 1, workers: int | None = None) -> list[str | None]:
@@ -100,13 +77,17 @@ def threads_per_worker(workers: int) -> int:
 
 
 def worker_command(
-    name: str, n_trials: int, artifacts: Path, data_dir: Path | None, max_failures: int, index: int, gpu: str | None
+    name: str, n_trials: int, artifacts: Path, data_dir: Path | None, max_failures: int, index: int, gpu: str | None,
+    epoch_lines: bool,
 ) -> list[str]:
-    """The `stl-tune worker` command line of one slot (a single slot runs in that process).
+    """The `stl-tune worker --launched` command line of one slot: the worker loop in that process,
+    which leaves what this one does (data, the dead workers' trials, the live view) to it, and
+    writes its epochs as lines when `epoch_lines` (no terminal's table shows them).
     The storage URL travels in the environment, not argv: `ps` shows argv to every user."""
-    cmd = [sys.executable, "-m", "stl_tune", "worker", "--name", name,
+    cmd = [sys.executable, "-m", "stl_tune", "worker", "--launched", "--name", name,
            "--trials", str(n_trials), "--artifacts", str(artifacts), "--max-failures", str(max_failures),
-           "--worker-index", str(index), "--gpus", "none" if gpu is None else "all", "--workers", "1"]  # fmt: skip
+           "--worker-index", str(index), "--gpus", "none" if gpu is None else "all", "--workers", "1",
+           "--epoch-lines" if epoch_lines else "--no-epoch-lines"]  # fmt: skip
     if data_dir is not None:
         cmd += ["--data-dir", str(data_dir)]
     return cmd
@@ -131,16 +112,15 @@ def launch(
     terminal's Ctrl-C reaches only this process, which forwards it once (see module doc).
     """
     console = console or Console()
-    requeue_dead_here(study, console)
     threads = threads_per_worker(len(slots))
     procs: list[subprocess.Popen] = []
     for i, gpu in enumerate(slots):
-        env = {**os.environ, "STL_TUNE_STORAGE": storage_url, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()),
-               EPOCH_LINES_ENV: "0" if console.is_terminal else "1"}  # a terminal's table shows the epochs
+        env = {**os.environ, STORAGE_ENV: storage_url, "PYTHONUNBUFFERED": "1"}
         env.setdefault("OMP_NUM_THREADS", str(threads))
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        cmd = worker_command(study.study_name, n_trials, artifacts, data_dir, max_failures, first_index + i, gpu)
+        lines = not console.is_terminal  # a terminal's table shows the epochs
+        cmd = worker_command(study.study_name, n_trials, artifacts, data_dir, max_failures, first_index + i, gpu, lines)
         procs.append(subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         ))  # fmt: skip
@@ -212,16 +192,8 @@ def _reap(
             continue
         how = f"died (signal {-code})" if code < 0 else f"exited with code {code}"
         requeued = requeue_dead(study, [p.pid])
-        again = f"; {_numbers(requeued)} queued to resume" if requeued else ""
+        again = f"; {numbers(requeued)} queued to resume" if requeued else ""
         console.print(f"worker w{first_index + i} (pid {p.pid}) {how}{again}")
-
-
-def plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _numbers(trials: list[int]) -> str:
-    return f"trial{'' if len(trials) == 1 else 's'} {', '.join(map(str, trials))}"
 
 
 def _relay(proc: subprocess.Popen, tag: str, console: Console) -> None:

@@ -30,9 +30,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from stl_tune.search.eta import Estimate, epochs_done, estimate, secs, study_epochs, trial_epochs, trial_pace
+from stl_tune.search import record
+from stl_tune.search.eta import Estimate, estimate, study_epochs, trial_pace
+from stl_tune.search.fmt import secs
+from stl_tune.search.record import SPEC_ATTR
 from stl_tune.search.space import StudySpec
-from stl_tune.search.study import SPEC_ATTR
 from stl_tune.search.trials import Tally, tally
 
 if TYPE_CHECKING:
@@ -42,7 +44,6 @@ if TYPE_CHECKING:
 
 LOG_EVERY_S = 5.0  # a trial's progress line in a log, at most this often
 MAX_ROWS = 10  # running trials listed in the table; the rest are counted in one more row
-EPOCH_LINES_ENV = "STL_TUNE_EPOCH_LINES"  # "1": a worker logs its epochs; "0": a launcher's table shows them
 
 log = logging.getLogger(__name__)
 
@@ -153,17 +154,16 @@ class View:
         return line if left is None else f"{line}; {left}"
 
     def _order(self, tr: FrozenTrial) -> tuple[int, str, int]:
-        name = self.names.get(tr.user_attrs.get("worker"))
+        name = self.names.get(tr.user_attrs.get(record.WORKER_ATTR))
         return (name is None, name or "", tr.number)
 
     def _name(self, tr: FrozenTrial) -> str:
-        worker = str(tr.user_attrs.get("worker", "?"))
-        host, _, pid = worker.rpartition(":")
-        return self.names.get(worker) or f"{host.split('.')[0]}:{pid}"
+        host, pid = record.worker(tr)
+        return self.names.get(f"{host}:{pid}") or f"{host.split('.')[0]}:{pid or '?'}"
 
     def _epoch(self, tr: FrozenTrial) -> str:
-        total = trial_epochs(tr, self.epochs) if self.epochs is not None else None
-        return f"{epochs_done(tr)}/{total if total is not None else '?'}"
+        total = record.epochs(tr, self.epochs) if self.epochs is not None else None
+        return f"{len(record.curve(tr))}/{total if total is not None else '?'}"
 
 
 class EpochLog:
@@ -219,7 +219,7 @@ def _left(left: Estimate | None) -> str:
 
 
 def _val(tr: FrozenTrial) -> str:
-    curve = tr.user_attrs.get("curve") or []
+    curve = record.curve(tr)
     return f"{curve[-1]:.4f}" if curve and curve[-1] is not None else "-"
 
 

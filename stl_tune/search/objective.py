@@ -4,18 +4,8 @@ Per trial it builds the config from the study's search space, reports validation
 every epoch (the pruner may stop the run there), keeps the trainer's latest resume checkpoint
 (written at most every runtime.checkpoint_interval_s, and at the end) in the artifact store so
 that a retried trial (its worker died or was interrupted) resumes where the previous attempt last
-saved, and records in the trial's user attributes all it takes to reproduce and compare the trial:
-
-  config              the fully resolved TrainConfig (config.to_dict); export reads it back
-  curve               validation accuracy per epoch, updated every epoch (running and pruned trials too)
-  epochs_run, seconds, compile_seconds (part of seconds), param_count, device
-  status              running | completed | early_stopped | pruned | diverged | failed | interrupted | paused
-  fail_reason         why the trial failed ("diverged at epoch 3", "OutOfMemoryError: ..."), else None
-  checkpoint          {"artifact_id", "epoch"} of the latest checkpoint while a retry may need it, else None
-  resumed_from_epoch  epochs taken over from a previous attempt's checkpoint (0: a fresh start)
-  epoch_seconds       wall time of each epoch this attempt ran (a retry shows its predecessor's
-                      until its first epoch ends): the live view's pace and time left (search/eta.py)
-  worker              host:pid of the process that ran the trial
+saved, and records in the trial's user attributes all it takes to reproduce and compare the trial
+(search/record.py lists them).
 """
 
 from __future__ import annotations
@@ -35,14 +25,11 @@ from optuna.artifacts import download_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from stl_tune import config as C
-from stl_tune.search import budget
+from stl_tune.search import budget, record
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.checkpoints import CheckpointStore, local_workdir, sweep_dead_workdirs
-from stl_tune.search.eta import EPOCH_SECONDS_ATTR
+from stl_tune.search.record import CHECKPOINT_ATTR, CURVE_ATTR, Reason, Status
 from stl_tune.search.space import StudySpec, suggest_config
-from stl_tune.search.study import CONFIG_ATTR
-from stl_tune.search.trials import worker_id
-from stl_tune.search.warmstart import ENQUEUED_ATTR
 from stl_tune.train import EpochMetrics, TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -71,7 +58,7 @@ class Objective:
         # Local checkpoint files: the trainer writes here (atomically), we upload from here.
         self._tmp = local_workdir()
         self.workdir = Path(self._tmp.name)
-        self.worker = worker_id()
+        self.worker = record.worker_id()
 
     def config(self, trial: optuna.Trial) -> C.TrainConfig:
         cfg = suggest_config(trial, self.spec)
@@ -80,43 +67,37 @@ class Objective:
         return C.validate(cfg)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        # A retried trial inherits its predecessor's user attributes: reset those of an outcome.
-        trial.set_user_attr("status", "running")
-        trial.set_user_attr("fail_reason", None)
-        trial.set_user_attr("worker", self.worker)
+        record.start(trial, self.worker)  # a retry inherits its predecessor's outcome: reset it
         ckpt = self.workdir / f"trial-{trial.number}.pt"
         keep_checkpoint = False
         attempts: list[int] = []  # storage ids of this trial and the attempts it retries
         try:
             cfg = self.config(trial)
-            trial.set_user_attr(CONFIG_ATTR, C.to_dict(cfg))
+            trial.set_user_attr(record.CONFIG_ATTR, C.to_dict(cfg))
             curve = self._resume(trial, ckpt, attempts)
             deadline = budget.deadline(trial.study.user_attrs)  # read once: a run sets it at its start
             result = self.trainer(cfg, self._epoch_callback(trial, cfg, ckpt, curve, deadline), checkpoint=ckpt,
                                   checkpoint_now=lambda: deadline is not None and budget.now() >= deadline)  # fmt: skip
-            for key in ("epochs_run", "seconds", "compile_seconds", "param_count", "device"):
+            for key in record.RESULT_ATTRS:
                 trial.set_user_attr(key, getattr(result, key))
             status, value, diverged_epoch = result.status, objective_value(result, self.spec.objective), result.diverged_epoch
             del result  # holds the model: free it before the next trial (see finally)
-            if status == "diverged":
-                trial.set_user_attr("status", "diverged")
-                trial.set_user_attr("fail_reason", f"diverged at epoch {diverged_epoch}")
+            if status == Status.DIVERGED:
+                record.end(trial, Status.DIVERGED, record.diverged(diverged_epoch))
                 # Optuna records a NaN objective as FAIL, without a traceback in the worker's log.
                 return math.nan
-            if status == "stopped":
-                trial.set_user_attr("status", "pruned")
+            if status == "stopped":  # the trainer's word for: the epoch callback asked (the pruner)
+                record.end(trial, Status.PRUNED)
                 raise optuna.TrialPruned(f"pruned at epoch {len(curve)}")
-            trial.set_user_attr("status", status)  # completed | early_stopped
+            record.end(trial, status)  # the trainer's: completed | early_stopped
             return value
         except KeyboardInterrupt:
             # Stopped from outside (Ctrl-C, SIGTERM): the worker queues a retry that resumes here.
-            trial.set_user_attr("status", "interrupted")
-            trial.set_user_attr("fail_reason", "interrupted")
+            record.end(trial, Status.INTERRUPTED, Reason.INTERRUPTED)
             keep_checkpoint = True
             raise
         except budget.TimeUp:  # the study's time budget is spent: the worker queues a retry that resumes here
-            trial.set_user_attr("status", "paused")
-            trial.set_user_attr("fail_reason", "time budget")
+            record.end(trial, Status.PAUSED, Reason.TIME_BUDGET)
             keep_checkpoint = True
             raise
         except optuna.TrialPruned:
@@ -127,9 +108,7 @@ class Objective:
             keep_checkpoint = True
             raise
         except Exception as e:  # CUDA OOM, a bad value, a bug: this trial fails, the worker goes on
-            trial.set_user_attr("status", "failed")
-            reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-            trial.set_user_attr("fail_reason", reason)
+            record.end(trial, Status.FAILED, f"{type(e).__name__}: {e}".splitlines()[0][:500])
             raise
         finally:
             if not keep_checkpoint:  # the line of attempts ends here: remove all it wrote
@@ -137,7 +116,7 @@ class Objective:
                 if len(attempts) > 1:  # a retry: an earlier attempt's worker may have died on this host
                     sweep_dead_workdirs()
                 with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                    trial.set_user_attr("checkpoint", None)
+                    trial.set_user_attr(CHECKPOINT_ATTR, None)
             ckpt.unlink(missing_ok=True)
             if torch.cuda.is_available():  # hand the trial's GPU memory back before the next one;
                 gc.collect()  # a full collection costs ~0.2 s with torch loaded: not worth it on CPU
@@ -148,15 +127,15 @@ class Objective:
     ):
         # An enqueued trial (the known recipe, --enqueue) runs to full length: a recipe that learns
         # slowly early must not lose to an early rung (search/warmstart.py).
-        prunable = ENQUEUED_ATTR not in trial.user_attrs
+        prunable = not record.queued(trial)
         seconds: list[float] = []
 
         def on_epoch_end(m: EpochMetrics) -> bool:
             curve.append(m.val_acc)
-            trial.set_user_attr("curve", curve)
+            trial.set_user_attr(CURVE_ATTR, curve)
             seconds.append(round(m.seconds, 3))
-            trial.set_user_attr(EPOCH_SECONDS_ATTR, seconds)
-            trial.set_user_attr("epochs_run", m.epoch)
+            trial.set_user_attr(record.EPOCH_SECONDS_ATTR, seconds)
+            trial.set_user_attr(record.EPOCHS_RUN_ATTR, m.epoch)
             trial.report(m.val_acc, m.epoch)
             if m.epoch >= cfg.optim.epochs:
                 return False  # the run is over: keep its value rather than prune it
@@ -179,9 +158,9 @@ class Objective:
         artifact_id = self.store.new_id(compat.trial_id(trial), epoch)
         with open(ckpt, "rb") as f:
             self.store.write(artifact_id, f)
-        old = trial.user_attrs.get("checkpoint")
+        old = trial.user_attrs.get(CHECKPOINT_ATTR)
         try:
-            trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "epoch": epoch})
+            trial.set_user_attr(CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": epoch})
         except optuna.exceptions.UpdateFinishedTrialError:
             self.store.remove(artifact_id)  # failed as stale meanwhile: nobody will read it
             raise
@@ -195,7 +174,7 @@ class Objective:
         earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number in history]
         attempts[:] = [*map(compat.trial_id, earlier), compat.trial_id(trial)]
         previous = next((t for t in earlier if t.number == history[-1]), None) if history else None
-        saved = previous.user_attrs.get("checkpoint") if previous is not None else None
+        saved = previous.user_attrs.get(CHECKPOINT_ATTR) if previous is not None else None
         epoch = 0
         if saved:
             try:
@@ -207,10 +186,10 @@ class Objective:
                     trial.number, previous.number,
                 )  # fmt: skip
         # Own the inherited checkpoint from here on: the next upload replaces it, the end drops it.
-        trial.set_user_attr("checkpoint", saved if epoch else None)
-        trial.set_user_attr("resumed_from_epoch", epoch)
-        curve = list(previous.user_attrs.get("curve") or [])[:epoch] if previous is not None else []
-        trial.set_user_attr("curve", curve)
+        trial.set_user_attr(CHECKPOINT_ATTR, saved if epoch else None)
+        trial.set_user_attr(record.RESUMED_ATTR, epoch)
+        curve = record.curve(previous)[:epoch] if previous is not None else []
+        trial.set_user_attr(CURVE_ATTR, curve)
         # The epochs taken over, for the pruner, which compares whole curves. Only those: the retry
         # inherits no reports (study.retry_callback), since the epochs after the checkpoint run again.
         for step, value in enumerate(curve, 1):

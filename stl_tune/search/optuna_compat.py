@@ -1,8 +1,9 @@
 """The one door to Optuna internals: every private attribute or module stl-tune relies on.
 
 Optuna keeps no public API for these, so each is used here only, pinned by the version bound in
-pyproject.toml and by tests/test_optuna_compat.py, which checks the behaviour relied upon. When
-Optuna changes one of them, that test names it, and this file is the only one to mend.
+pyproject.toml and by tests/test_optuna_compat.py, which checks the behaviour relied upon at both
+ends of that bound (.ci/run). When Optuna changes one of them, that test names it, and this file is
+the only one to mend.
 """
 
 from __future__ import annotations

@@ -8,14 +8,16 @@ and the proxy fails silent trials itself (docs/SCALING.md).
 
 from __future__ import annotations
 
+import logging
 import time
 
 import optuna
-import typer
 
 from stl_tune.search.optuna_compat import CachedStorage
-from stl_tune.search.study import error_line
 from stl_tune.search.trials import fail_stale_trials
+from stl_tune.search.urls import error_line
+
+log = logging.getLogger(__name__)
 
 
 class HeartbeatOnWrite(CachedStorage):
@@ -62,4 +64,4 @@ def fail_stale_trials_forever(storage: optuna.storages.BaseStorage, url: str, ev
             for frozen in storage.get_all_studies():
                 fail_stale_trials(optuna.load_study(study_name=frozen.study_name, storage=storage))
         except Exception as e:  # a database hiccup must not end the checks; the next round retries
-            typer.echo(f"stale-trial check failed: {type(e).__name__}: {error_line(e, url)}", err=True)
+            log.warning("stale-trial check failed: %s: %s", type(e).__name__, error_line(e, url))

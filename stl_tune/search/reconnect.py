@@ -2,7 +2,7 @@
 link) instead of failing the storage call under way, and counts a study's trials by state in the
 database.
 
-pool_pre_ping (study.open_storage) only replaces pooled connections that died while idle. A
+pool_pre_ping (storages.open_storage) only replaces pooled connections that died while idle. A
 statement in flight when the server goes away, and every connection attempt until it is back,
 still raise. SQLAlchemy's answer is to re-run the whole transaction (its FAQ, "How do I 'retry' a
 statement execution automatically?"), and each call of Optuna's RDBStorage is one transaction: so
@@ -37,6 +37,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from stl_tune.search import optuna_compat as compat
+from stl_tune.search.urls import error_line
 
 RECONNECT_S = 120  # a restart or fail-over takes seconds; past this the server is down and the call fails
 _PAUSES_S = (0.1, 2.0)  # first and longest pause between attempts
@@ -101,8 +102,6 @@ class ReconnectingRDBStorage(RDBStorage):
             return Counter({state: n for state, n in conn.execute(query)})
 
     def _lost(self, e: sqlalchemy.exc.DBAPIError) -> None:
-        from stl_tune.search.study import error_line  # (study.py imports this module)
-
         if self._lost_at is None:  # one line per outage, not per call
             self._lost_at = time.monotonic()
             log.warning("database connection lost; retrying for up to %d s: %s", RECONNECT_S, error_line(e, self.url))

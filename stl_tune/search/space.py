@@ -17,12 +17,10 @@ A study file (YAML) declares:
     objective:     best_val_acc (default), val_acc (the last epoch's) or last5_val_acc (mean of the last 5)
     direction:     maximize (default) or minimize
     time_budget:   optional, e.g. 6h: `stl-tune run` stops starting trials after it (--time-budget wins)
-What is checked, and when:
-- On loading (StudySpec.from_dict): every key, path and plug-in option; `fixed` as a whole config
-  (config.validate); each bound or choice of a parameter against the config's type and range, with
-  `fixed` and the defaults around it (config.coerce + config.validate); the conditions.
-- Against the data, once it is in place (check_against_data, before any trial starts): that the
-  largest batch size a trial can draw fits in the fewest training images it can have.
+What is checked on loading (StudySpec.from_dict): every key, path and plug-in option; `fixed` as a
+whole config (config.validate); each bound or choice of a parameter against the config's type and
+range, with `fixed` and the defaults around it (config.coerce + config.validate); the conditions.
+Against the data, once it is in place, search/datacheck.py checks the batch sizes.
 Not checked: two searched values that config.validate refuses together (each is checked against
 `fixed` alone; such a trial fails with that reason), whether a configuration fits in device memory
 or trains without diverging, and whether every image file decodes (a bad training or validation
@@ -33,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import itertools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -416,52 +413,3 @@ def suggest_config(trial: optuna.Trial, spec: StudySpec) -> TrainConfig:
         if p.applies(cfg):
             config.set_path(cfg, p.path, p.suggest(trial))
     return config.validate(cfg)
-
-
-# ---------------------------------------------------------------------------------- against the data
-def check_against_data(spec: StudySpec, data_dir: str | Path | None = None, source: str = "study") -> None:
-    """A StudyError unless every trial's batch fits its training images (the trainer needs one full
-    batch per epoch): the largest batch size any trial can draw (`fixed`, or a parameter's highest
-    reachable value) against the fewest training images a trial can have.
-
-    The data config is the study's (`fixed` over the defaults) with `data_dir` as data.dir when given
-    (the --data-dir of run and worker). A searched data.* parameter counts at its worst: every choice
-    of a categorical, a number at its high bound (a larger validation or test fraction leaves fewer
-    training images). Call it once the data is in place (after ensure_downloaded): it reads label
-    files and lists folders, decodes no image and downloads nothing.
-    """
-    from stl_tune import data  # torch and torchvision: imported only when a study is about to run
-
-    base = config.from_dict(None, spec.fixed)
-    searched = [[(p.path, v) for v in (p.choices if p.kind == "categorical" else [p.high])]
-                for p in spec.params if p.path.startswith("data.")]
-    host = [("data.dir", str(data_dir))] if data_dir is not None else []  # after the search, as in trials
-    fewest = None
-    for values in itertools.product(*searched):
-        cfg = copy.deepcopy(base)
-        for path, value in (*values, *host):
-            config.set_path(cfg, path, value)
-        n = data.train_size(cfg.data)
-        if fewest is None or n < fewest[0]:
-            fewest = (n, cfg.data)
-    n, data_cfg = fewest
-    batch, fix = _largest_batch(spec, base)
-    if batch > n:
-        raise StudyError(f"{source}: optim.batch_size can reach {batch} but a trial has only {n:,} training "
-                         f"images ({data.describe(data_cfg)}); {fix} (at most {n:,})")
-
-
-def _largest_batch(spec: StudySpec, base: TrainConfig) -> tuple[int, str]:
-    """The largest optim.batch_size a trial can draw, and where to lower it."""
-    fix = "lower fixed.optim.batch_size" if "optim.batch_size" in spec.fixed else "set a lower one in `fixed`"
-    largest = (base.optim.batch_size, fix)
-    for p in spec.params:
-        if p.path != "optim.batch_size":
-            continue
-        if p.kind == "categorical":
-            value, fix = max(p.choices), f"drop the larger search_space.{p.name}.choices"
-        else:  # Optuna draws low + k * step, never above high
-            step = p.step or 1
-            value, fix = p.low + (p.high - p.low) // step * step, f"lower search_space.{p.name}.high"
-        largest = max(largest, (value, fix), key=lambda v: v[0])
-    return largest

@@ -1,34 +1,34 @@
 """Study state: what the trials of a study say, and the moves that keep it right.
 
-Counting (tally, the best trial), the exact budget's claim check (is_surplus), why a trial failed
-(fail_reason), and re-queueing: of interrupted trials, of trials whose worker process died on this
-host (requeue_dead) and of trials whose heartbeat went silent (fail_stale_trials). Re-queueing is
-Optuna's RetryHeartbeatStaleTrialCallback in every case: a new WAITING trial with the same params
-and user attrs, which resumes from the failed one's checkpoint (search/objective.py).
+Counting (tally, the best trial: ranked, better), the exact budget's claim check (is_surplus), and
+re-queueing: of interrupted trials, of trials whose worker process died on this host
+(requeue_dead) and of trials whose heartbeat went silent (fail_stale_trials). Re-queueing is
+Optuna's RetryHeartbeatStaleTrialCallback in every case (retry_callback): a new WAITING trial with
+the same params and user attrs, which resumes from the failed one's checkpoint (search/objective.py).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.search import optuna_compat as compat
+from stl_tune.search import record
 from stl_tune.search.reconnect import database_of
-from stl_tune.search.study import retry_callback
-from stl_tune.search.warmstart import COPIED_ATTR
 
-N_TRIALS_ATTR = "n_trials"  # study user attr: the budget set by `stl-tune run --trials`
-RESUMABLE = ("interrupted", "time budget")  # fail reasons of trials stopped on purpose, queued to resume
-NOT_AN_ERROR = (None, "surplus", *RESUMABLE)  # fail reasons that say nothing about the study
-DIED = "worker died"  # fail reason of a trial whose worker process died (or stopped its heartbeats)
+MAX_RETRY = 3  # re-runs of a trial whose worker died, as a new trial with the same params
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,25 +49,28 @@ class Tally:
         return self.complete + self.pruned
 
 
-def fail_reason(trial: FrozenTrial) -> str | None:
-    """Why a trial failed: its fail_reason, or DIED for one failed by a heartbeat check, which
-    leaves the attrs as the dead worker wrote them (status still "running")."""
-    reason = trial.user_attrs.get("fail_reason")
-    if reason is None and trial.state == TrialState.FAIL and trial.user_attrs.get("status") == "running":
-        return DIED
-    return reason
+def better(a: float, b: float | None, direction: StudyDirection) -> bool:
+    """Whether value `a` beats `b` in a study of `direction` (anything beats None): the one
+    comparison of values behind the best trial, the patience and the best confirmed mean."""
+    if b is None:
+        return True
+    return a > b if direction == StudyDirection.MAXIMIZE else a < b
+
+
+def best_first(direction: StudyDirection, value: Callable[[T], float]) -> Callable[[T], object]:
+    """A sort key that orders items best first by `value` (ties keep their order)."""
+
+    def order(x: T, y: T) -> int:
+        return -1 if better(value(x), value(y), direction) else int(better(value(y), value(x), direction))
+
+    return functools.cmp_to_key(order)
 
 
 def ranked(trials: Iterable[FrozenTrial], direction: StudyDirection) -> list[FrozenTrial]:
     """The COMPLETE trials, best first: the one definition of "the best trial" (tally, status,
     export and the report all use it)."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    return sorted(done, key=lambda t: t.value, reverse=direction == StudyDirection.MAXIMIZE)
-
-
-def counts(trial: FrozenTrial) -> bool:
-    """Whether a trial counts towards the study's budget: not one copied from another study."""
-    return COPIED_ATTR not in trial.user_attrs
+    return sorted(done, key=best_first(direction, lambda t: t.value))
 
 
 def tally(study: optuna.Study, since: datetime | None = None, trials: list[FrozenTrial] | None = None) -> Tally:
@@ -77,8 +80,8 @@ def tally(study: optuna.Study, since: datetime | None = None, trials: list[Froze
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     t = Tally(trials=len(trials), states=Counter(tr.state for tr in trials))
     ended = []
-    for tr in filter(counts, trials):
-        reason = fail_reason(tr)
+    for tr in filter(record.counts, trials):
+        reason = record.fail_reason(tr)
         if tr.state == TrialState.COMPLETE:
             t.complete += 1
         elif tr.state == TrialState.PRUNED:
@@ -87,9 +90,9 @@ def tally(study: optuna.Study, since: datetime | None = None, trials: list[Froze
             t.running += 1
         elif tr.state == TrialState.WAITING:
             t.waiting += 1
-        elif tr.state == TrialState.FAIL and reason not in NOT_AN_ERROR:
+        elif tr.state == TrialState.FAIL and reason not in record.NOT_AN_ERROR:
             t.failed += 1
-        if tr.state.is_finished() and (tr.state != TrialState.FAIL or reason not in NOT_AN_ERROR):
+        if tr.state.is_finished() and (tr.state != TrialState.FAIL or reason not in record.NOT_AN_ERROR):
             ended.append(tr)
     ended.sort(key=lambda tr: tr.datetime_complete)
     for tr in reversed(ended):
@@ -98,7 +101,7 @@ def tally(study: optuna.Study, since: datetime | None = None, trials: list[Froze
         if tr.state != TrialState.FAIL:
             break
         t.failure_streak += 1
-        t.last_failure = t.last_failure or fail_reason(tr)
+        t.last_failure = t.last_failure or record.fail_reason(tr)
     best = ranked(trials, study.direction)  # from the trials at hand: study.best_trial would query again
     t.best = best[0] if best else None
     return t
@@ -119,11 +122,19 @@ def count_states(study: optuna.Study) -> Counter[TrialState]:
 def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
     """Step (2) of search/workers.py's module doc: are N trials ahead of this one finished or in flight?"""
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-    ahead = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number and counts(t)]
+    ahead = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number and record.counts(t)]
     return len(ahead) >= n_trials
 
 
 # ------------------------------------------------------------------------------- re-queueing
+def retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """What happens to a trial whose worker died or was interrupted: a new trial with the same
+    params and user attrs, that resumes from the dead one's checkpoint. Its intermediate values
+    are not inherited: the dead trial may have reported epochs past its last checkpoint, which the
+    retry trains (and reports) again; the objective reports the epochs up to the checkpoint."""
+    return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
 def fail_stale_trials(study: optuna.Study) -> None:
     """Fail (and, through the storage's retry callback, re-queue) the study's RUNNING trials whose
     heartbeat is older than the grace period."""
@@ -134,7 +145,7 @@ def fail_stale_trials(study: optuna.Study) -> None:
 def requeue_stopped(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue a retry of a trial that was stopped on purpose (a RESUMABLE fail_reason: Ctrl-C, the
     time budget) and told FAIL; the retry resumes from its checkpoint."""
-    if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") in RESUMABLE:
+    if trial.state == TrialState.FAIL and trial.user_attrs.get(record.FAIL_REASON_ATTR) in record.RESUMABLE:
         retry(study, trial)
 
 
@@ -147,13 +158,8 @@ def retry(study: optuna.Study, failed: FrozenTrial) -> None:
         callback(study, failed)
 
 
-def worker_id() -> str:
-    """host:pid, the "worker" user attr of the trials this process runs (objective.Objective)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def requeue_dead(study: optuna.Study, pids: Collection[int] | None = None) -> list[int]:
-    """Fail the RUNNING trials of dead worker processes of this host (fail_reason DIED) and queue
+    """Fail the RUNNING trials of dead worker processes of this host (Reason.DIED) and queue
     their retries at once, rather than after the heartbeat's grace period; the failed trials' numbers.
 
     pids: processes known to have died (launch's children); None: every process of this host that
@@ -165,7 +171,7 @@ def requeue_dead(study: optuna.Study, pids: Collection[int] | None = None) -> li
     storage = compat.storage_of(study)
     done = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        where, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        where, pid = record.worker(t)
         if where != host or not pid.isdigit():
             continue
         dead = int(pid) in pids if pids is not None else not alive(int(pid))
@@ -173,8 +179,8 @@ def requeue_dead(study: optuna.Study, pids: Collection[int] | None = None) -> li
             continue
         tid = compat.trial_id(t)
         try:  # a finished trial is refused: of processes that do this at once, one fails it and retries
-            storage.set_trial_user_attr(tid, "status", "died")
-            storage.set_trial_user_attr(tid, "fail_reason", DIED)
+            storage.set_trial_user_attr(tid, record.STATUS_ATTR, record.Status.DIED)
+            storage.set_trial_user_attr(tid, record.FAIL_REASON_ATTR, record.Reason.DIED)
             if not storage.set_trial_state_values(tid, TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:  # a heartbeat check or another worker was first

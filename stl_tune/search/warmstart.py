@@ -4,7 +4,7 @@
 - the finished trials of an older study whose parameters fit the new space (`--from-study`).
 
 Queued trials go through Optuna's enqueue_trial: the parameters a config sets inside the space are
-fixed, the rest are sampled. They carry the user attr ENQUEUED_ATTR (retries inherit it), and the
+fixed, the rest are sampled. They carry the user attr record.ENQUEUED_ATTR (retries inherit it), and the
 objective never prunes them: a known-good recipe that learns slowly early (Mixup for 100 epochs)
 must not lose to an early rung.
 """
@@ -19,11 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune import config
 from stl_tune.config import TrainConfig
+from stl_tune.search.record import COPIED_ATTR, ENQUEUED_ATTR, KNOWN_RECIPE
 from stl_tune.search.space import ParamSpec, StudyError, StudySpec
-
-ENQUEUED_ATTR = "enqueued"  # trial user attr: where an enqueued trial's config came from
-COPIED_ATTR = "copied_from"  # trial user attr: "study NAME, trial N" of a trial copied by --from-study
-KNOWN_RECIPE = "the known recipe (config defaults)"
 
 
 def params_of(cfg: TrainConfig, spec: StudySpec) -> dict[str, Any]:
@@ -79,7 +76,7 @@ def copy_trials(source: optuna.Study, target: optuna.Study, spec: StudySpec) -> 
     before). A trial copied by an earlier call (the same command run again) is not copied twice.
 
     Copied trials teach the sampler and the pruner; they do not count towards the target's trial
-    budget (search/trials.py), and their retry history is not carried over.
+    budget (record.counts), and their retry history is not carried over.
     """
     if source.direction != target.direction:
         raise StudyError(f"study '{source.study_name}' is {source.direction.name.lower()}d, not like the new one")

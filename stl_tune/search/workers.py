@@ -6,7 +6,7 @@ Exactly N finished trials (COMPLETE or PRUNED) across any number of processes an
      trials, such as retries of dead workers' trials, are what the next ask() takes first).
   2. That check races with other workers, so right after ask() the new trial verifies its claim:
      it runs only if fewer than N trials with a smaller number are COMPLETE, PRUNED, RUNNING or
-     WAITING; otherwise it ends at once as FAIL with fail_reason "surplus" (and counts for nothing).
+     WAITING; otherwise it ends at once as FAIL with fail_reason surplus (and counts for nothing).
   Why this is exact: a trial's number is fixed when it is created, under a lock on the study row,
   so every smaller-numbered trial is already visible when a trial verifies, and trial states only
   move forward (WAITING -> RUNNING -> COMPLETE | PRUNED | FAIL). If N+1 trials finished, the one
@@ -17,7 +17,7 @@ Exactly N finished trials (COMPLETE or PRUNED) across any number of processes an
 Failures (errors, divergence) do not count towards N; when the last `max_failures` trials to end
 since a worker started all failed, the study is hopeless and the worker stops with that message.
 
-Dead workers: each RUNNING trial has a heartbeat (study.open_storage); a trial silent for the grace
+Dead workers: each RUNNING trial has a heartbeat (storages.open_storage); a trial silent for the grace
 period is failed and re-queued as WAITING by the storage's retry callback, and the objective
 resumes it from its last checkpoint (search/trials.py). Optuna checks for stale trials only when
 asked, so this loop checks before every trial and while it waits; otherwise the last live workers
@@ -25,7 +25,7 @@ could wait forever on a dead one's RUNNING trial. A worker that was only frozen 
 laptop lid, a long pause) and wakes to find its trial failed by another drops it with one line and
 goes on: the retry carries the trial from its checkpoint.
 
-Ctrl-C / SIGTERM: each worker fails its trial with fail_reason "interrupted" and re-queues it (it
+Ctrl-C / SIGTERM: each worker fails its trial with fail_reason interrupted and re-queues it (it
 resumes from its checkpoint on the next run), then exits. The loop asks and tells itself rather than
 through Study.optimize, so that neither a stopped nor a stale trial is logged by Optuna as a failure.
 """
@@ -47,8 +47,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.errors import UserError
 from stl_tune.search import optuna_compat as compat
+from stl_tune.search import record
 from stl_tune.search.budget import TimeUp, stop_reason
-from stl_tune.search.confirm import QUEUED_ONLY_ATTR
+from stl_tune.search.record import QUEUED_ONLY_ATTR, Reason, Status
 from stl_tune.search.trials import Tally, count_states, fail_stale_trials, is_surplus, requeue_stopped, tally
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -63,8 +64,8 @@ class StudyStopped(UserError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """A stop signal ended the worker's trial, which is told FAIL ("interrupted") and re-queued
-    (up to study.MAX_RETRY times): `trial` as told, for the worker's line on where it stopped."""
+    """A stop signal ended the worker's trial, which is told FAIL (Reason.INTERRUPTED) and re-queued
+    (up to trials.MAX_RETRY times): `trial` as told, for the worker's line on where it stopped."""
 
     def __init__(self, trial: FrozenTrial) -> None:
         super().__init__()
@@ -178,8 +179,7 @@ def _run_trial(
         try:
             with stop.interruptible():
                 if is_surplus(study, trial, n_trials):
-                    trial.set_user_attr("status", "surplus")
-                    trial.set_user_attr("fail_reason", "surplus")
+                    record.end(trial, Status.SURPLUS, Reason.SURPLUS)
                 else:
                     value = objective(trial)
                     # NaN (a diverged run, with its fail_reason set) is a FAIL, as Optuna would record it
@@ -191,8 +191,8 @@ def _run_trial(
         except KeyboardInterrupt:
             interrupted = True
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # stale meanwhile
-                trial.set_user_attr("fail_reason", "interrupted")  # also before the objective began
-        except TimeUp:  # the objective recorded fail_reason "time budget": it resumes on the next run
+                trial.set_user_attr(record.FAIL_REASON_ATTR, Reason.INTERRUPTED)  # also before the objective began
+        except TimeUp:  # the objective recorded Reason.TIME_BUDGET: it resumes on the next run
             pass
         except Exception:  # the objective recorded its fail_reason; the callbacks print it
             log.debug("trial %d raised", trial.number, exc_info=True)
