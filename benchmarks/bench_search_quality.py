@@ -59,11 +59,9 @@ import yaml
 from optuna.trial import TrialState
 
 from stl_tune import config
-from stl_tune.search import warmstart
-from stl_tune.search.budget import DEADLINE_ATTR, now
-from stl_tune.search.space import StudySpec
-from stl_tune.search.study import create_or_load_study, open_storage
-from stl_tune.search.trials import N_TRIALS_ATTR
+from stl_tune.search import StudySpec, create_or_load_study, open_storage, record, warmstart
+from stl_tune.search.budget import now
+from stl_tune.search.record import DEADLINE_ATTR, EPOCHS_RUN_ATTR, N_TRIALS_ATTR
 
 ROOT = Path(__file__).resolve().parents[1]
 STL_TUNE = str(Path(sys.executable).with_name("stl-tune"))
@@ -252,7 +250,7 @@ class Result:
 def epochs_spent(study: optuna.Study) -> int:
     """Epochs run by the study's trials so far, the running ones' included (their epochs_run is
     updated after every epoch)."""
-    return sum(t.user_attrs.get("epochs_run") or 0 for t in study.get_trials(deepcopy=False))
+    return sum(t.user_attrs.get(EPOCHS_RUN_ATTR) or 0 for t in study.get_trials(deepcopy=False))
 
 
 def run_search(workdir: Path, url: str, key: str, base: dict, sampler_seed: int, budget: int) -> Result:
@@ -303,11 +301,11 @@ def tally(study: optuna.Study, key: str, sampler_seed: int) -> Result:
     done = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
                   key=lambda t: t.datetime_complete)  # fmt: skip
     r = Result(key, sampler_seed, trials=len(done), pruned=sum(t.state == TrialState.PRUNED for t in done),
-               epochs=sum(t.user_attrs.get("epochs_run") or 0 for t in trials))  # fmt: skip
+               epochs=sum(t.user_attrs.get(EPOCHS_RUN_ATTR) or 0 for t in trials))  # fmt: skip
     spent, best = 0, None
     for t in done:
-        spent += t.user_attrs.get("epochs_run") or 0
-        curve = t.user_attrs.get("curve") or []
+        spent += t.user_attrs.get(EPOCHS_RUN_ATTR) or 0
+        curve = record.curve(t)
         if t.state == TrialState.COMPLETE and curve and curve[-1] is not None:
             best = curve[-1] if best is None else max(best, curve[-1])
         r.trajectory.append((spent, best))
