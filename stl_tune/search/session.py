@@ -4,7 +4,8 @@ trial, then the workers of this host, launched as processes or run in this proce
 Before any trial, in this order (the one place for such steps):
   1. the options and files are checked (slots, the time budget, --enqueue files), before the
      study exists or changes;
-  2. the data: fetched once, checked against the study, described (search/datacheck.py);
+  2. the data: fetched once, every folder image decoded once (an unreadable one is one line here),
+     checked against the study, described (search/datacheck.py);
   3. the study: created or loaded, its budget stored; a met budget ends the command here;
   4. the artifacts folder (artifacts_dir), stored in the study for this host's later workers;
   5. on a host without a GPU, what one trial costs here (search/probe.py; run and worker only);
