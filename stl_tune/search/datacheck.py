@@ -11,6 +11,8 @@ import copy
 import itertools
 from pathlib import Path
 
+from rich.console import Console
+
 from stl_tune import config
 from stl_tune.config import TrainConfig
 from stl_tune.search.space import StudyError, StudySpec
@@ -22,8 +24,6 @@ def prepare(spec: StudySpec, data_dir: Path | None, source: str) -> str:
     cache, with a progress bar on the console for large folders, so the trials read the cache), check
     the study against the data (check_against_data) and say what data it is: the line to print.
     data_dir: the --data-dir of run, worker and confirm (an absolute path), or None."""
-    from rich.console import Console
-
     from stl_tune import data  # torch and torchvision: imported only when a study is about to run
 
     overrides = {"data.dir": str(data_dir)} if data_dir is not None else {}
