@@ -67,3 +67,37 @@ def test_data_dir_of_this_host_is_the_one_checked(tiny_study, tmp_path):
         check_against_data(default, data_dir=small)
     with pytest.raises(DataError, match="not downloaded yet"):  # it never downloads
         check_against_data(spec, data_dir=tmp_path / "elsewhere")
+
+
+def _class_folders(root, per_class: int = 30) -> None:
+    """A class-layout folder dataset of two classes of tiny random PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(g.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+
+
+@pytest.mark.usefixtures("image_cache")
+def test_run_names_a_corrupt_image_in_one_line_before_any_trial(storage_url, tmp_path, tiny_study):
+    import optuna
+    import yaml
+    from typer.testing import CliRunner
+
+    from stl_tune.cli import app
+
+    root = tmp_path / "pets"
+    _class_folders(root)
+    bad = root / "dog" / "7.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # cut short: the header reads, the pixels do not
+    tiny_study["fixed"]["data"]["dir"] = str(root)
+    study_file = tmp_path / "tiny.yaml"
+    study_file.write_text(yaml.safe_dump(tiny_study))
+    r = CliRunner().invoke(app, ["run", "--study", str(study_file), "--storage", storage_url, "--trials", "2",
+                                 "--gpus", "none"])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert len(r.output.strip().splitlines()) == 1 and r.output.startswith(f"error: {bad}: cannot read this image")
+    assert optuna.get_all_study_names(storage_url) == []  # no study, so no trial, was made

@@ -106,6 +106,37 @@ def test_bad_storage_urls_are_one_line_without_password(url, needle):
     assert needle in msg and "\n" not in msg and SECRET not in msg and "pwtail" not in msg
 
 
+@pytest.mark.parametrize(
+    "typo, line",
+    [
+        ("sqlite://storage/x.db", ("error: storage sqlite://storage/x.db: a SQLite URL has no host; did you mean "
+                                   "sqlite:///storage/x.db? (three slashes, then the file's path)")),
+        (f"postgres://user:{SECRET}@127.0.0.1:1/db", ("error: storage postgres://user:***@127.0.0.1:1/db: unknown "
+                                                      "database scheme 'postgres'; did you mean "
+                                                      "postgresql://user:***@127.0.0.1:1/db?")),
+        (f"mongodb://user:{SECRET}@host/db", ("error: storage mongodb://user:***@host/db: unknown database scheme "
+                                              f"'mongodb'; accepted: {urls.ACCEPTED}")),
+    ],
+)  # fmt: skip
+def test_status_and_run_say_the_same_line_for_a_storage_typo_before_the_data(typo, line, tmp_path, tiny_study,
+                                                                             no_download, monkeypatch):  # fmt: skip
+    import yaml
+    from typer.testing import CliRunner
+
+    from stl_tune.cli import app
+
+    monkeypatch.chdir(tmp_path)  # a URL that did open would make its file here
+    tiny_study["fixed"]["data"]["dir"] = str(tmp_path / "no-data-yet")  # a data scan would try a download
+    study_file = tmp_path / "tiny.yaml"
+    study_file.write_text(yaml.safe_dump(tiny_study))
+    runner = CliRunner()
+    status = runner.invoke(app, ["status", "--storage", typo])
+    run = runner.invoke(app, ["run", "--study", str(study_file), "--storage", typo, "--trials", "1"])
+    assert status.exit_code == run.exit_code == 2, status.output + run.output
+    assert status.output == run.output == line + "\n"  # one line, the same, and no password
+    assert no_download == [] and not any(tmp_path.rglob("*.db"))  # before the data scan; nothing made
+
+
 def test_a_server_storage_pings_and_hides_a_wrong_password(postgres_url):
     """A real server: pooled connections are tested before use; a wrong password leaks in no message."""
     storage = storages.open_storage(postgres_url)

@@ -30,6 +30,7 @@ def test_create_or_load_study_is_idempotent_and_stores_spec(storage_url):
     again = S.create_or_load_study(spec, None, storages.open_storage(url))
     assert first.study_name == again.study_name == "t" and first._study_id == again._study_id
     assert first.user_attrs["spec"] == spec.to_dict()
+    assert first.metric_names == again.metric_names == ["best_val_acc"]  # spec.objective, as the dashboard shows it
     other = S.create_or_load_study(spec, "renamed", url)
     assert other.study_name == "renamed"
     assert optuna.get_all_study_names(storages.open_storage(url)) == ["t", "renamed"]

@@ -1,7 +1,8 @@
-"""The data a study trains on, before any trial: fetched once, checked against the study, described.
+"""The data a study trains on, before any trial: fetched once, every folder image decoded once,
+checked against the study, described.
 
-A data error found here stops the run in one line, before any worker starts, rather than failing
-every trial the same way.
+A data error found here (an unreadable image, an empty class folder, a missing download) stops the
+run in one line, before any worker starts, rather than failing every trial the same way.
 """
 
 from __future__ import annotations
@@ -10,22 +11,26 @@ import copy
 import itertools
 from pathlib import Path
 
+from rich.console import Console
+
 from stl_tune import config
 from stl_tune.config import TrainConfig
 from stl_tune.search.space import StudyError, StudySpec
 
 
 def prepare(spec: StudySpec, data_dir: Path | None, source: str) -> str:
-    """Fetch STL-10 here (once, rather than in every worker at the same time), check the study
-    against the data (check_against_data) and say what data it is: the line to print.
+    """Ready the data here, once, rather than in every worker at the same time (stl_tune.data's
+    prepare: STL-10 downloaded when missing; a folder dataset's every image decoded into the decode
+    cache, with a progress bar on the console for large folders, so the trials read the cache), check
+    the study against the data (check_against_data) and say what data it is: the line to print.
     data_dir: the --data-dir of run, worker and confirm (an absolute path), or None."""
     from stl_tune import data  # torch and torchvision: imported only when a study is about to run
 
     overrides = {"data.dir": str(data_dir)} if data_dir is not None else {}
     data_cfg = config.from_dict(None, {**spec.fixed, **overrides}).data
-    data.ensure_downloaded(data_cfg)
+    line = data.prepare(data_cfg, progress=Console())
     check_against_data(spec, data_dir, source=source)
-    return f"data: {data.describe(data_cfg)}"
+    return f"data: {line}"
 
 
 def check_against_data(spec: StudySpec, data_dir: str | Path | None = None, source: str = "study") -> None:

@@ -2,9 +2,10 @@
 trial, then the workers of this host, launched as processes or run in this process.
 
 Before any trial, in this order (the one place for such steps):
-  1. the options and files are checked (slots, the time budget, --enqueue files), before the
-     study exists or changes;
-  2. the data: fetched once, checked against the study, described (search/datacheck.py);
+  1. the options and files are checked (the storage URL first, search/urls.py; slots, the time
+     budget, --enqueue files), before the study exists or changes;
+  2. the data: fetched once, every folder image decoded once (an unreadable one is one line here),
+     checked against the study, described (search/datacheck.py);
   3. the study: created or loaded, its budget stored; a met budget ends the command here;
   4. the artifacts folder (artifacts_dir), stored in the study for this host's later workers;
   5. on a host without a GPU, what one trial costs here (search/probe.py; run and worker only);
@@ -86,6 +87,7 @@ def run(
 ) -> int:
     """`stl-tune run`: create or continue a study, warm-start it, set its budgets, run its workers."""
     quiet_optuna()
+    url = storage_url(storage)  # checked first: a typo there is the same line as from `status`
     study_file = study_file if study_file is not None else default_study_file()
     spec = load_study_file(study_file)
     slots = options.slots()
@@ -93,7 +95,6 @@ def run(
     deadline = budget.parse_duration(duration) if duration else None
     queued = [config.load(path) for path in enqueue]  # a bad file is refused before anything is made
     say(datacheck.prepare(spec, options.data_dir, str(study_file)))
-    url = storage_url(storage)
     store = open_storage(url, heartbeat=False)
     name = name or spec.name
     n_trials = n_trials or _stored_budget(store, name)

@@ -40,13 +40,9 @@ import optuna
 
 from stl_tune import config
 from stl_tune.config import ConfigError, TrainConfig
-from stl_tune.errors import UserError
+from stl_tune.errors import StudyError, UserError
 from stl_tune.search import budget
 from stl_tune.search.optuna_compat import SharedHyperband
-
-
-class StudyError(UserError):
-    """A bad study file, study name or storage URL."""
 
 
 # Plug-in registries: the names a study file may use. GP, QMC and CMA-ES samplers need scipy or

@@ -57,7 +57,7 @@ def open_storage(
     create: False for readers, which must not leave an empty database (and its folders) behind
     where a SQLite URL names no file.
     """
-    url = storage_url(url)
+    url = storage_url(url)  # checked: a URL that names no storage is refused there
     shown = mask_url(url)
     if url.startswith("grpc://"):
         return _grpc_storage(url, shown)
@@ -66,8 +66,6 @@ def open_storage(
     if heartbeat and grace_period is None:
         grace_period = _env_seconds(GRACE_ENV, GRACE_PERIOD_S)
     try:  # (a StudyError raised in here passes the handlers below unchanged)
-        if urlsplit(url).netloc.count("@") > 1:  # the driver would split the password and print its tail
-            raise StudyError(f"storage {shown}: percent-encode '@' in the user or password as %40")
         u = sqlalchemy.make_url(url)
         db = sqlite_file(url)
         lock: Any = contextlib.nullcontext()
@@ -96,18 +94,11 @@ def open_storage(
                 )
             cls = RDBStorage if u.get_backend_name() == "sqlite" else ReconnectingRDBStorage
             return cls(url, engine_kwargs=engine_kwargs, **beat)
-    except sqlalchemy.exc.NoSuchModuleError:  # before ArgumentError: it is a subclass
-        raise StudyError(f"storage {shown}: unknown database scheme '{url.split(':', 1)[0]}'") from None
-    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: e.g. a port that is no number
-        raise StudyError(
-            f"storage {shown}: not a valid URL (e.g. sqlite:///storage/stl-tune.db, "
-            "postgresql+psycopg://user:pass@host/db, grpc://host:port)"
-        ) from None
     except ImportError as e:  # Optuna re-raises the driver's ImportError with a generic text
         raise StudyError(f"storage {shown}: missing database driver ({e.__cause__ or e})") from None
     except Timeout:
         raise StudyError(f"storage {shown}: another process holds {db}.lock") from None
-    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, OSError) as e:
+    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, OSError, ValueError) as e:  # the URL was checked before
         raise StudyError(f"storage {shown}: cannot open it: {error_line(e, url)}") from None
 
 

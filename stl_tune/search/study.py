@@ -8,6 +8,7 @@ from __future__ import annotations
 import optuna
 from optuna.storages import BaseStorage
 
+from stl_tune.search.optuna_compat import experimental_ok
 from stl_tune.search.plugins import make_pruner, make_sampler
 from stl_tune.search.record import SPEC_ATTR
 from stl_tune.search.space import StudyError, StudySpec
@@ -23,6 +24,8 @@ def create_or_load_study(
 
     Run this once before workers start. A second run with the same spec continues the study; a
     different spec under the same name is refused, since mixing search spaces misleads the sampler.
+    A new study names its objective (spec.objective, e.g. val_acc) through Optuna's
+    set_metric_names, which optuna-dashboard shows instead of "Objective 0".
     """
     storage = _open(storage)
     name = name or spec.name
@@ -40,6 +43,8 @@ def create_or_load_study(
         if study.direction.name.lower() != spec.direction:
             raise StudyError(f"study '{name}' exists with direction {study.direction.name.lower()}")
         study.set_user_attr(SPEC_ATTR, want)
+        with experimental_ok():  # set_metric_names is "experimental" (since Optuna 3.2, as in 4.9 and 5.0)
+            study.set_metric_names([spec.objective])
     elif stored != want:
         diff = [k for k in want if stored.get(k) != want[k]]
         raise StudyError(

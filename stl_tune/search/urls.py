@@ -6,8 +6,10 @@ password.
     grpc://host:port                     `stl-tune proxy` in front of a database: few connections for
                                          many workers; Optuna has no heartbeat through it, so the proxy
                                          fails dead workers' trials itself (docs/SCALING.md)
-Passwords never reach the terminal or a log: everything printed goes through mask_url (or
-error_line, for a driver's message).
+Every command takes its URL from storage_url, which checks it (check_url) before anything else
+happens (a data scan, a study): the same typo is the same line from every command, with a hint where
+the intended URL is plain. Passwords never reach the terminal or a log: everything printed goes
+through mask_url (or error_line, for a driver's message).
 """
 
 from __future__ import annotations
@@ -15,15 +17,50 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import sqlalchemy
 
+from stl_tune.errors import StudyError
 from stl_tune.search.settings import DEFAULT_STORAGE, STORAGE_ENV
+
+ACCEPTED = "sqlite:///PATH, postgresql://, postgresql+psycopg://, mysql+pymysql://, grpc://host:port"
 
 
 def storage_url(url: str | None) -> str:
-    """--storage, else $STL_TUNE_STORAGE, else the default SQLite file."""
-    return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+    """--storage, else $STL_TUNE_STORAGE, else the default SQLite file; checked (check_url)."""
+    url = url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+    check_url(url)
+    return url
+
+
+def check_url(url: str) -> None:
+    """A one-line StudyError (password masked) for a URL that names no storage, before any attempt
+    to open it: not a URL, a scheme SQLAlchemy has no dialect for (postgres://: hint postgresql://;
+    others: the accepted schemes), a SQLite URL with two slashes (sqlite://storage/x.db reads
+    `storage` as a host: hint sqlite:///storage/x.db), an unencoded '@' in the user or password.
+    grpc:// URLs are checked where they are opened (storages.py)."""
+    shown = mask_url(url)
+    if url.startswith("grpc://"):
+        return
+    if urlsplit(url).netloc.count("@") > 1:  # the driver would split the password and print its tail
+        raise StudyError(f"storage {shown}: percent-encode '@' in the user or password as %40")
+    try:
+        u = sqlalchemy.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: e.g. a port that is no number
+        raise StudyError(f"storage {shown}: not a valid URL (e.g. {ACCEPTED})") from None
+    scheme = url.split(":", 1)[0]
+    try:
+        u.get_dialect()  # loads the dialect, not its driver (a missing driver is told on opening)
+    except sqlalchemy.exc.NoSuchModuleError:
+        if u.get_backend_name() == "postgres":  # the name SQLAlchemy dropped in 1.4
+            raise StudyError(f"storage {shown}: unknown database scheme '{scheme}'; "
+                             f"did you mean {mask_url('postgresql' + url[len('postgres'):])}?") from None  # fmt: skip
+        raise StudyError(f"storage {shown}: unknown database scheme '{scheme}'; accepted: {ACCEPTED}") from None
+    if u.get_backend_name() == "sqlite" and u.host:
+        path = "/".join(filter(None, [u.host, u.database]))
+        raise StudyError(f"storage {shown}: a SQLite URL has no host; did you mean sqlite:///{path}? "
+                         "(three slashes, then the file's path)")  # fmt: skip
 
 
 _USERINFO = re.compile(r"^(?P<head>[^:/?#]+://[^:/@?#]*:)(?P<pw>.*)@(?P<tail>[^@]*)$")
