@@ -143,3 +143,42 @@ def test_last5_objective_is_the_mean_of_the_last_five_epochs():
     assert objective_value(result, "best_val_acc") == 0.9 and objective_value(result, "val_acc") == 0.6
     result.history = result.history[:2]  # fewer epochs than five: the mean of those
     assert objective_value(result, "last5_val_acc") == pytest.approx(0.55)
+
+
+def test_a_failed_trials_model_is_freed_before_the_next_trial(setup, monkeypatch):
+    """The failure's traceback holds train()'s frames: unless they are cleared, the model (on a GPU,
+    its memory) outlives the trial while Optuna holds the exception."""
+    import gc
+    import weakref
+
+    spec, study, artifacts = setup
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # take the GPU clean-up path
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    models = []
+
+    def fails_holding_a_model(cfg, on_epoch_end=None, **kw):
+        model = torch.nn.Linear(4, 4)
+        models.append(weakref.ref(model))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    with pytest.raises(RuntimeError) as failure:
+        Objective(spec, artifacts, trainer=fails_holding_a_model)(study.ask())
+    gc.collect()
+    assert failure.value.__traceback__ is not None and models[0]() is None
+
+
+def test_a_cpu_worker_trains_auto_on_the_cpu_where_cuda_is_available(setup, monkeypatch):
+    spec, study, artifacts = setup
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    devices = []
+
+    def records_the_device(cfg, on_epoch_end=None, **kw):
+        devices.append(cfg.runtime.device)
+        raise ValueError("stop here")
+
+    for cpu in (True, False):
+        with pytest.raises(ValueError):
+            Objective(spec, artifacts, {"runtime.device": "auto"}, trainer=records_the_device, cpu=cpu)(study.ask())
+    assert devices == ["cpu", "auto"]
+    assert [t.user_attrs["config"]["runtime"]["device"] for t in study.trials] == ["auto", "auto"]  # as sampled

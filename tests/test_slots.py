@@ -59,3 +59,13 @@ def test_each_worker_sees_only_its_gpu(storage_url, tmp_path, monkeypatch):
     assert all(env["STL_TUNE_STORAGE"] == url and url not in " ".join(cmd) for cmd, env in seen)
     assert [cmd[cmd.index("--worker-index") + 1] for cmd, _ in seen] == ["0", "1", "2"]  # distinct seeds
     assert all(cmd[cmd.index("--gpus") + 1] == "all" for cmd, _ in seen)  # all = the one it sees
+
+
+def test_a_cpu_workers_environment_has_no_gpu_and_its_share_of_compile_threads(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
+    cpu, gpu = W.worker_env("sqlite:///x.db", None, 3), W.worker_env("sqlite:///x.db", "1", 3)
+    assert cpu["CUDA_VISIBLE_DEVICES"] == "" and gpu["CUDA_VISIBLE_DEVICES"] == "1"
+    assert cpu["TORCHINDUCTOR_COMPILE_THREADS"] == gpu["TORCHINDUCTOR_COMPILE_THREADS"] == "3"
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "8")  # the user's choice is kept
+    assert W.worker_env("sqlite:///x.db", None, 3)["TORCHINDUCTOR_COMPILE_THREADS"] == "8"

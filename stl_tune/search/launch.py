@@ -34,6 +34,18 @@ from stl_tune.search.trials import requeue_dead, tally
 from stl_tune.search.workers import POLL_S, STOP_SIGNALS
 
 
+def worker_env(storage_url: str, gpu: str | None, threads: int) -> dict[str, str]:
+    """The environment of one worker process: its GPU, or none at all for a CPU slot (an empty
+    CUDA_VISIBLE_DEVICES, so `runtime.device: auto` cannot land on GPU 0 and no CUDA context can be
+    made there); its share of the cores for torch's threads and for inductor's compile processes
+    (else each worker starts min(32, cores) of them). A value the user set for either is kept."""
+    env = {**os.environ, STORAGE_ENV: storage_url, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(threads))
+    env["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else gpu
+    return env
+
+
 def plan_slots(gpus: str, workers_per_gpu: int = 1, workers: int | None = None) -> list[str | None]:
     """CUDA_VISIBLE_DEVICES of each worker process; None for a CPU worker.
 
@@ -115,10 +127,7 @@ def launch(
     threads = threads_per_worker(len(slots))
     procs: list[subprocess.Popen] = []
     for i, gpu in enumerate(slots):
-        env = {**os.environ, STORAGE_ENV: storage_url, "PYTHONUNBUFFERED": "1"}
-        env.setdefault("OMP_NUM_THREADS", str(threads))
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
+        env = worker_env(storage_url, gpu, threads)
         lines = not console.is_terminal  # a terminal's table shows the epochs
         cmd = worker_command(study.study_name, n_trials, artifacts, data_dir, max_failures, first_index + i, gpu, lines)
         procs.append(subprocess.Popen(

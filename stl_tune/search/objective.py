@@ -14,6 +14,7 @@ import contextlib
 import gc
 import logging
 import math
+import traceback
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -46,15 +47,20 @@ class Objective:
     overrides: {"a.b": value} applied to every trial after the search space, e.g. the data folder
     of this host ({"data.dir": ...}).
     trainer: the function that trains one config (stl_tune.train.train; tests pass stand-ins).
+    cpu: this worker is a CPU slot (`--gpus none`, `--workers N`): a trial's `runtime.device: auto`
+    trains on the CPU here even where CUDA is available. The trial's recorded config keeps `auto`,
+    so its export trains on the GPU of whoever runs it.
     """
 
     def __init__(
-        self, spec: StudySpec, artifacts: str | Path, overrides: dict[str, Any] | None = None, trainer: Trainer = train
-    ):
+        self, spec: StudySpec, artifacts: str | Path, overrides: dict[str, Any] | None = None, trainer: Trainer = train,
+        cpu: bool = False,
+    ):  # fmt: skip
         self.spec = spec
         self.store = CheckpointStore(artifacts)
         self.overrides = dict(overrides or {})
         self.trainer = trainer
+        self.cpu = cpu
         # Local checkpoint files: the trainer writes here (atomically), we upload from here.
         self._tmp = local_workdir()
         self.workdir = Path(self._tmp.name)
@@ -76,6 +82,8 @@ class Objective:
             trial.set_user_attr(record.CONFIG_ATTR, C.to_dict(cfg))
             curve = self._resume(trial, ckpt, attempts)
             deadline = budget.deadline(trial.study.user_attrs)  # read once: a run sets it at its start
+            if self.cpu and cfg.runtime.device == "auto":
+                cfg = C.from_dict(C.to_dict(cfg), {"runtime.device": "cpu"})  # recorded above as auto
             result = self.trainer(cfg, self._epoch_callback(trial, cfg, ckpt, curve, deadline), checkpoint=ckpt,
                                   checkpoint_now=lambda: deadline is not None and budget.now() >= deadline)  # fmt: skip
             for key in record.RESULT_ATTRS:
@@ -109,6 +117,10 @@ class Objective:
             raise
         except Exception as e:  # CUDA OOM, a bad value, a bug: this trial fails, the worker goes on
             record.end(trial, Status.FAILED, f"{type(e).__name__}: {e}".splitlines()[0][:500])
+            # The traceback holds train()'s frames (model, optimizer, compiled graph): clear their
+            # locals so the collection below can free the trial's GPU memory. File and line stay,
+            # so the traceback Optuna logs still reads as it should.
+            traceback.clear_frames(e.__traceback__)
             raise
         finally:
             if not keep_checkpoint:  # the line of attempts ends here: remove all it wrote

@@ -264,7 +264,7 @@ def work_here(
         _say_cost(spec, study, slots, options, torch.get_num_threads())
         requeue_dead_here(study)  # of an earlier run on this host: no need to wait for the heartbeat
     overrides = {"data.dir": str(options.data_dir)} if options.data_dir is not None else {}
-    objective = Objective(spec, artifacts_dir(options.artifacts, url, study), overrides)
+    objective = Objective(spec, artifacts_dir(options.artifacts, url, study), overrides, cpu=slots == [None])
     console = Console()
     if epoch_lines if epoch_lines is not None else not console.is_terminal:
         objective = EpochLog(console).around(objective)
