@@ -33,6 +33,17 @@ def _study_file(tmp_path: Path, tiny_study: dict, epochs: int) -> Path:
     return path
 
 
+def _wait_for_running(url: str, name: str, count: int, procs: list[subprocess.Popen], timeout: float = 120) -> None:
+    """Until `count` trials run at once (on a loaded machine a second worker can still be importing
+    torch when the first trial has checkpointed)."""
+    deadline = time.monotonic() + timeout
+    storage = open_storage(url, heartbeat=False)
+    while len(optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.RUNNING,))) < count:
+        assert all(p.poll() is None for p in procs), "a worker exited early"
+        assert time.monotonic() < deadline, f"never {count} trials running at once"
+        time.sleep(0.05)
+
+
 def _wait_for_checkpoint(url: str, name: str, procs: list[subprocess.Popen], timeout: float = 120) -> FrozenTrial:
     """The first RUNNING trial that has uploaded a checkpoint (>= 1 epoch done)."""
     deadline = time.monotonic() + timeout
@@ -244,6 +255,7 @@ def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(storage_url, tmp_path, 
 
     run = subprocess.Popen(cmd, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_checkpoint(url, name, [run])
+    _wait_for_running(url, name, 2, [run])  # both workers past start-up: each has a line to say
     run.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
     out, _ = run.communicate(timeout=120)
     assert run.returncode == 130, out
