@@ -67,7 +67,10 @@ def test_values_outside_the_space_are_named(storage_url, seed_spec):
     cfg = config.from_dict(None, {"model.width": 80})
     queued = warmstart.enqueue(_study(storage_url, seed_spec), seed_spec, cfg, "x")
     assert queued.outside == {"model.width": 80}
-    assert queued.describe("queued x").endswith("the sampler chooses these, whose values lie outside this study's space: model.width=80")
+    assert queued.describe("queued x").endswith("; outside this study's search space, so not used: model.width=80 "
+                                                "(the sampler draws model.width for this trial from the space)")
+    (queued_trial,) = optuna.load_study(study_name=seed_spec.name, storage=storage_url).trials
+    assert "model.width" not in queued_trial.system_attrs["fixed_params"]  # as said: the sampler draws it
 
 
 def test_from_study_copies_the_finished_trials_that_fit(storage_url, tiny_study):

@@ -47,9 +47,10 @@ class Queued:
 
     def describe(self, what: str) -> str:
         said = f"{what}, run to full length" if self.added else f"{what}: a trial with these values exists; not queued again"
-        if self.outside:
+        if self.outside:  # not among the enqueued params: Optuna's sampler draws them for this trial
             values = ", ".join(f"{k}={v}" for k, v in self.outside.items())
-            said += f"; the sampler chooses these, whose values lie outside this study's space: {values}"
+            said += (f"; outside this study's search space, so not used: {values} (the sampler draws "
+                     f"{', '.join(self.outside)} for this trial from the space)")  # fmt: skip
         return said
 
 
