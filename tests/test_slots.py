@@ -69,3 +69,21 @@ def test_a_cpu_workers_environment_has_no_gpu_and_its_share_of_compile_threads(m
     assert cpu["TORCHINDUCTOR_COMPILE_THREADS"] == gpu["TORCHINDUCTOR_COMPILE_THREADS"] == "3"
     monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "8")  # the user's choice is kept
     assert W.worker_env("sqlite:///x.db", None, 3)["TORCHINDUCTOR_COMPILE_THREADS"] == "8"
+
+
+@pytest.mark.parametrize("device", ["cuda:1", "cuda"])
+def test_a_device_no_worker_can_have_is_one_line_before_any_study(device, tiny_study, tmp_path):
+    """cuda:1 fails every trial (each worker sees one GPU, as cuda:0); cuda on CPU workers too."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from stl_tune.cli import app
+
+    tiny_study["fixed"]["runtime"]["device"] = device
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(yaml.safe_dump(tiny_study))
+    db = tmp_path / "s.db"
+    result = CliRunner().invoke(app, ["run", "--study", str(study_file), "--trials", "1", "--gpus", "none",
+                                      "--storage", f"sqlite:///{db}"])  # fmt: skip
+    assert result.exit_code != 0 and f"runtime.device {device}:" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not db.exists()

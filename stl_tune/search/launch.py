@@ -34,6 +34,20 @@ from stl_tune.search.trials import requeue_dead, tally
 from stl_tune.search.workers import POLL_S, STOP_SIGNALS
 
 
+def check_device(device: str, slots: list[str | None]) -> None:
+    """A one-line UserError, before any trial, for a `runtime.device` no worker of `slots` can
+    have: each GPU worker sees one GPU, as cuda:0, so cuda:1 would fail every trial ("invalid
+    device ordinal"); a CPU slot has no GPU at all."""
+    if not device.startswith("cuda"):
+        return
+    if device not in ("cuda", "cuda:0"):
+        raise UserError(f"runtime.device {device}: each worker sees only its own GPU, as cuda:0; pick the GPU "
+                        f"with --gpus {device.split(':')[1]} and set runtime.device to cuda or auto")  # fmt: skip
+    if None in slots:
+        raise UserError(f"runtime.device {device}: this run's workers are on the CPU (no GPU chosen or seen); "
+                        "set runtime.device to auto or cpu, or give them GPUs with --gpus")  # fmt: skip
+
+
 def worker_env(storage_url: str, gpu: str | None, threads: int) -> dict[str, str]:
     """The environment of one worker process: its GPU, or none at all for a CPU slot (an empty
     CUDA_VISIBLE_DEVICES, so `runtime.device: auto` cannot land on GPU 0 and no CUDA context can be

@@ -91,6 +91,7 @@ def run(
     study_file = study_file if study_file is not None else default_study_file()
     spec = load_study_file(study_file)
     slots = options.slots()
+    launch.check_device(str(spec.fixed.get("runtime.device", "auto")), slots)
     duration = time_budget or spec.time_budget
     deadline = budget.parse_duration(duration) if duration else None
     queued = [config.load(path) for path in enqueue]  # a bad file is refused before anything is made
@@ -140,6 +141,7 @@ def worker(
         n_trials = n_trials or _stored_budget(compat.storage_of(study), study.study_name)
         if _done(study, n_trials):
             return 0
+        launch.check_device(str(spec.fixed.get("runtime.device", "auto")), slots)
         say(datacheck.prepare(spec, options.data_dir, f"study '{study.study_name}'"))
         artifacts = artifacts_dir(options.artifacts, url, study)
         _say_cost(spec, study, slots, options, launch.threads_per_worker(len(slots)))
@@ -259,6 +261,7 @@ def work_here(
     n_trials = n_trials or _stored_budget(compat.storage_of(study), study.study_name)
     if _done(study, n_trials):
         return 0
+    launch.check_device(str(spec.fixed.get("runtime.device", "auto")), slots)
     if not launched:
         say(datacheck.prepare(spec, options.data_dir, f"study '{study.study_name}'"))
         _say_cost(spec, study, slots, options, torch.get_num_threads())
