@@ -182,3 +182,20 @@ def test_a_cpu_worker_trains_auto_on_the_cpu_where_cuda_is_available(setup, monk
             Objective(spec, artifacts, {"runtime.device": "auto"}, trainer=records_the_device, cpu=cpu)(study.ask())
     assert devices == ["cpu", "auto"]
     assert [t.user_attrs["config"]["runtime"]["device"] for t in study.trials] == ["auto", "auto"]  # as sampled
+
+
+def test_epoch_seconds_leave_out_the_compile(setup):
+    """The time left is paced by epoch_seconds: a compiled first epoch's tens of seconds of
+    compiling are not training pace."""
+    from stl_tune.train import EpochMetrics
+
+    spec, study, artifacts = setup
+
+    def compiles_then_fails(cfg, on_epoch_end=None, **kw):
+        on_epoch_end(EpochMetrics(1, 2.0, 0.1, 1e-3, 0.0, seconds=31.5, checkpointed=False, compile_seconds=30.0))
+        on_epoch_end(EpochMetrics(2, 2.0, 0.1, 1e-3, 0.0, seconds=1.5, checkpointed=False))
+        raise ValueError("stop here")
+
+    with pytest.raises(ValueError):
+        Objective(spec, artifacts, trainer=compiles_then_fails)(study.ask())
+    assert study.trials[0].user_attrs["epoch_seconds"] == [1.5, 1.5]
