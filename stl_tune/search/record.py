@@ -13,7 +13,7 @@ Trial user attributes (search/objective.py writes them while a trial runs, unles
   fail_reason         why the trial failed (a Reason, "diverged at epoch 3", "OutOfMemoryError: ..."), else None
   checkpoint          {"artifact_id", "epoch"} of the latest checkpoint while a retry may need it, else None
   resumed_from_epoch  epochs taken over from a previous attempt's checkpoint (0: a fresh start)
-  epoch_seconds       wall time of each epoch this attempt ran, less its compiling, (a retry shows its predecessor's
+  epoch_seconds       wall time of each epoch this attempt ran, less compiling (a retry shows its predecessor's
                       until its first epoch ends): the live view's pace and time left (search/eta.py)
   worker              host:pid of the process that ran the trial (worker_id)
   enqueued            where a queued trial's config came from (search/warmstart.py, search/confirm.py)
