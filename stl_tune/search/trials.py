@@ -145,8 +145,8 @@ def fail_stale_trials(study: optuna.Study) -> None:
 
 
 def requeue_stopped(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a retry of a trial that was stopped on purpose (a RESUMABLE fail_reason: Ctrl-C, the
-    time budget) and told FAIL; the retry resumes from its checkpoint."""
+    """Queue a retry of a trial that was stopped rather than failed (a RESUMABLE fail_reason: Ctrl-C,
+    the time budget, bad data) and told FAIL; the retry resumes from its checkpoint."""
     if trial.state == TrialState.FAIL and trial.user_attrs.get(record.FAIL_REASON_ATTR) in record.RESUMABLE:
         retry(study, trial)
 
