@@ -36,14 +36,10 @@ from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.transforms.v2 import functional as TF
 
 from stl_tune.config import DataConfig
-from stl_tune.errors import UserError
+from stl_tune.errors import DataError  # defined in the leaf: the worker loop catches it without torch
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-
-class DataError(UserError):
-    """Dataset files missing, unreadable or malformed."""
 
 
 # ------------------------------------------------------------------------------- STL-10 binaries

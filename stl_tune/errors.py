@@ -8,3 +8,7 @@ class UserError(Exception):
 
 class StudyError(UserError):
     """A bad study file, study name or storage URL (search/space.py, search/urls.py)."""
+
+
+class DataError(UserError):
+    """Dataset files missing, unreadable or malformed (stl_tune/data.py raises it)."""

@@ -287,3 +287,29 @@ def test_sigterm_on_a_worker_is_one_calm_line(storage_url, tmp_path, tiny_study,
     assert not re.search(OPTUNA_FAILURE, out), out
     assert re.search(r"^trial 0: epoch 1/12, val \d\.\d{4}, .+ s/epoch \(lr=.+ se=(True|False)\)$", out, re.M), out
     assert not CONTROL.search(out)
+
+
+def test_a_trial_past_its_last_epoch_is_not_done(tmp_path):
+    """A running trial whose every epoch is reported but which is not told yet leaves no epochs:
+    that is not "done" while it runs (budget 3: 2 complete, 1 at 10/10)."""
+    study, _ = _known_study(tmp_path)
+    running = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    trials = [*[t for t in study.get_trials() if t.state == TrialState.COMPLETE], running[0]]
+    running[0].user_attrs["curve"] = [0.25] * 10
+    left = estimate(trials, 3, 2, StudySpec.from_dict(SPEC))
+    assert left.seconds == 0 and str(left) == "less than a minute left" and "none running" not in left.detail()
+    assert str(estimate(trials[:2], 2, 2, StudySpec.from_dict(SPEC))) == "done"  # the budget met, nothing runs
+
+
+def test_no_time_left_is_told_once_the_time_budget_is_spent(tmp_path):
+    from stl_tune.search.record import DEADLINE_ATTR
+
+    study, url = _known_study(tmp_path, scale=60)
+    study.set_user_attr(DEADLINE_ATTR, "2020-01-01T00:00:00+00:00")
+    out = io.StringIO()
+    View(study, 6, Console(file=out, width=200), {}).refresh()
+    assert out.getvalue().rstrip().endswith("; stopped: time budget spent at 2020-01-01 00:00:00 UTC"), out.getvalue()
+    r = CliRunner().invoke(app, ["status", "--storage", url], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "2/6 finished; stopped: time budget spent at 2020-01-01 00:00:00 UTC" in r.output
+    assert " left" not in r.output.replace("time budget: spent", ""), r.output  # no "about 32 min left"

@@ -206,3 +206,53 @@ def test_trial_failed_by_another_worker_is_dropped_with_one_line(storage_url, tm
     assert first.state == TrialState.FAIL and fail_reason(first) == Reason.DIED  # its attrs as a dead worker's
     assert resumed.state == TrialState.COMPLETE and resumed.user_attrs["resumed_from_epoch"] == 1
     assert not any(artifacts.iterdir())
+
+
+def test_a_spent_time_budget_counts_only_the_trials_that_paused(tmp_path, tiny_study, worker_env):
+    """The known recipe never started and one trial paused by the time budget: the stop line says
+    one paused trial will resume, not two."""
+    from stl_tune import config
+    from stl_tune.search import record, warmstart
+    from stl_tune.search.trials import retry
+
+    url, spec = f"sqlite:///{tmp_path}/study.db", StudySpec.from_dict(tiny_study)
+    study = create_or_load_study(spec, None, open_storage(url))
+    paused = study.ask({})
+    paused.set_user_attr(record.FAIL_REASON_ATTR, record.Reason.TIME_BUDGET)
+    retry(study, study.tell(paused, state=TrialState.FAIL))  # as workers.py re-queues a paused trial
+    warmstart.enqueue(study, spec, config.from_dict(None, spec.fixed), record.KNOWN_RECIPE)  # never started
+    study.set_user_attr(record.N_TRIALS_ATTR, 2)
+    study.set_user_attr(record.DEADLINE_ATTR, "2020-01-01T00:00:00+00:00")
+    assert tally(study).waiting == 2
+    out = subprocess.run([*STL_TUNE, "worker", "--name", "tiny", "--workers", "2", "--gpus", "none", "--storage", url,
+                          "--artifacts", str(tmp_path / "artifacts")], env=worker_env, capture_output=True, text=True,
+                         timeout=240)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    said = " ".join(out.stdout.split())  # the console wraps at 80 columns
+    assert "stopped: time budget spent at 2020-01-01 00:00:00 UTC; 1 paused trial will resume on the next run" in said
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_a_data_error_in_a_trial_stops_the_run_and_keeps_the_recipe_queued(storage_url, tmp_path, tiny_study):
+    from stl_tune.data import DataError
+    from stl_tune.search import record, warmstart
+
+    def unreadable(cfg, on_epoch_end=None, **kw):  # e.g. a file replaced after the run's data check
+        raise DataError(f"{tmp_path / 'cat' / '3.png'}: cannot read this image (truncated)")
+
+    spec = StudySpec.from_dict(tiny_study)
+    study = create_or_load_study(spec, None, open_storage(storage_url))
+    warmstart.enqueue_known_recipe(study, spec)
+    with pytest.raises(DataError, match=r"3\.png: cannot read this image"):  # at once, not after max_failures
+        work(study, Objective(spec, tmp_path / "artifacts", trainer=unreadable), 3, max_failures=5)
+    first, retry = study.trials
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "data error"
+    assert retry.state == TrialState.WAITING and retry.system_attrs["retry_history"] == [0]
+    assert tally(study).failed == 0  # not a failure of the study's configs
+
+    # the data is fixed: the next run runs the known recipe (trial 0's config), to full length
+    work(study, Objective(spec, tmp_path / "artifacts"), 1)
+    (done,) = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert done.number == retry.number and done.params == first.params
+    assert done.user_attrs[record.ENQUEUED_ATTR] == record.KNOWN_RECIPE
+    assert done.user_attrs["epochs_run"] == tiny_study["fixed"]["optim"]["epochs"]

@@ -73,7 +73,7 @@ def _studies_table(storage: BaseStorage, studies: list[FrozenStudy]) -> Table:
 def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     """Trials of a study (state, value, epochs, seconds, params), the time left, its best trial and that config."""
     from stl_tune.search import (
-        StudyError, best_confirmed, confirmed_ranking, deadline, describe, duration, estimate, load_study,
+        StudyError, best_confirmed, confirmed_ranking, deadline, describe, duration, left_or_stopped, load_study,
         open_storage, ranked, record, storage_arg, tally, time_left,
     )  # fmt: skip
 
@@ -96,8 +96,7 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     n_trials = study.user_attrs.get(record.N_TRIALS_ATTR)
     if n_trials:  # the same figure as the live view's, from the storage alone
         finished = tally(study, trials=trials).finished
-        left = estimate(trials, n_trials, finished, spec)
-        console.print(f"{finished}/{n_trials} finished; {left} ({left.detail()})")
+        console.print(f"{finished}/{n_trials} finished; {left_or_stopped(study, trials, n_trials, finished, spec, detail=True)}")
     budget_left = time_left(study.user_attrs)
     if budget_left is not None:  # `run --time-budget`: no trial starts after the deadline
         spent = budget_left.total_seconds() <= 0

@@ -43,7 +43,7 @@ _EXPORTS = {  # name: the module that defines it
     "Tally": "trials", "tally": "trials", "ranked": "trials",
     "deadline": "budget", "time_left": "budget", "trials_since_best": "budget",
     "best_confirmed": "confirm", "confirmed_ranking": "confirm",
-    "estimate": "eta", "duration": "fmt", "write_export": "export",
+    "left_or_stopped": "live", "duration": "fmt", "write_export": "export",
     "experimental_ok": "optuna_compat", "retry_history": "optuna_compat",
     "parallel_coordinate_axes": "optuna_compat", "draw_parallel_coordinate": "optuna_compat",
 }  # fmt: skip

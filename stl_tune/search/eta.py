@@ -115,17 +115,23 @@ class Estimate:
     expected_epochs: float  # epochs a trial is expected to run under the pruner
     pace: float | None  # seconds per epoch of a trial not started yet
 
+    @property
+    def done(self) -> bool:
+        """The budget is met: nothing to start, nothing running. (A trial past its last epoch's
+        report, not yet told, leaves 0 s of epochs but is not done.)"""
+        return self.seconds == 0 and self.to_start == 0 and self.running == 0
+
     def __str__(self) -> str:
         if self.seconds is None:
             return "time left: known after the first epoch"
-        if self.seconds == 0:
+        if self.done:
             return "done"
         return f"about {duration(self.seconds)} left" if self.seconds >= 60 else "less than a minute left"
 
     def detail(self) -> str:
         """What the figure rests on, in one line."""
         pace = f", {secs(self.pace)} s/epoch" if self.pace is not None else ""
-        if self.seconds == 0:
+        if self.done:
             return f"0 trials to start, none running{pace}"
         running = f"{self.running} running" if self.running else "none running, so counted as one worker"
         return (f"{self.to_start} trials to start, {running}; a trial is expected to run "

@@ -192,7 +192,7 @@ def launch(
         return 130
     stopped = stop_reason(study) if t.finished < n_trials else None
     if stopped is not None:
-        queued = f"; {plural(t.waiting, 'paused trial')} will resume on the next run" if t.waiting else ""
+        queued = f"; {plural(t.paused, 'paused trial')} will resume on the next run" if t.paused else ""
         console.print(f"stopped: {stopped}{queued}")
     elif t.finished < n_trials:
         console.print("[red]workers stopped before the budget was reached[/red] (see their output above)")

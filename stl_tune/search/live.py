@@ -31,7 +31,8 @@ from rich.table import Table
 from rich.text import Text
 
 from stl_tune.search import record
-from stl_tune.search.eta import Estimate, estimate, study_epochs, trial_pace
+from stl_tune.search.budget import stop_reason
+from stl_tune.search.eta import estimate, study_epochs, trial_pace
 from stl_tune.search.fmt import secs
 from stl_tune.search.record import SPEC_ATTR
 from stl_tune.search.space import StudySpec
@@ -91,7 +92,7 @@ class View:
         t = tally(self.study, trials=trials)
         if self.live is None and t.finished == self._finished:
             return  # a log writes only when a trial has finished
-        left = estimate(trials, self.n_trials, t.finished, self.spec) if self.spec is not None else None
+        left = left_or_stopped(self.study, trials, self.n_trials, t.finished, self.spec)
         if self.live is not None:
             running = sorted((tr for tr in trials if tr.state == TrialState.RUNNING), key=self._order)
             self.live.update(self.render(t, running, left))
@@ -127,7 +128,7 @@ class View:
                 thread.join(timeout=5)
 
     # ------------------------------------------------------------------------------- drawing
-    def render(self, t: Tally, running: list[FrozenTrial], left: Estimate | None) -> Group:
+    def render(self, t: Tally, running: list[FrozenTrial], left: str) -> Group:
         """The terminal's view: two lines on the study, then the running trials, fitted to the width."""
         table = Table()
         table.add_column("trial", justify="right", no_wrap=True, min_width=5)
@@ -143,11 +144,11 @@ class View:
             table.add_row("", f"{len(running) - MAX_ROWS} more", "", "", "", "")
         alive = sum(p.poll() is None for p in self.procs)
         here = f" ({alive}/{len(self.procs)} workers here alive)" if self.procs else ""
-        head = Text(f"{self.line(t)}\n{t.running} running{here}; {_left(left)}")
+        head = Text(f"{self.line(t)}\n{t.running} running{here}; {left}")
         return Group(head, table) if running else head
 
-    def line(self, t: Tally, left: Estimate | None = None) -> str:
-        """The study in one line: counts, best trial and, given an estimate, the time left."""
+    def line(self, t: Tally, left: str | None = None) -> str:
+        """The study in one line: counts, best trial and, given one, the time left (left_or_stopped)."""
         best = f"best {t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no result yet"
         line = (f"study {self.study.study_name}: {t.finished}/{self.n_trials} finished ({t.pruned} pruned), "
                 f"{t.failed} failed, {t.waiting} queued; {best}")  # fmt: skip
@@ -214,8 +215,21 @@ class EpochLog:
         self.console.print(Text(line), soft_wrap=True)  # Text: no markup; soft_wrap: one line at any width
 
 
-def _left(left: Estimate | None) -> str:
-    return str(left) if left is not None else "time left: unknown (no study file in the storage)"
+def left_or_stopped(
+    study: optuna.Study, trials: list[FrozenTrial], n_trials: int, finished: int, spec: StudySpec | None,
+    detail: bool = False,
+) -> str:  # fmt: skip
+    """The time left as the view and `stl-tune status` say it: once the time budget or the patience
+    has run out, that no trial starts any more (an estimate of the trials still to start would be
+    time that will not be spent); else the estimate (search/eta.py), with what it rests on when
+    `detail`. `trials`: the study's, read once by the caller."""
+    stopped = stop_reason(study, trials)
+    if stopped is not None:
+        return f"stopped: {stopped}"
+    if spec is None:
+        return "time left: unknown (no study file in the storage)"
+    left = estimate(trials, n_trials, finished, spec)
+    return f"{left} ({left.detail()})" if detail else str(left)
 
 
 def _val(tr: FrozenTrial) -> str:

@@ -26,6 +26,7 @@ from optuna.artifacts import download_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from stl_tune import config as C
+from stl_tune.errors import DataError
 from stl_tune.search import budget, record
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.checkpoints import CheckpointStore, local_workdir, sweep_dead_workdirs
@@ -106,6 +107,12 @@ class Objective:
             raise
         except budget.TimeUp:  # the study's time budget is spent: the worker queues a retry that resumes here
             record.end(trial, Status.PAUSED, Reason.TIME_BUDGET)
+            keep_checkpoint = True
+            raise
+        except DataError:
+            # The data is bad, not this trial's config: every trial would fail the same way. The
+            # worker queues this one again (a queued recipe stays queued) and stops the run.
+            record.end(trial, Status.FAILED, Reason.DATA)
             keep_checkpoint = True
             raise
         except optuna.TrialPruned:

@@ -92,9 +92,10 @@ class Reason(StrEnum):
     INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM: queued to resume
     TIME_BUDGET = "time budget"  # paused at the deadline: queued to resume
     DIED = "worker died"  # its worker process died (or stopped its heartbeats)
+    DATA = "data error"  # a DataError (the data, not the trial's config): the run stops, the trial is queued again
 
 
-RESUMABLE = (Reason.INTERRUPTED, Reason.TIME_BUDGET)  # trials stopped on purpose, queued to resume
+RESUMABLE = (Reason.INTERRUPTED, Reason.TIME_BUDGET, Reason.DATA)  # trials stopped, not failed: queued to resume
 NOT_AN_ERROR = (None, Reason.SURPLUS, *RESUMABLE)  # fail reasons that say nothing about the study
 
 

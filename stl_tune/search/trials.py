@@ -39,6 +39,7 @@ class Tally:
     failed: int = 0  # errors, divergence and dead workers (not surplus or interrupted trials)
     running: int = 0
     waiting: int = 0
+    paused: int = 0  # of the waiting: retries of trials the time budget paused (they resume a checkpoint)
     failure_streak: int = 0  # trials that ended most recently and all failed with an error
     last_failure: str = ""
     best: FrozenTrial | None = None
@@ -90,6 +91,7 @@ def tally(study: optuna.Study, since: datetime | None = None, trials: list[Froze
             t.running += 1
         elif tr.state == TrialState.WAITING:
             t.waiting += 1
+            t.paused += reason == record.Reason.TIME_BUDGET  # a retry carries its predecessor's attrs
         elif tr.state == TrialState.FAIL and reason not in record.NOT_AN_ERROR:
             t.failed += 1
         if tr.state.is_finished() and (tr.state != TrialState.FAIL or reason not in record.NOT_AN_ERROR):
@@ -143,8 +145,8 @@ def fail_stale_trials(study: optuna.Study) -> None:
 
 
 def requeue_stopped(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a retry of a trial that was stopped on purpose (a RESUMABLE fail_reason: Ctrl-C, the
-    time budget) and told FAIL; the retry resumes from its checkpoint."""
+    """Queue a retry of a trial that was stopped rather than failed (a RESUMABLE fail_reason: Ctrl-C,
+    the time budget, bad data) and told FAIL; the retry resumes from its checkpoint."""
     if trial.state == TrialState.FAIL and trial.user_attrs.get(record.FAIL_REASON_ATTR) in record.RESUMABLE:
         retry(study, trial)
 

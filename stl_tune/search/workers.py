@@ -14,7 +14,8 @@ Exactly N finished trials (COMPLETE or PRUNED) across any number of processes an
   and would have been surplus. Conversely a surplus verdict needs N live trials ahead of it, so
   the budget is never left short: the loop in (1) starts new trials until N have finished, also
   after failures (which never count), and the same rules hold on a re-run of the same command.
-Failures (errors, divergence) do not count towards N; when the last `max_failures` trials to end
+A DataError in a trial (the data, not the trial) stops the worker with its line at once; the trial
+is queued again, as an interrupted one is. Failures (errors, divergence) do not count towards N; when the last `max_failures` trials to end
 since a worker started all failed, the study is hopeless and the worker stops with that message.
 
 Dead workers: each RUNNING trial has a heartbeat (storages.open_storage); a trial silent for the grace
@@ -45,7 +46,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from stl_tune.errors import UserError
+from stl_tune.errors import DataError, UserError
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search import record
 from stl_tune.search.budget import TimeUp, stop_reason
@@ -122,7 +123,9 @@ def work(
     its time budget or patience runs out (search/budget.py: budget.stop_reason says which).
     callbacks: as study.optimize's, called with each trial this worker ran to its end.
 
-    Raises StudyStopped when the last `max_failures` trials failed, KeyboardInterrupt on a signal.
+    Raises StudyStopped when the last `max_failures` trials failed, DataError when a trial found the
+    data bad (the trial is queued again, so a queued recipe still runs once the data is fixed),
+    KeyboardInterrupt on a signal.
     """
     started = datetime.now()  # Optuna's timestamps are local time too
     queued_only = bool(study.user_attrs.get(QUEUED_ONLY_ATTR))  # a confirm study: never sample a trial
@@ -174,7 +177,7 @@ def _run_trial(
     one that another worker failed as stale meanwhile. Raises Interrupted after re-queueing the
     trial on a stop signal."""
     trial = compat.ask(study)
-    state, value, interrupted, stale = TrialState.FAIL, None, False, False
+    state, value, interrupted, stale, data_error = TrialState.FAIL, None, False, False, None
     with compat.heartbeat(study, trial):
         try:
             with stop.interruptible():
@@ -194,6 +197,8 @@ def _run_trial(
                 trial.set_user_attr(record.FAIL_REASON_ATTR, Reason.INTERRUPTED)  # also before the objective began
         except TimeUp:  # the objective recorded Reason.TIME_BUDGET: it resumes on the next run
             pass
+        except DataError as e:  # the objective recorded Reason.DATA: queued again below, then the run stops
+            data_error = e
         except Exception:  # the objective recorded its fail_reason; the callbacks print it
             log.debug("trial %d raised", trial.number, exc_info=True)
     try:
@@ -203,6 +208,8 @@ def _run_trial(
     requeue_stopped(study, told)
     if interrupted:
         raise Interrupted(told)
+    if data_error is not None:  # every trial would fail the same way: stop with the data's one line
+        raise data_error
     if stale or told.state != state:
         # Our heartbeats missed the grace period (this process was frozen, or its disk or network
         # stalled) and another worker failed the trial and queued its retry, which carries on.
