@@ -47,15 +47,20 @@ class Objective:
     overrides: {"a.b": value} applied to every trial after the search space, e.g. the data folder
     of this host ({"data.dir": ...}).
     trainer: the function that trains one config (stl_tune.train.train; tests pass stand-ins).
+    stop_requested: True once a first Ctrl-C / SIGTERM asks the trial to stop (workers.Stop): the
+    trainer checkpoints the epoch under way, which is uploaded, and the trial stops there
+    (KeyboardInterrupt), so its retry resumes at that epoch.
     """
 
     def __init__(
-        self, spec: StudySpec, artifacts: str | Path, overrides: dict[str, Any] | None = None, trainer: Trainer = train
-    ):
+        self, spec: StudySpec, artifacts: str | Path, overrides: dict[str, Any] | None = None, trainer: Trainer = train,
+        stop_requested: Callable[[], bool] = lambda: False,
+    ):  # fmt: skip
         self.spec = spec
         self.store = CheckpointStore(artifacts)
         self.overrides = dict(overrides or {})
         self.trainer = trainer
+        self.stop_requested = stop_requested
         # Local checkpoint files: the trainer writes here (atomically), we upload from here.
         self._tmp = local_workdir()
         self.workdir = Path(self._tmp.name)
@@ -78,7 +83,8 @@ class Objective:
             curve = self._resume(trial, ckpt, attempts)
             deadline = budget.deadline(trial.study.user_attrs)  # read once: a run sets it at its start
             result = self.trainer(cfg, self._epoch_callback(trial, cfg, ckpt, curve, deadline), checkpoint=ckpt,
-                                  checkpoint_now=lambda: deadline is not None and budget.now() >= deadline)  # fmt: skip
+                                  checkpoint_now=lambda: self.stop_requested()
+                                  or (deadline is not None and budget.now() >= deadline))  # fmt: skip
             for key in record.RESULT_ATTRS:
                 trial.set_user_attr(key, getattr(result, key))
             status, value, diverged_epoch = result.status, objective_value(result, self.spec.objective), result.diverged_epoch
@@ -150,6 +156,8 @@ class Objective:
                 return True  # the trial ends here: no checkpoint needed
             if m.checkpointed:  # the trainer writes one every runtime.checkpoint_interval_s
                 self._upload(trial, ckpt, m.epoch)
+            if self.stop_requested():  # Ctrl-C / SIGTERM: this epoch's checkpoint (checkpoint_now) is up
+                raise KeyboardInterrupt
             if deadline is not None and budget.now() >= deadline:
                 # After the upload of the checkpoint that the passed deadline forced (checkpoint_now):
                 # the retry resumes from this epoch (from the one before if the deadline passed
