@@ -143,7 +143,8 @@ def work(
     """
     started = datetime.now()  # Optuna's timestamps are local time too
     queued_only = bool(study.user_attrs.get(QUEUED_ONLY_ATTR))  # a confirm study: never sample a trial
-    with stop or Stop() as stop:
+    stop = stop if stop is not None else Stop()
+    with stop:
         while not stop.requested:
             trials = study.get_trials(deepcopy=False)  # one read for the tally and the patience check
             t = tally(study, since=started, trials=trials)
