@@ -294,7 +294,8 @@ def test_ctrl_c_finishes_the_epoch_and_checkpoints_it_for_the_retry(storage_url,
     run.send_signal(signal.SIGINT)
     out, _ = run.communicate(timeout=120)
     assert run.returncode == 130, out
-    m = re.search(r"^\[w0\] trial (\d+) stopped at epoch (\d+), queued to resume from epoch (\d+) as trial (\d+)$", out, re.M)
+    line = r"^\[w0\] trial (\d+) stopped at epoch (\d+), queued to resume from epoch (\d+) as trial (\d+)$"
+    m = re.search(line, out, re.M)
     assert m and m[2] == m[3] and int(m[2]) >= 1, out  # resumes at the epoch it stopped at
     study = optuna.load_study(study_name=name, storage=url)
     stopped, retry = study.trials[int(m[1])], study.trials[int(m[4])]

@@ -29,8 +29,9 @@ goes on: the retry carries the trial from its checkpoint.
 Ctrl-C / SIGTERM: the first lets the epoch under way finish, has the trainer checkpoint it (the
 objective's stop_requested) and stops the trial there; the worker fails it with fail_reason
 interrupted and re-queues it, so the next run resumes at that epoch, then exits. A second signal
-stops at once (the retry resumes from the last checkpoint), as does the first while no trial trains. The loop asks and tells itself rather than
-through Study.optimize, so that neither a stopped nor a stale trial is logged by Optuna as a failure.
+stops at once (the retry resumes from the last checkpoint), as does the first while no trial trains.
+The loop asks and tells itself rather than through Study.optimize, so that neither a stopped nor a
+stale trial is logged by Optuna as a failure.
 """
 
 from __future__ import annotations
