@@ -44,8 +44,11 @@ def _wait_for_running(url: str, name: str, count: int, procs: list[subprocess.Po
         time.sleep(0.05)
 
 
-def _wait_for_checkpoint(url: str, name: str, procs: list[subprocess.Popen], timeout: float = 120) -> FrozenTrial:
-    """The first RUNNING trial that has uploaded a checkpoint (>= 1 epoch done)."""
+def _wait_for_checkpoint(
+    url: str, name: str, procs: list[subprocess.Popen], timeout: float = 120, attr: str = "checkpoint"
+) -> FrozenTrial:
+    """The first RUNNING trial that has uploaded a checkpoint (>= 1 epoch done), or whose user attr
+    `attr` is otherwise set ("curve": an epoch has ended)."""
     deadline = time.monotonic() + timeout
     storage = open_storage(url, heartbeat=False)  # once: a storage per look costs the workers a core on a server
     while time.monotonic() < deadline:
@@ -55,7 +58,7 @@ def _wait_for_checkpoint(url: str, name: str, procs: list[subprocess.Popen], tim
         except KeyError:  # the study is not created yet
             trials = []
         for t in trials:
-            if t.user_attrs.get("checkpoint"):
+            if t.user_attrs.get(attr):
                 return t
         time.sleep(0.05)
     raise AssertionError("no trial reached its first checkpoint")
@@ -262,7 +265,7 @@ def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(storage_url, tmp_path, 
     assert "Traceback" not in out  # an interrupted trial is one line, not Optuna's traceback
     # one calm line per worker, and nothing from Optuna's logger about a failure or nan
     stops = re.findall(r"^\[w(\d)\] (?:trial (\d+) stopped at epoch \d+, queued to resume from (?:epoch \d+|the "
-                       r"start \(no checkpoint yet\))|stopped; no trial was running)$", out, re.M)  # fmt: skip
+                       r"start \(no checkpoint yet\)) as trial \d+|stopped; no trial was running)$", out, re.M)  # fmt: skip
     assert sorted(w for w, _ in stops) == ["0", "1"], out
     assert not re.search(r"(?i)trial \d+ failed|failed with|\bnan\b|^\[w\d\] \[W ", out, re.M), out
     study = optuna.load_study(study_name=name, storage=url)
@@ -281,6 +284,39 @@ def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(storage_url, tmp_path, 
     resumed = [t.user_attrs["resumed_from_epoch"] for t in _finished(study)]
     assert max(resumed) >= 1  # the trial we waited for went on from its checkpoint
     assert not any(artifacts.iterdir())
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_epoch_and_checkpoints_it_for_the_retry(storage_url, tmp_path, tiny_study, worker_env,
+                                                                    monkeypatch):  # fmt: skip
+    """No timed checkpoint before the end: the one the retry resumes from is the one the stop made,
+    at the epoch it stopped at; status reads the trial as stopped, not failed."""
+    from typer.testing import CliRunner
+
+    from stl_tune.cli import app
+    from stl_tune.cli import inspect as cli_inspect
+
+    name, url = "soft", storage_url
+    tiny_study["fixed"]["runtime"]["checkpoint_interval_s"] = 3600
+    study_file = _study_file(tmp_path, tiny_study, epochs=200)  # far from its end when the signal comes
+    cmd = [*STL_TUNE, "run", "--study", str(study_file), "--name", name, "--trials", "1", "--workers", "1",
+           "--gpus", "none", "--storage", url, "--artifacts", str(tmp_path / "artifacts")]  # fmt: skip
+    run = subprocess.Popen(cmd, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_checkpoint(url, name, [run], attr="curve")  # its first epoch has ended
+    run.send_signal(signal.SIGINT)
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 130, out
+    line = r"^\[w0\] trial (\d+) stopped at epoch (\d+), queued to resume from epoch (\d+) as trial (\d+)$"
+    m = re.search(line, out, re.M)
+    assert m and m[2] == m[3] and int(m[2]) >= 1, out  # resumes at the epoch it stopped at
+    study = optuna.load_study(study_name=name, storage=url)
+    stopped, retry = study.trials[int(m[1])], study.trials[int(m[4])]
+    assert stopped.user_attrs["checkpoint"]["epoch"] == len(stopped.user_attrs["curve"]) == int(m[2])
+    assert retry.state == TrialState.WAITING and retry.system_attrs["retry_history"] == [stopped.number]
+    monkeypatch.setattr(cli_inspect.console, "width", 240)  # each note on one line
+    r = CliRunner().invoke(app, ["status", "--name", name, "--storage", url])
+    assert f"stopped (interrupted), resumes as trial {retry.number}" in r.output, r.output
+    assert f"retry of trial {stopped.number}" in r.output and "FAIL" not in r.output, r.output
 
 
 def test_diverging_trial_fails_with_its_reason_and_the_others_finish(storage_url, tmp_path, tiny_study):

@@ -27,24 +27,31 @@ if TYPE_CHECKING:
 app = typer.Typer(no_args_is_help=True, help="Inspect and export hyperparameter studies.")
 console = Console()
 
-_STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "dim"}
+_STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "dim",
+                "stopped": "dim"}  # stopped: told FAIL to Optuna, queued to resume (not a failure)
 
 
 def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def _trial_row(t: FrozenTrial) -> list[str]:
+def _trial_row(t: FrozenTrial, retries: dict[int, int]) -> list[str]:
+    """A trial's row; retries: {trial number: the number of its retry}."""
     from stl_tune.search import record, retry_history
 
     epochs = t.user_attrs.get(record.EPOCHS_RUN_ATTR, len(t.intermediate_values))  # live trials: reports so far
     seconds = t.user_attrs.get(record.SECONDS_ATTR, t.duration.total_seconds() if t.duration else None)
     state = t.state.name
+    retried = retry_history(t)
+    reason = record.fail_reason(t)
     if state == "WAITING":  # a retry carries the attrs of the trial it retries: say which that was
-        retried = retry_history(t)
         note = f"retry of trial {retried[-1]}" if retried else "queued"
+    elif state == "FAIL" and reason in record.RESUMABLE and t.number in retries:  # stopped, not failed
+        state, note = "stopped", f"stopped ({reason}), resumes as trial {retries[t.number]}"
     else:
-        note = record.fail_reason(t) or t.user_attrs.get(record.STATUS_ATTR, "")
+        note = reason or t.user_attrs.get(record.STATUS_ATTR, "")
+        if retried:
+            note = f"{note}, retry of trial {retried[-1]}" if note else f"retry of trial {retried[-1]}"
     return [
         str(t.number),
         f"[{_STATE_STYLE.get(state, '')}]{state}[/]",
@@ -74,7 +81,7 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     """Trials of a study (state, value, epochs, seconds, params), the time left, its best trial and that config."""
     from stl_tune.search import (
         StudyError, best_confirmed, confirmed_ranking, deadline, describe, duration, left_or_stopped, load_study,
-        open_storage, ranked, record, storage_arg, tally, time_left,
+        open_storage, ranked, record, retry_history, storage_arg, tally, time_left,
     )  # fmt: skip
 
     store = open_storage(storage, heartbeat=False, create=False)
@@ -90,8 +97,9 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
         title=f"Study '{study.study_name}' in {describe(store)}",
     )
     trials = study.get_trials(deepcopy=False)
+    retries = {retry_history(t)[-1]: t.number for t in trials if retry_history(t)}
     for t in trials:
-        table.add_row(*_trial_row(t))
+        table.add_row(*_trial_row(t, retries))
     console.print(table)
     n_trials = study.user_attrs.get(record.N_TRIALS_ATTR)
     if n_trials:  # the same figure as the live view's, from the storage alone

@@ -166,7 +166,8 @@ def launch(
                 time.sleep(POLL_S)
                 if len(signals) > forwarded:
                     if forwarded == 0:
-                        console.print("stopping: each worker queues its trial to resume (Ctrl-C again to kill them)")
+                        console.print("stopping: each worker finishes its epoch, checkpoints it and queues its trial "
+                                      "to resume there (Ctrl-C again to kill them)")  # fmt: skip
                         for p in procs:
                             if p.poll() is None:
                                 p.send_signal(signal.SIGINT)

@@ -51,17 +51,22 @@ class Objective:
     cpu: this worker is a CPU slot (`--gpus none`, `--workers N`): a trial's `runtime.device: auto`
     trains on the CPU here even where CUDA is available. The trial's recorded config keeps `auto`,
     so its export trains on the GPU of whoever runs it.
+    stop_requested: True once a first Ctrl-C / SIGTERM asks the trial to stop (workers.Stop): the
+    trainer checkpoints the epoch under way, which is uploaded, and the trial stops there
+    (KeyboardInterrupt), so its retry resumes at that epoch.
     """
 
     def __init__(
         self, spec: StudySpec, artifacts: str | Path, overrides: dict[str, Any] | None = None, trainer: Trainer = train,
         cpu: bool = False,
+        stop_requested: Callable[[], bool] = lambda: False,
     ):  # fmt: skip
         self.spec = spec
         self.store = CheckpointStore(artifacts)
         self.overrides = dict(overrides or {})
         self.trainer = trainer
         self.cpu = cpu
+        self.stop_requested = stop_requested
         # Local checkpoint files: the trainer writes here (atomically), we upload from here.
         self._tmp = local_workdir()
         self.workdir = Path(self._tmp.name)
@@ -86,7 +91,8 @@ class Objective:
             if self.cpu and cfg.runtime.device == "auto":
                 cfg = C.from_dict(C.to_dict(cfg), {"runtime.device": "cpu"})  # recorded above as auto
             result = self.trainer(cfg, self._epoch_callback(trial, cfg, ckpt, curve, deadline), checkpoint=ckpt,
-                                  checkpoint_now=lambda: deadline is not None and budget.now() >= deadline)  # fmt: skip
+                                  checkpoint_now=lambda: self.stop_requested()
+                                  or (deadline is not None and budget.now() >= deadline))  # fmt: skip
             for key in record.RESULT_ATTRS:
                 trial.set_user_attr(key, getattr(result, key))
             status, value, diverged_epoch = result.status, objective_value(result, self.spec.objective), result.diverged_epoch
@@ -162,6 +168,8 @@ class Objective:
                 return True  # the trial ends here: no checkpoint needed
             if m.checkpointed:  # the trainer writes one every runtime.checkpoint_interval_s
                 self._upload(trial, ckpt, m.epoch)
+            if self.stop_requested():  # Ctrl-C / SIGTERM: this epoch's checkpoint (checkpoint_now) is up
+                raise KeyboardInterrupt
             if deadline is not None and budget.now() >= deadline:
                 # After the upload of the checkpoint that the passed deadline forced (checkpoint_now):
                 # the retry resumes from this epoch (from the one before if the deadline passed

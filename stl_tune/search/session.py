@@ -48,7 +48,7 @@ from stl_tune.search.storages import open_storage
 from stl_tune.search.study import create_or_load_study, load_study, resolve_study_name
 from stl_tune.search.trials import MAX_RETRY, requeue_dead, tally
 from stl_tune.search.urls import sqlite_file, storage_arg, storage_url
-from stl_tune.search.workers import POLL_S, Interrupted, work
+from stl_tune.search.workers import POLL_S, Interrupted, Stop, work
 
 say = functools.partial(print, flush=True)  # a line of the command's output
 
@@ -267,7 +267,9 @@ def work_here(
         _say_cost(spec, study, slots, options, torch.get_num_threads())
         requeue_dead_here(study)  # of an earlier run on this host: no need to wait for the heartbeat
     overrides = {"data.dir": str(options.data_dir)} if options.data_dir is not None else {}
-    objective = Objective(spec, artifacts_dir(options.artifacts, url, study), overrides, cpu=slots == [None])
+    stop = Stop()  # a first signal: the trial stops at its epoch's end, checkpointed there
+    objective = Objective(spec, artifacts_dir(options.artifacts, url, study), overrides,
+                          cpu=slots == [None], stop_requested=stop)
     console = Console()
     if epoch_lines if epoch_lines is not None else not console.is_terminal:
         objective = EpochLog(console).around(objective)
@@ -277,7 +279,7 @@ def work_here(
         callbacks.append(lambda *_: view.refresh())
     try:
         with view.following(POLL_S) if view is not None else contextlib.nullcontext():
-            t = work(study, objective, n_trials, max_failures=options.max_failures, callbacks=callbacks)
+            t = work(study, objective, n_trials, max_failures=options.max_failures, callbacks=callbacks, stop=stop)
     except KeyboardInterrupt as e:  # click would print "Aborted!" and exit 1
         print(_stopped(study, e), file=sys.stderr, flush=True)
         return 130
@@ -292,11 +294,12 @@ def _stopped(study: optuna.Study, e: KeyboardInterrupt) -> str:
         return "stopped; no trial was running"
     t = e.trial
     done = len(record.curve(t))
-    if not any(compat.retry_history(r)[-1:] == [t.number] for r in study.get_trials(deepcopy=False)):
+    retry = next((r for r in study.get_trials(deepcopy=False) if compat.retry_history(r)[-1:] == [t.number]), None)
+    if retry is None:
         return f"trial {t.number} stopped at epoch {done}; not queued again: it was retried {MAX_RETRY} times"
     saved = record.saved_epoch(t)
     resume = f"from epoch {saved}" if saved else "from the start (no checkpoint yet)"
-    return f"trial {t.number} stopped at epoch {done}, queued to resume {resume}"
+    return f"trial {t.number} stopped at epoch {done}, queued to resume {resume} as trial {retry.number}"
 
 
 def _trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

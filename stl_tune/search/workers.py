@@ -26,9 +26,12 @@ could wait forever on a dead one's RUNNING trial. A worker that was only frozen 
 laptop lid, a long pause) and wakes to find its trial failed by another drops it with one line and
 goes on: the retry carries the trial from its checkpoint.
 
-Ctrl-C / SIGTERM: each worker fails its trial with fail_reason interrupted and re-queues it (it
-resumes from its checkpoint on the next run), then exits. The loop asks and tells itself rather than
-through Study.optimize, so that neither a stopped nor a stale trial is logged by Optuna as a failure.
+Ctrl-C / SIGTERM: the first lets the epoch under way finish, has the trainer checkpoint it (the
+objective's stop_requested) and stops the trial there; the worker fails it with fail_reason
+interrupted and re-queues it, so the next run resumes at that epoch, then exits. A second signal
+stops at once (the retry resumes from the last checkpoint), as does the first while no trial trains.
+The loop asks and tells itself rather than through Study.optimize, so that neither a stopped nor a
+stale trial is logged by Optuna as a failure.
 """
 
 from __future__ import annotations
@@ -73,17 +76,25 @@ class Interrupted(KeyboardInterrupt):
         self.trial = trial
 
 
-class _Stop:
+class Stop:
     """While active, SIGINT/SIGTERM raise KeyboardInterrupt only inside `interruptible()` (a
     trial's own work, or waiting): never inside Optuna's ask/tell, so no trial is left half-made or
-    RUNNING without a heartbeat. A signal outside is remembered and acted on at the next chance."""
+    RUNNING without a heartbeat. A signal outside is remembered and acted on at the next chance.
+    Inside `interruptible(soft=True)` (a trial training) the first signal only sets `requested`,
+    which the objective reads at the epoch's end (Objective's stop_requested); a second raises."""
 
     def __init__(self) -> None:
         self.requested = False
         self.armed = False
+        self.soft = False
+        self._raised = False
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _Stop:
+    def __call__(self) -> bool:
+        """Whether a stop was asked for: the objective's stop_requested."""
+        return self.requested
+
+    def __enter__(self) -> Stop:
         if threading.current_thread() is threading.main_thread():  # signals only reach main
             self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         return self
@@ -93,21 +104,23 @@ class _Stop:
             signal.signal(s, handler)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            return  # the first signal is being acted on
+        if self._raised:
+            return  # a stop is being acted on
+        first = not self.requested
         self.requested = True
-        if self.armed:
+        if self.armed and not (first and self.soft):
+            self._raised = True
             raise KeyboardInterrupt
 
     @contextlib.contextmanager
-    def interruptible(self) -> Iterator[None]:
+    def interruptible(self, soft: bool = False) -> Iterator[None]:
         if self.requested:
             raise KeyboardInterrupt
-        self.armed = True
+        self.armed, self.soft = True, soft
         try:
             yield
         finally:
-            self.armed = False
+            self.armed = self.soft = False
 
 
 def work(
@@ -118,10 +131,12 @@ def work(
     max_failures: int = 5,
     poll_s: float = POLL_S,
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None,
+    stop: Stop | None = None,
 ) -> Tally:
     """Run trials in this process until the study has `n_trials` finished ones (see module doc), or
     its time budget or patience runs out (search/budget.py: budget.stop_reason says which).
     callbacks: as study.optimize's, called with each trial this worker ran to its end.
+    stop: the objective's stop_requested, to stop a trial at an epoch's end on a first signal.
 
     Raises StudyStopped when the last `max_failures` trials failed, DataError when a trial found the
     data bad (the trial is queued again, so a queued recipe still runs once the data is fixed),
@@ -129,7 +144,8 @@ def work(
     """
     started = datetime.now()  # Optuna's timestamps are local time too
     queued_only = bool(study.user_attrs.get(QUEUED_ONLY_ATTR))  # a confirm study: never sample a trial
-    with _Stop() as stop:
+    stop = stop if stop is not None else Stop()
+    with stop:
         while not stop.requested:
             trials = study.get_trials(deepcopy=False)  # one read for the tally and the patience check
             t = tally(study, since=started, trials=trials)
@@ -154,7 +170,7 @@ def work(
         raise KeyboardInterrupt
 
 
-def _wait_for_a_change(study: optuna.Study, seen: Tally, stop: _Stop, poll_s: float) -> None:
+def _wait_for_a_change(study: optuna.Study, seen: Tally, stop: Stop, poll_s: float) -> None:
     """Sleep until a trial of the study changes state after the tally `seen` (one ends, a retry is
     queued, another worker claims one), failing stale trials meanwhile; the caller then tallies
     anew. Each look is one count by the database (trials.count_states), and the pause doubles from
@@ -171,7 +187,7 @@ def _wait_for_a_change(study: optuna.Study, seen: Tally, stop: _Stop, poll_s: fl
 
 
 def _run_trial(
-    study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int, stop: _Stop
+    study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int, stop: Stop
 ) -> FrozenTrial | None:
     """Ask for one trial, run it with a heartbeat, tell its outcome; the trial as told, or None for
     one that another worker failed as stale meanwhile. Raises Interrupted after re-queueing the
@@ -180,7 +196,7 @@ def _run_trial(
     state, value, interrupted, stale, data_error = TrialState.FAIL, None, False, False, None
     with compat.heartbeat(study, trial):
         try:
-            with stop.interruptible():
+            with stop.interruptible(soft=True):  # a first signal ends the trial at its epoch's end
                 if is_surplus(study, trial, n_trials):
                     record.end(trial, Status.SURPLUS, Reason.SURPLUS)
                 else:
