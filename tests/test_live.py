@@ -283,7 +283,8 @@ def test_sigterm_on_a_worker_is_one_calm_line(storage_url, tmp_path, tiny_study,
     assert stopped.state == TrialState.FAIL and stopped.user_attrs["fail_reason"] == "interrupted"
     (retry,) = study.get_trials(states=(TrialState.WAITING,))
     saved, done = stopped.user_attrs["checkpoint"]["epoch"], len(stopped.user_attrs["curve"])
-    assert saved >= 1 and out.splitlines()[-1] == f"trial 0 stopped at epoch {done}, queued to resume from epoch {saved}"
+    assert saved == done >= 1  # the epoch under way finished and was checkpointed
+    assert out.splitlines()[-1] == f"trial 0 stopped at epoch {done}, queued to resume from epoch {saved} as trial {retry.number}"
     assert not re.search(OPTUNA_FAILURE, out), out
     assert re.search(r"^trial 0: epoch 1/12, val \d\.\d{4}, .+ s/epoch \(lr=.+ se=(True|False)\)$", out, re.M), out
     assert not CONTROL.search(out)
