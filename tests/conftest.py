@@ -28,6 +28,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason="needs CUDA"))
 
 
+@pytest.fixture(autouse=True)
+def _cuda_visible_devices_kept() -> Iterator[None]:
+    """A CPU worker run in-process hides the GPUs from its process (launch.keep_off_gpus): the
+    next test gets this process's CUDA_VISIBLE_DEVICES back."""
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    yield
+    if before is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
 @pytest.fixture(scope="session")
 def fake_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fake STL-10 folder (use as data.dir): 20 labelled images per class, 10 test images per class."""

@@ -240,7 +240,7 @@ def test_start_up_check_says_what_a_trial_costs_on_a_cpu(tiny_study, tmp_path, m
     assert probe.cost_note(spec, study, ["0"], None, 1) is None  # a GPU slot: nothing said
     line = probe.cost_note(spec, study, [None], None, 1)
     assert re.fullmatch(
-        r"note: no GPU here: one trial \(width 4, batch 32, 16 px, 2 epochs\) takes about .+ on this CPU "
+        r"note: no GPU in use: one trial \(width 4, batch 32, 16 px, 2 epochs\) takes about .+ on this CPU "
         r"\(5 steps of .+ s \+ .+ s of validation per epoch, 1 threads\); use a GPU \(--gpus\), a smaller "
         r"study \(--study studies/smoke.yaml\) or --time-budget", line)  # fmt: skip
     study.add_trial(_trial(TrialState.COMPLETE, [1.0]))

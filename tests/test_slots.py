@@ -1,5 +1,6 @@
 """GPU slot planning and per-worker environments, on a CPU: CUDA is faked, processes are real."""
 
+import os
 import subprocess
 import sys
 
@@ -32,6 +33,30 @@ def test_slots_keep_the_parents_device_names(four_gpus, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")  # this process sees physical GPUs 5 and 7
     assert W.plan_slots("all") == ["5", "7"]
     assert W.plan_slots("1") == ["7"]
+
+
+def test_no_gpus_asked_for_counts_none_and_keeps_this_process_off_them(monkeypatch):
+    """--gpus none on a GPU host: no count (it would start CUDA's driver with the GPUs visible),
+    and the process that trains on CPU itself (an in-process worker, run's cost probe) hides them
+    before torch starts CUDA, as its children's environments do."""
+    from stl_tune.search.session import WorkerOptions
+
+    def count():
+        raise AssertionError("counted the GPUs")
+
+    monkeypatch.setattr(torch.cuda, "device_count", count)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert WorkerOptions(gpus="none", workers=2).slots() == [None, None]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_a_process_with_a_gpu_slot_or_cuda_started_keeps_its_gpus(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    W.keep_off_gpus(["1", None])
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # too late to hide: changing it now misleads
+    W.keep_off_gpus([None])
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
 
 
 def test_no_gpu_means_cpu_workers(monkeypatch):

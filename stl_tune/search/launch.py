@@ -66,15 +66,17 @@ def plan_slots(gpus: str, workers_per_gpu: int = 1, workers: int | None = None) 
     gpus: "all" (every visible GPU; CPU workers when there is none), "none", or "0,1,...".
     workers: CPU worker processes when no GPU is used (default 1).
     """
+    if workers_per_gpu < 1 or (workers is not None and workers < 1):
+        raise UserError("--workers and --workers-per-gpu must be at least 1")
+    if gpus == "none":  # before torch counts GPUs: a count starts CUDA's driver while they are visible
+        return [None] * (workers or 1)
     import torch  # here, not at import: the CLI's other commands should not pay for it
 
     visible = [str(i) for i in range(torch.cuda.device_count())]
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env:  # index i of this process is the parent's i-th device: keep that name for children
         visible = [d.strip() for d in env.split(",")][: len(visible)]
-    if gpus == "none":
-        chosen: list[str] = []
-    elif gpus == "all":
+    if gpus == "all":
         chosen = visible
     else:
         try:
@@ -85,11 +87,21 @@ def plan_slots(gpus: str, workers_per_gpu: int = 1, workers: int | None = None) 
         if bad:
             raise UserError(f"--gpus {gpus}: no GPU {bad[0]} here ({len(visible)} visible)")
         chosen = [visible[i] for i in indices]
-    if workers_per_gpu < 1 or (workers is not None and workers < 1):
-        raise UserError("--workers and --workers-per-gpu must be at least 1")
     if chosen:
         return [g for g in chosen for _ in range(workers_per_gpu)]
     return [None] * (workers or 1)
+
+
+def keep_off_gpus(slots: list[str | None]) -> None:
+    """When every slot is a CPU one, hide the GPUs from this process as from its children, before
+    torch starts CUDA: with a GPU visible, each optimizer step asks the current CUDA stream whether
+    it is capturing a graph (torch.optim.Optimizer._accelerator_graph_capture_health_check), which
+    makes a CUDA context on GPU 0, in a process that trains on CPU (an in-process worker, `run`'s
+    cost probe). A process that has started CUDA already keeps what it has."""
+    import torch
+
+    if all(slot is None for slot in slots) and not torch.cuda.is_initialized():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def threads_per_worker(workers: int) -> int:

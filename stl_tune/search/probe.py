@@ -136,7 +136,7 @@ def cost_note(
         return None
     m = cfg.model
     return (
-        f"note: no GPU here: one trial (width {m.width}, batch {cfg.optim.batch_size}, {cfg.data.image_size} px, "
+        f"note: no GPU in use: one trial (width {m.width}, batch {cfg.optim.batch_size}, {cfg.data.image_size} px, "
         f"{cost.epochs} epochs) takes about {duration(cost.seconds)} on this CPU ({cost.steps} steps of "
         f"{secs(cost.step_s)} s + {secs(cost.eval_s)} s of validation per epoch, {threads} threads); "
         "use a GPU (--gpus), a smaller study (--study studies/smoke.yaml) or --time-budget"

@@ -69,7 +69,10 @@ class WorkerOptions:
         self.data_dir = _absolute(self.data_dir)
 
     def slots(self) -> list[str | None]:
-        return launch.plan_slots(self.gpus, self.workers_per_gpu, self.workers)
+        """This host's worker slots; with no GPU among them, this process is kept off the GPUs too."""
+        slots = launch.plan_slots(self.gpus, self.workers_per_gpu, self.workers)
+        launch.keep_off_gpus(slots)
+        return slots
 
 
 # ----------------------------------------------------------------------------------- commands
