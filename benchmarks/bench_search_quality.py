@@ -27,7 +27,7 @@ The untuned recipe (3 training seeds) is the floor. Each search (a sampler seed 
 study with 2 `stl-tune worker` processes, then `stl-tune export` -> `stl-tune train --config` -> the
 exported config's TEST accuracy, measured on data no search saw.
 
-  python benchmarks/bench_search_quality.py --workdir W        # all methods x 5 repeats: ~2.5 h
+  python benchmarks/bench_search_quality.py --workdir W        # all methods x 5 repeats: ~2 h quiet
   python benchmarks/bench_search_quality.py --workdir W --methods stl-tune,random --repeats 7
   python benchmarks/bench_search_quality.py --quick            # tiny everything: checks it works
 A run stopped part-way resumes from its --workdir: a finished search or final training is read, not
@@ -450,7 +450,7 @@ def main() -> None:
     ap.add_argument("--dataset", choices=("fashion", "digits"), default="fashion")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     ap.add_argument("--repeats", type=int, help="sampler seeds per method [5; quick: 1]")
-    ap.add_argument("--epochs", type=int, help="epochs per trial and final training [15; quick: 2]")
+    ap.add_argument("--epochs", type=int, help="epochs per trial and final training [12; quick: 2]")
     ap.add_argument("--budget", type=int, help="training epochs per search [10 x --epochs; quick: 3 x]")
     ap.add_argument("--per-class", type=int, help="Fashion-MNIST training images per class [200; quick: 30]")
     ap.add_argument("--data", type=Path, default=ROOT / "data", help="folder of the written datasets")
@@ -458,7 +458,8 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, help="the plot's PNG [docs/search_quality_<dataset>.png; quick: in the workdir]")
     args = ap.parse_args()
     repeats = args.repeats or (1 if args.quick else 5)
-    epochs = args.epochs or (2 if args.quick else 15)
+    # 12: all six methods x 5 repeats in about 2 h on the 2-core VM (at 15, four took 3.1 h, 2026-12-02)
+    epochs = args.epochs or (2 if args.quick else 12)
     budget = args.budget or (3 if args.quick else 10) * epochs
     per_class = args.per_class or (30 if args.quick else 200)  # quick: batch 256 fits 270 training images
     keys = [k.strip() for k in args.methods.split(",")]
@@ -492,7 +493,7 @@ def main() -> None:
     done_before = json.loads(saved.read_text()) if saved.is_file() else {}
     names = [(rep, key, f"{key}-seed{10 * rep}") for rep in range(repeats) for key in keys]
     todo = [n for n in names if n[2] not in done_before]
-    finals = len(todo) + (not (workdir / "final-untuned" / "summary.json").is_file())
+    finals = len(todo) + 3 * (not (workdir / "final-untuned" / "summary.json").is_file())  # its 3 seeds
     print(f"{len(keys)} methods x {repeats} repeats, trials of {epochs} epochs, {budget} epochs per search, "
           f"{WORKERS} workers", flush=True)  # fmt: skip
     print(plan_line(len(todo), finals, epochs, budget, epoch_seconds(scaled_recipe(base)), untuned_cfg.data.val_fraction),
