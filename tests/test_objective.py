@@ -132,6 +132,31 @@ def test_interrupted_trial_resumes_from_its_checkpoint_exactly(setup, tiny_study
     assert not any(artifacts.iterdir())  # the finished trial's checkpoint was removed
 
 
+def test_a_stop_after_the_epochs_save_was_decided_stops_at_the_next_epoch_with_its_checkpoint(setup, tiny_study):
+    """A Ctrl-C that lands between the trainer's checkpoint decision and the end of the epoch: the
+    trial goes on to the next epoch, whose checkpoint the stop forces, and stops there."""
+    tiny_study["fixed"]["optim"]["epochs"] = 4
+    tiny_study["fixed"]["runtime"]["checkpoint_interval_s"] = 3600  # no checkpoint but the forced ones
+    spec = StudySpec.from_dict(tiny_study)
+    _, study, artifacts = setup
+    asked = []
+
+    def stop_lands_late_in_epoch_2(cfg, on_epoch_end, **kw):
+        def cb(m):
+            if m.epoch == 2:
+                asked.append(m.epoch)  # after the trainer decided epoch 2's save, before its end
+            return on_epoch_end(m)
+
+        return train(cfg, cb, **kw)
+
+    objective = Objective(spec, artifacts, trainer=stop_lands_late_in_epoch_2, stop_requested=lambda: bool(asked))
+    with pytest.raises(KeyboardInterrupt):
+        work(study, objective, 1)
+    first = study.trials[0]
+    assert first.user_attrs["fail_reason"] == "interrupted"
+    assert len(first.user_attrs["curve"]) == first.user_attrs["checkpoint"]["epoch"] == 3
+
+
 def test_last5_objective_is_the_mean_of_the_last_five_epochs():
     from stl_tune.search.objective import objective_value
     from stl_tune.train import TrainResult

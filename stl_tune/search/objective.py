@@ -166,14 +166,16 @@ class Objective:
                 return False  # the run is over: keep its value rather than prune it
             if prunable and trial.should_prune():
                 return True  # the trial ends here: no checkpoint needed
-            if m.checkpointed:  # the trainer writes one every runtime.checkpoint_interval_s
-                self._upload(trial, ckpt, m.epoch)
-            if self.stop_requested():  # Ctrl-C / SIGTERM: this epoch's checkpoint (checkpoint_now) is up
+            if not m.checkpointed:  # the trainer writes one every runtime.checkpoint_interval_s
+                return False
+            self._upload(trial, ckpt, m.epoch)
+            # Stop only where the checkpoint just uploaded is this epoch's, so the retry resumes
+            # exactly where the trial stopped: a Ctrl-C / SIGTERM or a passed deadline forces it
+            # (checkpoint_now); one that comes after the trainer decided this epoch's save
+            # forces the next epoch's, and the trial stops there.
+            if self.stop_requested():
                 raise KeyboardInterrupt
             if deadline is not None and budget.now() >= deadline:
-                # After the upload of the checkpoint that the passed deadline forced (checkpoint_now):
-                # the retry resumes from this epoch (from the one before if the deadline passed
-                # between the two checks, microseconds apart).
                 raise budget.TimeUp
             return False
 
