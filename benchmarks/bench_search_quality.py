@@ -493,7 +493,8 @@ def main() -> None:
     done_before = json.loads(saved.read_text()) if saved.is_file() else {}
     names = [(rep, key, f"{key}-seed{10 * rep}") for rep in range(repeats) for key in keys]
     todo = [n for n in names if n[2] not in done_before]
-    finals = len(todo) + 3 * (not (workdir / "final-untuned" / "summary.json").is_file())  # its 3 seeds
+    finals = sum(not (workdir / f"final-{name}" / "summary.json").is_file() for *_, name in names)
+    finals += 3 * (not (workdir / "final-untuned" / "summary.json").is_file())  # its 3 seeds
     print(f"{len(keys)} methods x {repeats} repeats, trials of {epochs} epochs, {budget} epochs per search, "
           f"{WORKERS} workers", flush=True)  # fmt: skip
     print(plan_line(len(todo), finals, epochs, budget, epoch_seconds(scaled_recipe(base)), untuned_cfg.data.val_fraction),
