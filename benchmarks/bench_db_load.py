@@ -89,8 +89,9 @@ class Monitor:
     def __init__(self, url: str):
         u = sqlalchemy.make_url(url)
         self.db = u.database
-        self.conn = psycopg.connect(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
-                                    dbname=u.database, autocommit=True)  # fmt: skip
+        self.conn = psycopg.connect(
+            host=u.host, port=u.port or 5432, user=u.username, password=u.password, dbname=u.database, autocommit=True
+        )
         backend = self.conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         self.postmaster = int(_stat(backend)[1])
         try:
@@ -166,8 +167,9 @@ def stand_in(low: float, high: float, last: int, straggler_s: float, epochs: int
 def worker(url: str, name: str, n_trials: int, low: float, high: float, straggler_s: float, index: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     random.seed(index)
-    study = optuna.load_study(study_name=name, storage=open_storage(url),
-                              sampler=optuna.samplers.RandomSampler(seed=index))  # fmt: skip
+    study = optuna.load_study(
+        study_name=name, storage=open_storage(url), sampler=optuna.samplers.RandomSampler(seed=index)
+    )
     work(study, stand_in(low, high, n_trials - 1, straggler_s), n_trials)
 
 
@@ -188,13 +190,19 @@ def main() -> None:
     optuna.create_study(study_name=name, storage=open_storage(url, heartbeat=False))
     mon = Monitor(url)
     baseline = mon.children()
-    print(f"{os.cpu_count()} cores, optuna {optuna.__version__}, {mask_url(url)}: {args.workers} workers, "
-          f"{args.trials} trials of {low:g}-{high:g} s" + (f", the last {args.straggler_s:g} s" if args.straggler_s else ""))  # fmt: skip
+    print(
+        f"{os.cpu_count()} cores, optuna {optuna.__version__}, {mask_url(url)}: {args.workers} workers, "
+        f"{args.trials} trials of {low:g}-{high:g} s"
+        + (f", the last {args.straggler_s:g} s" if args.straggler_s else "")
+    )
 
     ctx = multiprocessing.get_context("fork")  # the imports above are paid once, not per worker
     before = mon.statement_calls()
     samples = [mon.sample()]
-    procs = [ctx.Process(target=worker, args=(url, name, args.trials, low, high, args.straggler_s, i)) for i in range(args.workers)]
+    procs = [
+        ctx.Process(target=worker, args=(url, name, args.trials, low, high, args.straggler_s, i))
+        for i in range(args.workers)
+    ]
     for p in procs:
         p.start()
     while any(p.is_alive() for p in procs):
@@ -215,8 +223,10 @@ def main() -> None:
     wait_from = next(s for s in samples if s.at >= ends[-2])  # all workers but one wait from here ...
     wait_to = next(s for s in reversed(samples) if s.at <= ends[-1])  # ... to the last trial's end
 
-    print(f"{len(done)} finished, {surplus} surplus claims; run {(last.at - first.at).total_seconds():.0f} s, "
-          f"the last worker exited {(last.at - ends[-1]).total_seconds():.1f} s after the last trial ended\n")  # fmt: skip
+    print(
+        f"{len(done)} finished, {surplus} surplus claims; run {(last.at - first.at).total_seconds():.0f} s, "
+        f"the last worker exited {(last.at - ends[-1]).total_seconds():.1f} s after the last trial ended\n"
+    )
     print("| phase | seconds | statements/s | xacts/s | rows/s | db CPU s | db CPU % of a core |")
     print("|---|---|---|---|---|---|---|")
     for phase, a, b in (("whole run", first, last), ("waiting for the last trial", wait_from, wait_to)):
@@ -225,8 +235,10 @@ def main() -> None:
             print(f"| {phase} | under 2 s: not measured (--straggler-s) | | | | | |")
             continue
         stmts = f"{d['statements'] / s:.0f}" if mon.statements else "-"
-        print(f"| {phase} | {s:.0f} | {stmts} | {d['xacts'] / s:.0f} | {d['rows'] / s:.0f} | "
-              f"{d['cpu_s']:.1f} | {100 * d['cpu_s'] / s:.0f} |")  # fmt: skip
+        print(
+            f"| {phase} | {s:.0f} | {stmts} | {d['xacts'] / s:.0f} | {d['rows'] / s:.0f} | "
+            f"{d['cpu_s']:.1f} | {100 * d['cpu_s'] / s:.0f} |"
+        )
     after = mon.statement_calls()
     top = sorted(after, key=lambda q: after[q][0] - before.get(q, (0, 0))[0], reverse=True)[: args.top]
     for q in top:

@@ -107,9 +107,24 @@ def in_process(url: str, data_dir: Path, workdir: Path, name: str, trials: int, 
 
 def throughput(url: str, study_file: Path, workdir: Path, name: str, workers: int, trials: int) -> tuple[float, float]:
     """(trials/min between first start and last end, trials/min including process start-up)."""
-    cmd = [str(Path(sys.executable).with_name("stl-tune")), "run", "--study", str(study_file), "--name", name,
-           "--trials", str(trials), "--workers", str(workers), "--gpus", "none", "--storage", url,
-           "--artifacts", str(workdir / f"artifacts-{name}")]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).with_name("stl-tune")),
+        "run",
+        "--study",
+        str(study_file),
+        "--name",
+        name,
+        "--trials",
+        str(trials),
+        "--workers",
+        str(workers),
+        "--gpus",
+        "none",
+        "--storage",
+        url,
+        "--artifacts",
+        str(workdir / f"artifacts-{name}"),
+    ]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
     wall = time.perf_counter() - t
@@ -133,18 +148,26 @@ def main() -> None:
     data_dir = write_fake_stl10(workdir / "data", train_per_class=50, test_per_class=10)
     url = args.storage or f"sqlite:///{workdir}/bench.db"
     tag = str(time.time_ns())  # fresh study names on a reused server
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"optuna {optuna.__version__}, storage {mask_url(url).split('://')[0]}\n")  # fmt: skip
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"optuna {optuna.__version__}, storage {mask_url(url).split('://')[0]}\n"
+    )
 
     in_process(url, data_dir, workdir, f"warm-{tag}", 1, 1, "none")  # loads and caches the data once
-    runs = {p: in_process(url, data_dir, workdir, f"{p}-{tag}", args.trials, args.epochs, p) for p in ("none", "median")}
+    runs = {
+        p: in_process(url, data_dir, workdir, f"{p}-{tag}", args.trials, args.epochs, p) for p in ("none", "median")
+    }
 
-    print("| pruner | trials (pruned) | epochs trained | best val acc | train ms/trial | overhead ms/trial | of which per epoch (report, attrs, checkpoint) |")
+    print(
+        "| pruner | trials (pruned) | epochs trained | best val acc | train ms/trial | overhead ms/trial | of which per epoch (report, attrs, checkpoint) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for p, r in runs.items():
         share = r["overhead_ms"] / (r["overhead_ms"] + r["train_ms"])
-        print(f"| {p} | {r['trials']} ({r['pruned']}) | {r['epochs']} | {r['best']:.4f} | {r['train_ms']:.0f} | "
-              f"{r['overhead_ms']:.0f} ({share:.0%}) | {r['epoch_overhead_ms']:.1f} ms x epochs |")  # fmt: skip
+        print(
+            f"| {p} | {r['trials']} ({r['pruned']}) | {r['epochs']} | {r['best']:.4f} | {r['train_ms']:.0f} | "
+            f"{r['overhead_ms']:.0f} ({share:.0%}) | {r['epoch_overhead_ms']:.1f} ms x epochs |"
+        )
     saved = 1 - runs["median"]["epochs"] / runs["none"]["epochs"]
     print(f"\nepochs saved by the median pruner: {saved:.0%}\n")
 

@@ -92,11 +92,15 @@ def write_fashion(root: Path, per_class: int) -> Path:
     done = root / "DONE"
     if done.is_file():
         return root
-    files = {name: FASHION_DIR / f"{name}-ubyte.gz" for name in
-             ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")}  # fmt: skip
+    files = {
+        name: FASHION_DIR / f"{name}-ubyte.gz"
+        for name in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
+    }
     missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:
-        raise SystemExit(f"Fashion-MNIST is not installed ({missing[0]} missing): apt-get install -y dataset-fashion-mnist")
+        raise SystemExit(
+            f"Fashion-MNIST is not installed ({missing[0]} missing): apt-get install -y dataset-fashion-mnist"
+        )
     import numpy as np
     from PIL import Image
 
@@ -183,15 +187,23 @@ class Method:
 
 def _seed_method() -> Method:
     seed = seed_file()
-    return Method("studies/seed.yaml, scaled; the known recipe as trial 0", dict(seed["sampler"]),
-                  dict(seed["pruner"]), seed.get("objective", "best_val_acc"), warm_start=True)  # fmt: skip
+    return Method(
+        "studies/seed.yaml, scaled; the known recipe as trial 0",
+        dict(seed["sampler"]),
+        dict(seed["pruner"]),
+        seed.get("objective", "best_val_acc"),
+        warm_start=True,
+    )
 
 
 def _seed_rungs() -> dict[str, Any]:
     """seed.yaml's successive-halving rungs, for the peers that prune at the same ones."""
     p = seed_file()["pruner"]
-    return {"name": "successive_halving", "min_resource": p.get("min_resource", 1),
-            "reduction_factor": p.get("reduction_factor", 4)}  # fmt: skip
+    return {
+        "name": "successive_halving",
+        "min_resource": p.get("min_resource", 1),
+        "reduction_factor": p.get("reduction_factor", 4),
+    }
 
 
 # TPESampler's and MedianPruner's own defaults: the study-file options stl-tune fills in for TPE
@@ -199,26 +211,47 @@ def _seed_rungs() -> dict[str, Any]:
 OPTUNA_TPE = {"name": "tpe", "multivariate": False, "group": False, "constant_liar": False}
 METHODS = {
     "stl-tune": _seed_method,
-    "random+asha": lambda: Method("random sampling + successive halving at seed.yaml's rungs (Ray Tune's usual)",
-                                  {"name": "random"}, _seed_rungs(), "val_acc", warm_start=False),
-    "optuna-default": lambda: Method("TPESampler() + MedianPruner(), Optuna's defaults",
-                                     dict(OPTUNA_TPE), {"name": "median"}, "val_acc", warm_start=False),
-    "random": lambda: Method("random sampling, no pruning", {"name": "random"}, {"name": "none"}, "val_acc",
-                             warm_start=False),
-    "tpe+asha": lambda: Method("candidate: seed.yaml's TPE and rungs, no warm start, the last epoch's accuracy",
-                               dict(seed_file()["sampler"]), _seed_rungs(), "val_acc", warm_start=False),
+    "random+asha": lambda: Method(
+        "random sampling + successive halving at seed.yaml's rungs (Ray Tune's usual)",
+        {"name": "random"},
+        _seed_rungs(),
+        "val_acc",
+        warm_start=False,
+    ),
+    "optuna-default": lambda: Method(
+        "TPESampler() + MedianPruner(), Optuna's defaults",
+        dict(OPTUNA_TPE),
+        {"name": "median"},
+        "val_acc",
+        warm_start=False,
+    ),
+    "random": lambda: Method(
+        "random sampling, no pruning", {"name": "random"}, {"name": "none"}, "val_acc", warm_start=False
+    ),
+    "tpe+asha": lambda: Method(
+        "candidate: seed.yaml's TPE and rungs, no warm start, the last epoch's accuracy",
+        dict(seed_file()["sampler"]),
+        _seed_rungs(),
+        "val_acc",
+        warm_start=False,
+    ),
     # Where curves separate: over the 108 complete 15-epoch trials of the first 20 Fashion-MNIST
     # searches, the rank correlation of an epoch's validation accuracy with the last-5 mean was
     # 0.77 at epoch 2 (seed.yaml's first rung, 30 of 200) and 0.92 at epoch 4 (50 of 200).
-    "rung50": lambda: dataclasses.replace(_seed_method(), label="candidate: as stl-tune, first rung at 50 of 200 epochs",
-                                          pruner={**seed_file()["pruner"], "min_resource": 50}),
-}  # fmt: skip
+    "rung50": lambda: dataclasses.replace(
+        _seed_method(),
+        label="candidate: as stl-tune, first rung at 50 of 200 epochs",
+        pruner={**seed_file()["pruner"], "min_resource": 50},
+    ),
+}
 
 
 def study_dict(name: str, base: dict[str, Any], m: Method, sampler_seed: int) -> dict[str, Any]:
     epochs = base["fixed"]["optim"]["epochs"]
-    pruner = {k: scaled_epochs(v, epochs) if k in ("min_resource", "max_resource") and isinstance(v, int) else v
-              for k, v in m.pruner.items()}  # fmt: skip
+    pruner = {
+        k: scaled_epochs(v, epochs) if k in ("min_resource", "max_resource") and isinstance(v, int) else v
+        for k, v in m.pruner.items()
+    }
     return {
         "name": name,
         "objective": m.objective,
@@ -266,12 +299,26 @@ def run_search(workdir: Path, url: str, key: str, base: dict, sampler_seed: int,
     if m.warm_start:  # enqueue_known_recipe would queue the STL-10 defaults, outside this scaled space
         warmstart.enqueue(study, spec, scaled_recipe(base), "the known recipe, scaled")
     study.set_user_attr(N_TRIALS_ATTR, NO_TRIAL_LIMIT)
-    cmd = [STL_TUNE, "worker", "--name", name, "--storage", url, "--gpus", "none", "--workers", "1",
-           "--artifacts", str(workdir / f"artifacts-{name}")]  # fmt: skip
+    cmd = [
+        STL_TUNE,
+        "worker",
+        "--name",
+        name,
+        "--storage",
+        url,
+        "--gpus",
+        "none",
+        "--workers",
+        "1",
+        "--artifacts",
+        str(workdir / f"artifacts-{name}"),
+    ]
     t0 = time.perf_counter()
     logs = [open(workdir / f"{name}-worker{i}.log", "a") for i in range(WORKERS)]
-    procs = [subprocess.Popen([*cmd, "--worker-index", str(i)], stdout=log, stderr=subprocess.STDOUT, env=ENV)
-             for i, log in enumerate(logs)]  # fmt: skip
+    procs = [
+        subprocess.Popen([*cmd, "--worker-index", str(i)], stdout=log, stderr=subprocess.STDOUT, env=ENV)
+        for i, log in enumerate(logs)
+    ]
     shown = t0
     while any(proc.poll() is None for proc in procs):
         time.sleep(1)  # the budget is overshot by at most a second of epochs; the wall time is right to a second
@@ -281,8 +328,10 @@ def run_search(workdir: Path, url: str, key: str, base: dict, sampler_seed: int,
         if time.perf_counter() - shown >= 60:
             shown = time.perf_counter()
             r = tally(study, key, sampler_seed)
-            print(f"  {name}: {r.trials} finished ({r.pruned} pruned), {spent}/{budget} epochs, "
-                  f"{shown - t0:.0f} s", flush=True)  # fmt: skip
+            print(
+                f"  {name}: {r.trials} finished ({r.pruned} pruned), {spent}/{budget} epochs, {shown - t0:.0f} s",
+                flush=True,
+            )
     for log in logs:
         log.close()
     for i, proc in enumerate(procs):
@@ -298,10 +347,16 @@ def run_search(workdir: Path, url: str, key: str, base: dict, sampler_seed: int,
 
 def tally(study: optuna.Study, key: str, sampler_seed: int) -> Result:
     trials = study.get_trials(deepcopy=False)
-    done = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
-                  key=lambda t: t.datetime_complete)  # fmt: skip
-    r = Result(key, sampler_seed, trials=len(done), pruned=sum(t.state == TrialState.PRUNED for t in done),
-               epochs=sum(t.user_attrs.get(EPOCHS_RUN_ATTR) or 0 for t in trials))  # fmt: skip
+    done = sorted(
+        (t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)), key=lambda t: t.datetime_complete
+    )
+    r = Result(
+        key,
+        sampler_seed,
+        trials=len(done),
+        pruned=sum(t.state == TrialState.PRUNED for t in done),
+        epochs=sum(t.user_attrs.get(EPOCHS_RUN_ATTR) or 0 for t in trials),
+    )
     spent, best = 0, None
     for t in done:
         spent += t.user_attrs.get(EPOCHS_RUN_ATTR) or 0
@@ -322,7 +377,9 @@ def export(workdir: Path, url: str, r: Result) -> Path:
 def cli(*args: str) -> None:
     proc = subprocess.run([STL_TUNE, *args], capture_output=True, text=True, env=ENV)
     if proc.returncode:
-        raise SystemExit(f"stl-tune {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        raise SystemExit(
+            f"stl-tune {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
 
 
 def final_training(cfg_file: Path, out: Path, seeds: str) -> tuple[list[float], float]:
@@ -333,14 +390,18 @@ def final_training(cfg_file: Path, out: Path, seeds: str) -> tuple[list[float], 
     runs = json.loads(summary.read_text())["runs"] if summary.is_file() else []
     want = config.to_dict(config.load(cfg_file))
     same = [r["seed"] for r in runs] == [int(x) for x in seeds.split(",")] and all(
-        {**config.to_dict(config.load(out / r["dir"] / "config.yaml")), "seed": want["seed"]} == want for r in runs)
+        {**config.to_dict(config.load(out / r["dir"] / "config.yaml")), "seed": want["seed"]} == want for r in runs
+    )
     if not same:
         cli("train", "--config", str(cfg_file), "--out", str(out), "--seeds", seeds)
         runs = json.loads(summary.read_text())["runs"]
     accs = [run["test_acc"] for run in runs]
     seconds = sum(json.loads((out / run["dir"] / "metrics.json").read_text())["seconds"] for run in runs)
-    print(f"  {out.name}: test {', '.join(f'{100 * a:.1f} %' for a in accs)}, {seconds:.0f} s of training"
-          f"{' (trained by an earlier call)' if same else ''}", flush=True)  # fmt: skip
+    print(
+        f"  {out.name}: test {', '.join(f'{100 * a:.1f} %' for a in accs)}, {seconds:.0f} s of training"
+        f"{' (trained by an earlier call)' if same else ''}",
+        flush=True,
+    )
     return accs, seconds
 
 
@@ -361,9 +422,11 @@ def plan_line(searches: int, finals: int, final_epochs: int, budget: int, epoch_
     cost is close to the recipe's at this scale), final trainings on train+val two at a time."""
     search_s = searches * budget * epoch_s / WORKERS * 1.1  # +10 %: start-up, validation, the budget's overshoot
     final_s = finals * final_epochs * epoch_s / (1 - val_fraction) / WORKERS
-    return (f"plan: {searches} searches of {budget} epochs and {finals} final trainings of {final_epochs} epochs "
-            f"to run; a recipe epoch takes {epoch_s:.1f} s on one core here, so about "
-            f"{(search_s + final_s) / 60:.0f} min")  # fmt: skip
+    return (
+        f"plan: {searches} searches of {budget} epochs and {finals} final trainings of {final_epochs} epochs "
+        f"to run; a recipe epoch takes {epoch_s:.1f} s on one core here, so about "
+        f"{(search_s + final_s) / 60:.0f} min"
+    )
 
 
 # -------------------------------------------------------------------------------------- the table
@@ -386,9 +449,11 @@ def versus(a: list[float], b: list[float]) -> str:
 
 
 def table(results: dict[str, list[Result]], untuned: tuple[list[float], float]) -> str:
-    rows = ["| method | test acc % (mean ± std) | each repeat | vs stl-tune (points ± se, U-test p) "
-            "| trials (pruned) | epochs | search wall min | final training min |",
-            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        "| method | test acc % (mean ± std) | each repeat | vs stl-tune (points ± se, U-test p) "
+        "| trials (pruned) | epochs | search wall min | final training min |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     ours = [r.test_acc for r in results.get("stl-tune", []) if r.test_acc is not None]
     for key, rs in results.items():
         accs = [r.test_acc for r in rs if r.test_acc is not None]
@@ -400,9 +465,11 @@ def table(results: dict[str, list[Result]], untuned: tuple[list[float], float]) 
             f"| {mean_std([r.final_s for r in rs], 1 / 60)} |"
         )
     accs, seconds = untuned
-    rows.append(f"| untuned recipe at this scale, {len(accs)} training seeds, no search | {mean_std(accs, 100)} "
-                f"| {', '.join(f'{100 * a:.1f}' for a in accs)} | {versus(accs, ours)} | - | - | - "
-                f"| {seconds / 60 / max(1, len(accs)):.1f} per seed |")  # fmt: skip
+    rows.append(
+        f"| untuned recipe at this scale, {len(accs)} training seeds, no search | {mean_std(accs, 100)} "
+        f"| {', '.join(f'{100 * a:.1f}' for a in accs)} | {versus(accs, ours)} | - | - | - "
+        f"| {seconds / 60 / max(1, len(accs)):.1f} per seed |"
+    )
     return "\n".join(rows)
 
 
@@ -423,8 +490,7 @@ def plot(results: dict[str, list[Result]], budget: int, path: Path, title: str) 
             means.append(100 * statistics.mean(found) if len(found) == len(rs) else math.nan)
         ax.plot(grid, means, label=f"{key} ({len(rs)} repeats)")
     ax.axvline(budget, color="grey", linestyle=":", label=f"budget ({budget} epochs)")
-    ax.set(xlabel="epochs spent (by finished trials)", ylabel="best validation accuracy found, % (mean)",
-           title=title)  # fmt: skip
+    ax.set(xlabel="epochs spent (by finished trials)", ylabel="best validation accuracy found, % (mean)", title=title)
     ax.legend(loc="lower right", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -455,7 +521,9 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, help="Fashion-MNIST training images per class [200; quick: 30]")
     ap.add_argument("--data", type=Path, default=ROOT / "data", help="folder of the written datasets")
     ap.add_argument("--workdir", type=Path, help="studies, logs and runs [a new temporary folder]")
-    ap.add_argument("--plot", type=Path, help="the plot's PNG [docs/search_quality_<dataset>.png; quick: in the workdir]")
+    ap.add_argument(
+        "--plot", type=Path, help="the plot's PNG [docs/search_quality_<dataset>.png; quick: in the workdir]"
+    )
     args = ap.parse_args()
     repeats = args.repeats or (1 if args.quick else 5)
     # 12: all six methods x 5 repeats in about 2 h on the 2-core VM (at 15, four took 3.1 h, 2026-12-02)
@@ -476,13 +544,17 @@ def main() -> None:
     settings = {"dataset": args.dataset, "data": str(data_dir), "epochs": epochs, "budget": budget}
     saved_settings = workdir / "settings.json"
     if saved_settings.is_file() and json.loads(saved_settings.read_text()) != settings:
-        raise SystemExit(f"{workdir} holds a benchmark with other settings ({saved_settings.read_text().strip()}); "
-                         "use another --workdir")  # fmt: skip
+        raise SystemExit(
+            f"{workdir} holds a benchmark with other settings ({saved_settings.read_text().strip()}); "
+            "use another --workdir"
+        )
     saved_settings.write_text(json.dumps(settings))
     base = scaled_study(data_dir, size, epochs)
     url = f"sqlite:///{workdir}/search.db"
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"optuna {optuna.__version__}; data {data_dir}; work in {workdir}")  # fmt: skip
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"optuna {optuna.__version__}; data {data_dir}; work in {workdir}"
+    )
     print(f"command: python {' '.join(sys.argv)}; started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     recipe = workdir / "recipe.yaml"
     untuned_cfg = scaled_recipe(base)
@@ -495,10 +567,15 @@ def main() -> None:
     todo = [n for n in names if n[2] not in done_before]
     finals = sum(not (workdir / f"final-{name}" / "summary.json").is_file() for *_, name in names)
     finals += 3 * (not (workdir / "final-untuned" / "summary.json").is_file())  # its 3 seeds
-    print(f"{len(keys)} methods x {repeats} repeats, trials of {epochs} epochs, {budget} epochs per search, "
-          f"{WORKERS} workers", flush=True)  # fmt: skip
-    print(plan_line(len(todo), finals, epochs, budget, epoch_seconds(scaled_recipe(base)), untuned_cfg.data.val_fraction),
-          flush=True)  # fmt: skip
+    print(
+        f"{len(keys)} methods x {repeats} repeats, trials of {epochs} epochs, {budget} epochs per search, "
+        f"{WORKERS} workers",
+        flush=True,
+    )
+    print(
+        plan_line(len(todo), finals, epochs, budget, epoch_seconds(scaled_recipe(base)), untuned_cfg.data.val_fraction),
+        flush=True,
+    )
 
     t_all = time.perf_counter()
     results: dict[str, list[Result]] = {k: [] for k in keys}
@@ -508,16 +585,22 @@ def main() -> None:
             continue
         print(f"{name} at {time.strftime('%H:%M:%S')}: {METHODS[key]().label}", flush=True)
         r = run_search(workdir, url, key, base, 10 * rep, budget)  # worker k samples with seed + k
-        print(f"  done in {r.search_s:.0f} s: {r.trials} trials ({r.pruned} pruned), {r.epochs} epochs; "
-              f"best trial {r.best_trial} ({r.best_value:.4f})", flush=True)  # fmt: skip
+        print(
+            f"  done in {r.search_s:.0f} s: {r.trials} trials ({r.pruned} pruned), {r.epochs} epochs; "
+            f"best trial {r.best_trial} ({r.best_value:.4f})",
+            flush=True,
+        )
         results[key].append(r)
         done_before[name] = dataclasses.asdict(r)
         saved.write_text(json.dumps(done_before, indent=1))
 
     # Final trainings, two at a time (one core each): the untuned recipe's seeds and every export.
     jobs = [(None, recipe, workdir / "final-untuned", "0,1,2")]
-    jobs += [(r, export(workdir, url, r), workdir / f"final-{r.method}-seed{r.sampler_seed}", "0")
-             for rs in results.values() for r in rs]  # fmt: skip
+    jobs += [
+        (r, export(workdir, url, r), workdir / f"final-{r.method}-seed{r.sampler_seed}", "0")
+        for rs in results.values()
+        for r in rs
+    ]
     print(f"final training: {len(jobs)} runs, 2 at a time", flush=True)
     with ThreadPoolExecutor(WORKERS) as pool:
         done = list(pool.map(lambda job: final_training(*job[1:]), jobs))
@@ -529,9 +612,16 @@ def main() -> None:
     png = args.plot or (workdir if args.quick else ROOT / "docs") / f"search_quality_{args.dataset}.png"
     plot(results, budget, png, f"{args.dataset}: {repeats} repeats, {budget} epochs per search")
     print(f"\nplot: {png}")
-    (workdir / "results.json").write_text(json.dumps(
-        {"settings": settings, "untuned": untuned, "searches": {k: [dataclasses.asdict(r) for r in rs] for k, rs in results.items()}},
-        indent=1))  # fmt: skip
+    (workdir / "results.json").write_text(
+        json.dumps(
+            {
+                "settings": settings,
+                "untuned": untuned,
+                "searches": {k: [dataclasses.asdict(r) for r in rs] for k, rs in results.items()},
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

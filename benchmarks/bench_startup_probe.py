@@ -31,9 +31,17 @@ def main() -> None:
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         cost = trial_cost(cfg, args.train_images, threads=args.threads)
-        print(json.dumps({"figure": "probe", "wall_s": round(time.perf_counter() - t0, 2),
-                          "step_s": round(cost.step_s, 2), "eval_s": round(cost.eval_s, 1),
-                          "trial_days": round(cost.seconds / 86400, 2)}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "figure": "probe",
+                    "wall_s": round(time.perf_counter() - t0, 2),
+                    "step_s": round(cost.step_s, 2),
+                    "eval_s": round(cost.eval_s, 1),
+                    "trial_days": round(cost.seconds / 86400, 2),
+                }
+            )
+        )
 
     torch.set_num_threads(args.threads)
     model = build_model(cfg.model, 10)
@@ -46,8 +54,16 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        print(json.dumps({"figure": "timed full step", "batch": batch, "warm": i > 0,
-                          "step_s": round(time.perf_counter() - t0, 2)}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "figure": "timed full step",
+                    "batch": batch,
+                    "warm": i > 0,
+                    "step_s": round(time.perf_counter() - t0, 2),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -113,9 +113,13 @@ def reference_transform(a: C.AugmentConfig, size: int) -> v2.Compose:
 
 
 def reference(
-    cfg: C.TrainConfig, device: torch.device, workers: int, amp: bool, epochs: int,
+    cfg: C.TrainConfig,
+    device: torch.device,
+    workers: int,
+    amp: bool,
+    epochs: int,
     on_epoch_end: Callable[[int], None] = lambda epoch: None,
-) -> list[float]:  # fmt: skip
+) -> list[float]:
     """Seconds per epoch (training + evaluation) of the plain loop; amp: bf16 autocast,
     channels_last and fused AdamW."""
     torch.manual_seed(cfg.seed)
@@ -127,12 +131,22 @@ def reference(
 
     def loader(x, y, transform, batch, shuffle):
         return DataLoader(
-            PerImage(x, y, transform), batch_size=batch, shuffle=shuffle, drop_last=shuffle,
-            num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        )  # fmt: skip
+            PerImage(x, y, transform),
+            batch_size=batch,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
 
-    train_loader = loader(data.train_x, data.train_y, reference_transform(cfg.augment, cfg.data.image_size),
-                          cfg.optim.batch_size, shuffle=True)  # fmt: skip
+    train_loader = loader(
+        data.train_x,
+        data.train_y,
+        reference_transform(cfg.augment, cfg.data.image_size),
+        cfg.optim.batch_size,
+        shuffle=True,
+    )
     val_loader = loader(data.val_x, data.val_y, v2.ToDtype(torch.float32, scale=True), cfg.eval.batch_size, False)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     seconds = []
@@ -252,7 +266,9 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=DEFAULT.data.image_size, help="pixels per side")
     p.add_argument("--images", type=int, default=4500, help="training images per epoch (plus 1/9 as many validated)")
     p.add_argument("--epochs", type=int, default=2, help="steady epochs timed per loop and phase, after 1 warm-up")
-    p.add_argument("--peak-tflops", type=float, default=790.0, help="bf16 peak, TFLOP/s (an H200's measured matmul: 790)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=790.0, help="bf16 peak, TFLOP/s (an H200's measured matmul: 790)"
+    )
     # CPU: 0, since the same few cores run the model and workers would only take threads from it;
     # CUDA: 8 per GPU, the common recipe (the H200 machine has 16 cores).
     p.add_argument("--workers", type=int, default=None, help="reference DataLoader workers (cpu 0, cuda 8)")
@@ -261,15 +277,22 @@ def main() -> None:
     # 6.7 ms on 2, under a load average of 8 on 2 cores).
     p.add_argument("--threads", type=int, default=None, help="torch threads for both loops (default: torch's)")
     p.add_argument("--no-counts", action="store_true", help="skip the launch and sync counting runs")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config overrides; the references read model, augment, optim and eval from the same config")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides; the references read model, augment, optim and eval from the same config",
+    )
     args = p.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1) if cuda else 0)
-    hardware = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores"
+    hardware = (
+        torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores"
+    )
     figures: list[dict] = []
 
     def emit(row: str, figure: str, value: float | None, unit: str, note: str = "") -> None:
@@ -280,20 +303,43 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         write_fake_stl10(tmp, train_per_class=math.ceil(args.images / 9), test_per_class=1)
-        cfg = C.from_dict(None, {
-            "data.dir": tmp, "data.image_size": args.image_size, "model.width": args.width,
-            "optim.batch_size": args.batch_size, "runtime.device": args.device, **C.parse_overrides(args.set),
-        })  # fmt: skip
+        cfg = C.from_dict(
+            None,
+            {
+                "data.dir": tmp,
+                "data.image_size": args.image_size,
+                "model.width": args.width,
+                "optim.batch_size": args.batch_size,
+                "runtime.device": args.device,
+                **C.parse_overrides(args.set),
+            },
+        )
         data = load_data(cfg.data, cfg.seed, "cpu")
         n, steps = len(data.train_y), len(data.train_y) // cfg.optim.batch_size
         flops = flops_per_image(cfg)
-        print(json.dumps({
-            "date": time.strftime("%Y-%m-%d"), "hardware": hardware, "torch": torch.__version__,
-            "device": args.device, "torch_threads": torch.get_num_threads(), "reference_workers": workers,
-            "width": cfg.model.width, "blocks": cfg.model.blocks, "se": cfg.model.se, "image_size": cfg.data.image_size,
-            "batch_size": cfg.optim.batch_size, "train_images": n, "val_images": len(data.val_y), "steps_per_epoch": steps,
-            "gflop_per_train_image": round(flops / 1e9, 3), "command": " ".join(sys.argv),
-        }), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "date": time.strftime("%Y-%m-%d"),
+                    "hardware": hardware,
+                    "torch": torch.__version__,
+                    "device": args.device,
+                    "torch_threads": torch.get_num_threads(),
+                    "reference_workers": workers,
+                    "width": cfg.model.width,
+                    "blocks": cfg.model.blocks,
+                    "se": cfg.model.se,
+                    "image_size": cfg.data.image_size,
+                    "batch_size": cfg.optim.batch_size,
+                    "train_images": n,
+                    "val_images": len(data.val_y),
+                    "steps_per_epoch": steps,
+                    "gflop_per_train_image": round(flops / 1e9, 3),
+                    "command": " ".join(sys.argv),
+                }
+            ),
+            flush=True,
+        )
 
         def report(row: str, first: float, steady: float, projection_s: float, peak_mem: float | None) -> float:
             rate = n / steady
@@ -332,9 +378,13 @@ def main() -> None:
             counted(row, None if args.no_counts else count_reference(cfg, device, workers, amp), steps)
 
         peak_reset()
-        timed = C.from_dict(C.to_dict(cfg), {
-            "optim.epochs": 1 + 2 * args.epochs, "augment.mix_epochs": 1 + args.epochs,
-        })  # fmt: skip
+        timed = C.from_dict(
+            C.to_dict(cfg),
+            {
+                "optim.epochs": 1 + 2 * args.epochs,
+                "augment.mix_epochs": 1 + args.epochs,
+            },
+        )
         result = train(timed)
         seconds = [h["seconds"] for h in result.history]
         mixing, plain = mean(seconds[1 : 1 + args.epochs]), mean(seconds[1 + args.epochs :])
@@ -358,7 +408,11 @@ def markdown(figures: list[dict]) -> str:
     lines = ["| loop | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for r in rows:
         cells = [value.get((r, c)) for c in cols]
-        lines.append(f"| {r} | " + " | ".join("" if v is None else f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" for v in cells) + " |")
+        lines.append(
+            f"| {r} | "
+            + " | ".join("" if v is None else f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" for v in cells)
+            + " |"
+        )
     return "\n".join(lines)
 
 

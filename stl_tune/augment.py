@@ -135,10 +135,12 @@ def _kernels(device: torch.device, magnitude: int, h: int, w: int) -> tuple[Call
     """
     geometric = [(2 * OPS.index(name) + neg, name, neg) for name in _GEOMETRIC for neg in (0, 1)]
     probe = torch.arange(1, h * w + 1, dtype=torch.float32).view(1, 1, h, w)  # exact in float32
-    maps = torch.stack([
-        _apply_one(probe, name, _magnitude(name, magnitude, bool(neg), h, w)).flatten().long() - 1
-        for _, name, neg in geometric
-    ])  # fmt: skip
+    maps = torch.stack(
+        [
+            _apply_one(probe, name, _magnitude(name, magnitude, bool(neg), h, w)).flatten().long() - 1
+            for _, name, neg in geometric
+        ]
+    )
     maps = maps.where(maps >= 0, h * w).to(device)  # pixel number 0 = outside the image: the zero column
     a, b = 1.0 / 13.0, 5.0 / 13.0  # as adjust_sharpness_image
     smooth = torch.tensor([[a, a, a], [a, b, a], [a, a, a]]).expand(3, 1, 3, 3).to(device)

@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 import yaml
 
-
 from stl_tune.errors import UserError
 
 
@@ -294,9 +293,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.data.val_fraction <= 0 and not cfg.data.train_on_val:
         raise ConfigError("data.val_fraction must be > 0 unless data.train_on_val is true")
     device = cfg.runtime.device
-    if device not in ("auto", "cpu", "cuda") and not (
-        device.startswith("cuda:") and device[5:].isdigit()
-    ):
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise ConfigError(f"runtime.device must be auto, cpu, cuda or cuda:N, got {device!r}")
     return cfg
 
@@ -340,4 +337,3 @@ def dump(cfg: TrainConfig, path: str | Path | None = None, header: str = "") -> 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text)
     return text
-

@@ -190,8 +190,11 @@ def image_suffixes() -> frozenset[str]:
     """Lower-case file extensions of every image format PIL can open: not the save-only ones (PDF),
     nor stubs that need a handler installed (HDF5, GRIB, BUFR, WMF)."""
     Image.init()  # registers every plugin, not only the few PIL preloads
-    readable = {fmt for fmt, (cls, _) in Image.OPEN.items()
-                if not (isinstance(cls, type) and issubclass(cls, ImageFile.StubImageFile))}  # JPEG: a factory
+    readable = {
+        fmt
+        for fmt, (cls, _) in Image.OPEN.items()
+        if not (isinstance(cls, type) and issubclass(cls, ImageFile.StubImageFile))
+    }  # JPEG: a factory
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in readable)
 
 
@@ -212,8 +215,10 @@ def _found_source(root: Path) -> str:
             return "folder"
     loose = sum(1 for f in root.iterdir() if f.is_file() and f.suffix.lower() in image_suffixes())
     if loose:
-        raise DataError(f"{root}: {loose:,} images but no class sub-folders: a folder dataset holds "
-                        f"{root}/<class name>/<image files>, one sub-folder per class")  # fmt: skip
+        raise DataError(
+            f"{root}: {loose:,} images but no class sub-folders: a folder dataset holds "
+            f"{root}/<class name>/<image files>, one sub-folder per class"
+        )
     return "stl10"
 
 
@@ -235,8 +240,10 @@ def _listing(d: Path) -> Listing:
     names the folder, and the extensions it holds when they are none PIL reads)."""
     class_dirs = _subfolders(d)
     if len(class_dirs) < 2:
-        raise DataError(f"{d}: a classifier needs at least 2 class sub-folders "
-                        f"({d}/<class name>/<image files>), found {len(class_dirs)}")
+        raise DataError(
+            f"{d}: a classifier needs at least 2 class sub-folders "
+            f"({d}/<class name>/<image files>), found {len(class_dirs)}"
+        )
     files, skipped = {}, []
     for c in class_dirs:
         entries = sorted(f for f in c.iterdir() if f.is_file())
@@ -248,8 +255,10 @@ def _listing(d: Path) -> Listing:
             if not kinds:
                 raise DataError(f"{c}: empty class folder, no images")
             found = ", ".join(f"{n:,} {kind}" for kind, n in kinds.most_common(3))
-            raise DataError(f"{c}: no image file PIL can read, its files are {found}: convert them to PNG or "
-                            f"JPEG (ImageMagick: mogrify -format png *{kinds.most_common(1)[0][0]})")  # fmt: skip
+            raise DataError(
+                f"{c}: no image file PIL can read, its files are {found}: convert them to PNG or "
+                f"JPEG (ImageMagick: mogrify -format png *{kinds.most_common(1)[0][0]})"
+            )
     return Listing(files, skipped)
 
 
@@ -275,8 +284,10 @@ def folder_splits(root: str | Path) -> dict[str, Path]:
     layout = "the split layout holds train/<class>/ and test/<class>/ (val/<class>/ optional) and nothing else"
     if "train" not in found or "test" not in found:
         missing = " or ".join(f"{s}/" for s in ("train", "test") if s not in found)
-        raise DataError(f"{root}: ambiguous folder tree, {'/, '.join(found)}/ but no {missing}: {layout}; "
-                        "the class layout (<class>/) cannot have a class named train, val or test")
+        raise DataError(
+            f"{root}: ambiguous folder tree, {'/, '.join(found)}/ but no {missing}: {layout}; "
+            "the class layout (<class>/) cannot have a class named train, val or test"
+        )
     if len(found) < len(names):
         others = ", ".join(f"{n}/" for n in names if n not in SPLITS)
         raise DataError(f"{root}: ambiguous folder tree, train/ and test/ beside {others}: {layout}")
@@ -285,8 +296,11 @@ def folder_splits(root: str | Path) -> dict[str, Path]:
     for s in found[1:]:
         lacks, extra = classes["train"] - classes[s], classes[s] - classes["train"]
         if lacks or extra:
-            parts = [f"{s}/ {what} {', '.join(map(repr, sorted(differ)))}"
-                     for what, differ in (("lacks", lacks), ("has extra", extra)) if differ]
+            parts = [
+                f"{s}/ {what} {', '.join(map(repr, sorted(differ)))}"
+                for what, differ in (("lacks", lacks), ("has extra", extra))
+                if differ
+            ]
             raise DataError(f"{root}: class folders differ between train/ and {s}/: {'; '.join(parts)}")
     return splits
 
@@ -359,7 +373,9 @@ def image_cache_dir() -> Path:
 
 def _cache_file(d: Path, listing: Listing, image_size: int) -> Path:
     where = hashlib.sha256(f"{d.resolve()}\0{image_size}".encode()).hexdigest()[:16]
-    stamps = [(c, f.name, st.st_size, st.st_mtime_ns) for c, fs in listing.files.items() for f in fs for st in [f.stat()]]
+    stamps = [
+        (c, f.name, st.st_size, st.st_mtime_ns) for c, fs in listing.files.items() for f in fs for st in [f.stat()]
+    ]
     what = hashlib.sha256(json.dumps([IMAGE_CACHE_VERSION, stamps]).encode()).hexdigest()[:16]
     return image_cache_dir() / f"{where}-{what}.pt"
 
@@ -460,8 +476,10 @@ def _labelled(cfg: DataConfig, split: str, images: bool = True) -> Labelled | No
         x, y, classes = None, _class_labels(files), tuple(files)
     if "all" in splits:  # the class layout: a fixed share of each class is the test split
         if cfg.test_fraction <= 0:
-            raise DataError(f"{cfg.dir}: data.test_fraction must be > 0 for a class-layout folder "
-                            "(<class>/): its test split is that share of each class")  # fmt: skip
+            raise DataError(
+                f"{cfg.dir}: data.test_fraction must be > 0 for a class-layout folder "
+                "(<class>/): its test split is that share of each class"
+            )
         rest, test = stratified_split(y, cfg.test_fraction, FOLDER_TEST_SEED)
         idx = test if split == "test" else rest
         x, y = (None if x is None else x[idx]), y[idx]
@@ -514,8 +532,10 @@ def describe(cfg: DataConfig) -> str:
             carved = "" if "val" in splits or cfg.train_on_val else "; val: carved from train/"
             layout = f"split layout ({' '.join(s + '/' for s in splits)}{carved})"
         skipped = [f for d in splits.values() for f in _listing(d).skipped]
-    line = (f"{resolved.source} {cfg.dir}: {layout}, {len(classes)} classes, "
-            f"{len(train):,} train / {len(val):,} val / {n_test:,} test images")
+    line = (
+        f"{resolved.source} {cfg.dir}: {layout}, {len(classes)} classes, "
+        f"{len(train):,} train / {len(val):,} val / {n_test:,} test images"
+    )
     return line + (f"; {skipped_note(skipped)}" if skipped else "")
 
 
@@ -605,9 +625,7 @@ def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(mean), tuple(std)
 
 
-def load_data(
-    cfg: DataConfig, seed: int, device: torch.device | str = "cpu", with_test: bool = False
-) -> Dataset:
+def load_data(cfg: DataConfig, seed: int, device: torch.device | str = "cpu", with_test: bool = False) -> Dataset:
     """The dataset of `cfg`, split into train/validation by `seed`, as uint8 tensors on `device`.
 
     Cached per process: a worker running many trials reads the files and copies them to the device
@@ -654,9 +672,16 @@ def _load(cfg_fields: tuple, seed: int, device: str, with_test: bool) -> Dataset
     images, labels = _on_device(_source(cfg), "labelled", device)
     test_x, test_y = _on_device(_source(cfg), "test", device) if with_test else (None, None)
     return Dataset(
-        images=images, labels=labels, train=train.to(device), val=val.to(device), test_x=test_x, test_y=test_y,
-        classes=list(classes), mean=mean, std=std,
-    )  # fmt: skip
+        images=images,
+        labels=labels,
+        train=train.to(device),
+        val=val.to(device),
+        test_x=test_x,
+        test_y=test_y,
+        classes=list(classes),
+        mean=mean,
+        std=std,
+    )
 
 
 def clear_cache() -> None:

@@ -79,8 +79,10 @@ def _unknown_classes(data_dir: str | Path, unknown: list[str], model_classes: li
     by_case = {c.casefold(): c for c in model_classes}
     renames = [f"{u!r} to {by_case[u.casefold()]!r}" for u in unknown if u.casefold() in by_case]
     hint = f"; names must match exactly, case included: rename {', '.join(renames)}" if renames else ""
-    return DataError(f"{data_dir}: class folders the model does not know: {', '.join(map(repr, unknown))}{hint} "
-                     f"(the model's {len(model_classes)} classes: {', '.join(model_classes)})")  # fmt: skip
+    return DataError(
+        f"{data_dir}: class folders the model does not know: {', '.join(map(repr, unknown))}{hint} "
+        f"(the model's {len(model_classes)} classes: {', '.join(model_classes)})"
+    )
 
 
 def evaluate(
@@ -98,11 +100,18 @@ def evaluate(
     s = score(model, x, y, device)
     present = set(folder_classes)
     return Evaluation(
-        model=str(model_path), data_dir=str(data_dir), layout=layout, scored=scored, images=len(y),
-        accuracy=s.accuracy, tta=model.config.eval.tta, classes=list(model.classes),
+        model=str(model_path),
+        data_dir=str(data_dir),
+        layout=layout,
+        scored=scored,
+        images=len(y),
+        accuracy=s.accuracy,
+        tta=model.config.eval.tta,
+        classes=list(model.classes),
         per_class_acc=[a if c in present else None for c, a in zip(model.classes, s.per_class_acc)],
-        confusion=s.confusion, missing=[c for c in model.classes if c not in present],
-    )  # fmt: skip
+        confusion=s.confusion,
+        missing=[c for c in model.classes if c not in present],
+    )
 
 
 def write_evaluation(out: Path, ev: Evaluation) -> list[Path]:
@@ -135,8 +144,15 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     if n <= 40:  # beyond that the numbers no longer fit their cells
         for i, j in np.ndindex(n, n):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 0.5 else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if share[i, j] > 0.5 else "black",
+            )
     fig.colorbar(image, ax=ax, label="share of the true class", shrink=0.8)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -55,8 +55,9 @@ def finished_run(out: Path, cfg: C.TrainConfig) -> TrainResult | None:
             raise UserError(f"{out} holds a run whose config no longer loads ({e}); use a new --out") from None
         if changes:
             more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
-            raise UserError(f"{out} holds a run of another config ({'; '.join(changes[:3])}{more}): "
-                            "use a new --out for this one")  # fmt: skip
+            raise UserError(
+                f"{out} holds a run of another config ({'; '.join(changes[:3])}{more}): use a new --out for this one"
+            )
     try:
         result = TrainResult(**json.loads((out / "metrics.json").read_text()))
     except (OSError, ValueError, TypeError):  # none yet, or unreadable: the run is not finished
@@ -90,8 +91,17 @@ def save_model(path: Path, cfg: C.TrainConfig, classes: list[str], model: nn.Mod
     """The trained network alone: its weights (with the input mean/std, which are buffers of the
     model) and what rebuilds it, the resolved config and the class names, all tensors and plain
     values, so torch.load(path, weights_only=True) reads it."""
-    torch.save({"format": MODEL_FORMAT, "version": MODEL_VERSION, "kind": "model", "config": C.to_dict(cfg),
-                "classes": list(classes), "state_dict": model.state_dict()}, path)  # fmt: skip
+    torch.save(
+        {
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "kind": "model",
+            "config": C.to_dict(cfg),
+            "classes": list(classes),
+            "state_dict": model.state_dict(),
+        },
+        path,
+    )
 
 
 def save_ensemble(path: Path, members: list[Path]) -> None:
@@ -102,8 +112,15 @@ def save_ensemble(path: Path, members: list[Path]) -> None:
         raise UserError("an ensemble is made of single models, not of ensembles")
     if any(s["classes"] != saved[0]["classes"] for s in saved):
         raise UserError(f"the models of an ensemble must have the same classes: {', '.join(map(str, members))} differ")
-    torch.save({"format": MODEL_FORMAT, "version": MODEL_VERSION, "kind": "ensemble",
-                "members": [{k: s[k] for k in ("config", "classes", "state_dict")} for s in saved]}, path)  # fmt: skip
+    torch.save(
+        {
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "kind": "ensemble",
+            "members": [{k: s[k] for k in ("config", "classes", "state_dict")} for s in saved],
+        },
+        path,
+    )
 
 
 class Ensemble(nn.Module):
@@ -128,14 +145,19 @@ def _read(path: str | Path) -> dict:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not written by torch.save, truncated, or holding arbitrary objects
-        raise UserError(f"{path} is not an stl-tune model file ({type(e).__name__}); "
-                        "`stl-tune train` writes one as model.pt") from None  # fmt: skip
+        raise UserError(
+            f"{path} is not an stl-tune model file ({type(e).__name__}); `stl-tune train` writes one as model.pt"
+        ) from None
     if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
-        hint = " (a resume checkpoint: use the model.pt beside it)" if isinstance(saved, dict) and "ema" in saved else ""
+        hint = (
+            " (a resume checkpoint: use the model.pt beside it)" if isinstance(saved, dict) and "ema" in saved else ""
+        )
         raise UserError(f"{path} is not an stl-tune model file{hint}; `stl-tune train` writes one as model.pt")
     if saved.get("version") not in MODEL_VERSIONS:
-        raise UserError(f"{path} is an stl-tune model file of format version {saved.get('version')}; "
-                        f"this stl-tune reads versions {', '.join(map(str, MODEL_VERSIONS))}")  # fmt: skip
+        raise UserError(
+            f"{path} is an stl-tune model file of format version {saved.get('version')}; "
+            f"this stl-tune reads versions {', '.join(map(str, MODEL_VERSIONS))}"
+        )
     return saved
 
 
@@ -145,7 +167,9 @@ def _network(path: Path, saved: dict) -> nn.Module:
         cfg = C.from_dict(saved["config"])
         state = saved["state_dict"]
         # the input statistics are buffers in the weights: build with them, then load the rest
-        model = build_model(cfg.model, len(saved["classes"]), state["mean"].flatten().tolist(), state["std"].flatten().tolist())
+        model = build_model(
+            cfg.model, len(saved["classes"]), state["mean"].flatten().tolist(), state["std"].flatten().tolist()
+        )
         model.load_state_dict(state)
     except (KeyError, RuntimeError, ValueError, UserError):  # other keys or shapes than this model's
         raise UserError(f"{path} was written by another version of stl-tune: its weights do not fit") from None
@@ -178,15 +202,26 @@ def write_seed_summary(out: Path, results: dict[int, TrainResult], ensemble: dic
     """out/summary.json: each seed's status, folder and accuracies; the mean and sample standard
     deviation (n - 1) of the test accuracy over the seeds that finished (std None for fewer than
     two); and `ensemble`, the scores of the seeds' ensemble (see cli/train.py), or None."""
-    runs = [{"seed": seed, "dir": f"seed-{seed}", "status": r.status, "test_acc": r.test_acc,
-             "best_val_acc": r.best_val_acc, "epochs_run": r.epochs_run} for seed, r in results.items()]  # fmt: skip
+    runs = [
+        {
+            "seed": seed,
+            "dir": f"seed-{seed}",
+            "status": r.status,
+            "test_acc": r.test_acc,
+            "best_val_acc": r.best_val_acc,
+            "epochs_run": r.epochs_run,
+        }
+        for seed, r in results.items()
+    ]
     accs = [r["test_acc"] for r in runs if r["test_acc"] is not None]
     summary = {
-        "seeds": list(results), "runs": runs, "finished": len(accs),
+        "seeds": list(results),
+        "runs": runs,
+        "finished": len(accs),
         "test_acc_mean": statistics.fmean(accs) if accs else None,
         "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
         "ensemble": ensemble,
-    }  # fmt: skip
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

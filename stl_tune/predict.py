@@ -39,14 +39,19 @@ def image_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     skipped: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not any(
-                part.startswith(".") for part in f.relative_to(p).parts))  # fmt: skip
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
             images += [f for f in found if f.suffix.lower() in data.image_suffixes()]
             skipped += [f for f in found if f.suffix.lower() not in data.image_suffixes()]
         elif p.is_file():
             if p.suffix.lower() not in data.image_suffixes():
-                raise DataError(f"{p}: not an image file (PIL reads .png, .jpg, .tif, .webp, .bmp and more, "
-                                f"not {p.suffix or 'files without an extension'})")  # fmt: skip
+                raise DataError(
+                    f"{p}: not an image file (PIL reads .png, .jpg, .tif, .webp, .bmp and more, "
+                    f"not {p.suffix or 'files without an extension'})"
+                )
             images.append(p)
         else:
             raise DataError(f"not found: {p}")
@@ -68,9 +73,12 @@ def predict_images(
     probs = torch.softmax(predict_logits(model, x.to(device), model.config, device), dim=1).cpu()
     top = probs.topk(min(top_k, len(model.classes)), dim=1)
     return Predictions(
-        files=files, classes=[[model.classes[i] for i in row] for row in top.indices.tolist()],
-        probabilities=top.values.tolist(), skipped=skipped, tta=model.config.eval.tta,
-    )  # fmt: skip
+        files=files,
+        classes=[[model.classes[i] for i in row] for row in top.indices.tolist()],
+        probabilities=top.values.tolist(),
+        skipped=skipped,
+        tta=model.config.eval.tta,
+    )
 
 
 def write_csv(path: Path, p: Predictions) -> None:

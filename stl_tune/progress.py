@@ -54,10 +54,14 @@ class EpochProgress:
     ):
         self.then = then
         self.progress = Progress(
-            TextColumn("epoch"), MofNCompleteColumn(), BarColumn(),
-            TextColumn("loss {task.fields[loss]}  val {task.fields[acc]}"), TimeRemainingColumn(),
-            TextColumn("{task.fields[note]}"), console=console,
-        )  # fmt: skip
+            TextColumn("epoch"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("loss {task.fields[loss]}  val {task.fields[acc]}"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=console,
+        )
         self.task = self.progress.add_task("train", total=epochs, loss="-", acc="-", note="")
         self._started = False
 

@@ -30,13 +30,32 @@ from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune import report_runs
 from stl_tune.search import (
-    StudyError, best_confirmed, deadline, draw_parallel_coordinate, duration, experimental_ok,
-    parallel_coordinate_axes, ranked, tally, time_left, trials_since_best, write_export,
-)  # fmt: skip
+    StudyError,
+    best_confirmed,
+    deadline,
+    draw_parallel_coordinate,
+    duration,
+    experimental_ok,
+    parallel_coordinate_axes,
+    ranked,
+    tally,
+    time_left,
+    trials_since_best,
+    write_export,
+)
 from stl_tune.search.record import (
-    CONFIRMED_ATTR, COPIED_ATTR, DEVICE_ATTR, ENQUEUED_ATTR, EPOCHS_RUN_ATTR, KNOWN_RECIPE, N_TRIALS_ATTR,
-    PATIENCE_ATTR, PATIENCE_FROM_ATTR, SECONDS_ATTR, counts,
-)  # fmt: skip
+    CONFIRMED_ATTR,
+    COPIED_ATTR,
+    DEVICE_ATTR,
+    ENQUEUED_ATTR,
+    EPOCHS_RUN_ATTR,
+    KNOWN_RECIPE,
+    N_TRIALS_ATTR,
+    PATIENCE_ATTR,
+    PATIENCE_FROM_ATTR,
+    SECONDS_ATTR,
+    counts,
+)
 
 TOP_TRIALS = 10  # rows of the best-trials table, each with its config file
 LEGEND_MAX = 20  # trials named in a PNG's legend; more would hide the plot
@@ -138,7 +157,9 @@ def _parallel(study: optuna.Study):
         if trace.customdata is not None:  # a trial's line; its first point is the objective, in [0, 1]
             trace.update(line_color=to_hex(cmap(trace.y[0])), line_width=2, opacity=0.8)
         elif trace.marker.colorscale is not None:  # the colour bar
-            trace.marker.update(colorscale=[[i / (cmap.N - 1), to_hex(cmap(i))] for i in range(cmap.N)], reversescale=False)
+            trace.marker.update(
+                colorscale=[[i / (cmap.N - 1), to_hex(cmap(i))] for i in range(cmap.N)], reversescale=False
+            )
     fig.update_annotations(font={"size": FONT_PX, "color": "#222"})
     fig.update_xaxes(tickfont_size=FONT_PX + 1)
     lines = ax.collections[0]
@@ -174,12 +195,20 @@ def _plots(study: optuna.Study) -> Iterator[tuple]:
     no_params = None if any(t.params for t in complete) else "no complete trial has a searched parameter"
     plots = [  # (stem, title, why it is skipped or None, a function of the study to both versions)
         ("history", "Optimization history", need(1), _history),
-        ("intermediate", "Validation accuracy per epoch (dotted: pruned)", no_epochs,
-         lambda s: _curves(s, vis.plot_intermediate_values(s), mpl.plot_intermediate_values(s))),
-        ("importances", "Parameter importances", need(5) or same,
-         lambda s: (vis.plot_param_importances(s), mpl.plot_param_importances(s))),
+        (
+            "intermediate",
+            "Validation accuracy per epoch (dotted: pruned)",
+            no_epochs,
+            lambda s: _curves(s, vis.plot_intermediate_values(s), mpl.plot_intermediate_values(s)),
+        ),
+        (
+            "importances",
+            "Parameter importances",
+            need(5) or same,
+            lambda s: (vis.plot_param_importances(s), mpl.plot_param_importances(s)),
+        ),
         ("parallel", "Parallel coordinates (colour: validation accuracy)", need(2) or no_params, _parallel),
-    ]  # fmt: skip
+    ]
     for stem, title, skip, plot in plots:
         yield (stem, title, skip) if skip else (stem, title, *plot(study))
 
@@ -247,11 +276,15 @@ def _warm_start(study: optuna.Study, trials: list[FrozenTrial]) -> str:
     done = [t for t in recipe if t.state == TrialState.COMPLETE]  # a retry keeps the attr: the one that finished
     if done:
         rank = [t.number for t in ranking].index(done[0].number) + 1
-        said.append(f"trial {done[0].number} is the known recipe (the config defaults): {done[0].value:.4f}, "
-                    f"rank {rank} of {len(ranking)} complete")  # fmt: skip
+        said.append(
+            f"trial {done[0].number} is the known recipe (the config defaults): {done[0].value:.4f}, "
+            f"rank {rank} of {len(ranking)} complete"
+        )
     elif recipe:
         said.append(f"trial {recipe[0].number} is the known recipe (the config defaults), not finished yet")
-    files = {t.user_attrs[ENQUEUED_ATTR] for t in trials if t.user_attrs.get(ENQUEUED_ATTR, KNOWN_RECIPE) != KNOWN_RECIPE}
+    files = {
+        t.user_attrs[ENQUEUED_ATTR] for t in trials if t.user_attrs.get(ENQUEUED_ATTR, KNOWN_RECIPE) != KNOWN_RECIPE
+    }
     if files:
         said.append(f"{len(files)} config file(s) queued with --enqueue")
     if copied:
@@ -266,9 +299,11 @@ def _budgets(study: optuna.Study, trials: list[FrozenTrial]) -> str:
     left = time_left(attrs)
     if left is not None:
         at = f"{deadline(attrs):%Y-%m-%d %H:%M} UTC"
-        said.append(f"time budget spent at {at} (trials running then were paused; the next run resumes them)"
-                    if left.total_seconds() <= 0 else f"time budget: {duration(left.total_seconds())} left "
-                    f"(no trial starts after {at})")  # fmt: skip
+        said.append(
+            f"time budget spent at {at} (trials running then were paused; the next run resumes them)"
+            if left.total_seconds() <= 0
+            else f"time budget: {duration(left.total_seconds())} left (no trial starts after {at})"
+        )
     patience = attrs.get(PATIENCE_ATTR)
     if patience:
         since = trials_since_best(trials, study.direction, attrs.get(PATIENCE_FROM_ATTR) or 0)
@@ -281,18 +316,26 @@ def _next_steps(study: optuna.Study, confirmed: bool, finished: int) -> str:
     name = html.escape(study.study_name)
     n_trials = study.user_attrs.get(N_TRIALS_ATTR) or 0
     steps = [
-        (f"{finished} of the study's {n_trials} trials have finished: the same <code>stl-tune run</code> command "
-         "continues it (paused and queued trials first);" if finished < n_trials else ""),
-        ("" if confirmed else f"<code>stl-tune confirm --name {name} --top 3 --seeds 3</code>: re-train the best 3 "
-         "configs with 3 new seeds (and validation splits), so that the export is the config that is good, "
-         "not the one that was lucky; "),
+        (
+            f"{finished} of the study's {n_trials} trials have finished: the same <code>stl-tune run</code> command "
+            "continues it (paused and queued trials first);"
+            if finished < n_trials
+            else ""
+        ),
+        (
+            ""
+            if confirmed
+            else f"<code>stl-tune confirm --name {name} --top 3 --seeds 3</code>: re-train the best 3 "
+            "configs with 3 new seeds (and validation splits), so that the export is the config that is good, "
+            "not the one that was lucky; "
+        ),
         f"<code>stl-tune export --name {name} -o best.yaml</code>: the best {'confirmed ' if confirmed else ''}"
         "trial's full config, set to train on train+validation;",
         "<code>stl-tune train --config best.yaml --seeds 0,1,2</code>: the final models and the test accuracy's "
         "mean ± std (the only step that touches the test split);",
         "<code>stl-tune evaluate --model runs/best/seed-0/model.pt --data-dir DIR</code>: score a trained model on "
         "any folder dataset without retraining.",
-    ]  # fmt: skip
+    ]
     return "<h2>Next steps</h2><ul>" + "".join(f"<li>{s}</li>" for s in steps if s) + "</ul>"
 
 
@@ -323,8 +366,14 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "", run
     trials = study.get_trials(deepcopy=False)
     t = tally(study, trials=trials)
     confirmed = best_confirmed(study)
-    counted = {"complete": t.complete, "pruned": t.pruned, "failed": t.failed, "running": t.running,
-               "waiting": t.waiting, "copied from another study": t.trials - sum(map(counts, trials))}  # fmt: skip
+    counted = {
+        "complete": t.complete,
+        "pruned": t.pruned,
+        "failed": t.failed,
+        "running": t.running,
+        "waiting": t.waiting,
+        "copied from another study": t.trials - sum(map(counts, trials)),
+    }
     counted["surplus or interrupted"] = t.trials - sum(counted.values())
     summary = [
         ("study", study.study_name),
@@ -332,12 +381,17 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "", run
         ("trials", f"{t.trials} (" + ", ".join(f"{n} {s}" for s, n in counted.items() if n) + ")"),
         ("best", f"{t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no complete trial yet"),
         ("final test accuracy", final and report_runs.headline(final)),
-        ("best confirmed", f"trial {confirmed[0]}: {confirmed[1]['mean']:.4f} ± {confirmed[1]['std']:.4f} over "
-                           f"{len(confirmed[1]['values'])} new seeds (stl-tune confirm; export takes it)" if confirmed else ""),
+        (
+            "best confirmed",
+            f"trial {confirmed[0]}: {confirmed[1]['mean']:.4f} ± {confirmed[1]['std']:.4f} over "
+            f"{len(confirmed[1]['values'])} new seeds (stl-tune confirm; export takes it)"
+            if confirmed
+            else "",
+        ),
         ("warm start", _warm_start(study, trials)),
         ("budgets", _budgets(study, trials)),
         ("storage", storage),
-        ("generated", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        ("generated", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
     ]
     sections = [] if final is None else [report_runs.section(final, out)]
     bundle = out / "plotly.min.js"  # plotly.js (4.8 MB) beside the page, once for all its plots

@@ -29,7 +29,9 @@ class FinalTraining:
     root: Path
     runs: list[dict]  # per seed: seed, dir (under root), status, test_acc, best_val_acc, epochs_run
     summary: dict | None  # summary.json (test_acc_mean, test_acc_std, ensemble, ...); None for one run
-    shown: dict | None  # test_acc, per_class_acc, confusion, classes of the model drawn: the ensemble, else the first finished run
+    shown: (
+        dict | None
+    )  # test_acc, per_class_acc, confusion, classes of the model drawn: the ensemble, else the first finished run
     shown_name: str  # which model that is
 
 
@@ -63,8 +65,13 @@ def read_runs(root: str | Path) -> FinalTraining:
         ensemble = summary.get("ensemble")
         if ensemble:
             members = _pick(ensemble, ("members",), path)["members"]
-            return FinalTraining(root, runs, summary, _pick(ensemble, MODEL_KEYS, path),
-                                 "the ensemble of " + ", ".join(map(str, members)))  # fmt: skip
+            return FinalTraining(
+                root,
+                runs,
+                summary,
+                _pick(ensemble, MODEL_KEYS, path),
+                "the ensemble of " + ", ".join(map(str, members)),
+            )
         # no ensemble (yet): the first finished seed, whose model.pt train --seeds leaves at the top
         first = next((r for r in runs if r["test_acc"] is not None), None)
         if first is None:
@@ -81,7 +88,9 @@ def read_runs(root: str | Path) -> FinalTraining:
         return FinalTraining(root, [run], None, shown, "the model")
     if not root.is_dir():
         raise RunsError(f"--runs {root}: no such folder")
-    raise RunsError(f"--runs {root}: neither summary.json (stl-tune train --seeds) nor metrics.json (stl-tune train) is there")
+    raise RunsError(
+        f"--runs {root}: neither summary.json (stl-tune train --seeds) nor metrics.json (stl-tune train) is there"
+    )
 
 
 def _acc(v: float | None) -> str:
@@ -130,21 +139,33 @@ def section(final: FinalTraining, out: Path) -> str:
     if s.get("test_acc_mean") is not None:
         rows.append(["mean ± std", f"{s['finished']} of {len(final.runs)} finished", _mean_std(s)])
     if s.get("ensemble"):
-        rows.append(["ensemble", html.escape(", ".join(map(str, s["ensemble"]["members"]))), _acc(s["ensemble"]["test_acc"])])
+        rows.append(
+            ["ensemble", html.escape(", ".join(map(str, s["ensemble"]["members"]))), _acc(s["ensemble"]["test_acc"])]
+        )
     columns = ("seed", "status", "test accuracy", *("best validation",) * with_val, "epochs", "")
-    table = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)  # fmt: skip
+    table = (
+        "<tr>"
+        + "".join(f"<th>{c}</th>" for c in columns)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    )
     parts = [f"<h2>Final training <small>{html.escape(str(final.root))}</small></h2><table>{table}</table>"]
     if final.shown is None:
         parts.append('<p class="note">No run has finished: no confusion matrix yet.</p>')
         return "".join(parts)
     shown, name = final.shown, html.escape(final.shown_name)
-    plot_confusion(shown["confusion"], shown["classes"], out / "final" / "confusion.png",
-                   title=f"{final.shown_name}: test accuracy {shown['test_acc']:.4f}")  # fmt: skip
+    plot_confusion(
+        shown["confusion"],
+        shown["classes"],
+        out / "final" / "confusion.png",
+        title=f"{final.shown_name}: test accuracy {shown['test_acc']:.4f}",
+    )
     per_class = "".join(f"<th>{html.escape(c)}</th>" for c in shown["classes"])
     accs = "".join(f"<td>{a:.4f}</td>" for a in shown["per_class_acc"])
-    parts += [f'<h3>Confusion matrix of {name} <small><a href="final/confusion.png">PNG</a></small></h3>',
-              f'<img src="final/confusion.png" alt="confusion matrix of {name}">',
-              f"<h3>Test accuracy per class, {name}</h3>",
-              f'<div class="wide"><table><tr>{per_class}</tr><tr>{accs}</tr></table></div>']  # fmt: skip
+    parts += [
+        f'<h3>Confusion matrix of {name} <small><a href="final/confusion.png">PNG</a></small></h3>',
+        f'<img src="final/confusion.png" alt="confusion matrix of {name}">',
+        f"<h3>Test accuracy per class, {name}</h3>",
+        f'<div class="wide"><table><tr>{per_class}</tr><tr>{accs}</tr></table></div>',
+    ]
     return "".join(parts)

@@ -86,8 +86,10 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"runtime.device={name} but CUDA is not available on this machine")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         n = torch.cuda.device_count()
-        raise UserError(f"runtime.device={name} but this process sees {n} GPU{'s' if n > 1 else ''} "
-                        f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")  # fmt: skip
+        raise UserError(
+            f"runtime.device={name} but this process sees {n} GPU{'s' if n > 1 else ''} "
+            f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})"
+        )
     return device
 
 
@@ -164,9 +166,7 @@ def make_scheduler(
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warmup)
     if warmup == 0:
         return cosine
-    linear = torch.optim.lr_scheduler.LinearLR(
-        opt, start_factor=cfg.warmup_start, end_factor=1.0, total_iters=warmup
-    )
+    linear = torch.optim.lr_scheduler.LinearLR(opt, start_factor=cfg.warmup_start, end_factor=1.0, total_iters=warmup)
     return torch.optim.lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warmup])
 
 
@@ -372,14 +372,19 @@ class _Run:
         """Everything a resume needs, as tensors and plain values (loadable with weights_only=True)."""
         cuda = self.device.type == "cuda"
         return {
-            "config": C.to_dict(self.cfg), "epoch": self.epoch, "history": self.history,
-            "best_val_acc": self.best, "best_epoch": self.best_epoch,
-            "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else {},
-            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "config": C.to_dict(self.cfg),
+            "epoch": self.epoch,
+            "history": self.history,
+            "best_val_acc": self.best,
+            "best_epoch": self.best_epoch,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             # a ByteTensor, empty on a CPU, as torch.cuda.set_rng_state takes no other type
             "rng_cuda": torch.cuda.get_rng_state(self.device) if cuda else torch.empty(0, dtype=torch.uint8),
-        }  # fmt: skip
+        }
 
     def restore(self, state: dict) -> None:
         """The inverse of state(): the run continues exactly where that state was taken."""
@@ -520,10 +525,16 @@ def train(
                 f"checkpoint {ckpt} was written by another version of stl-tune; remove it to start over"
             ) from None
     result = TrainResult(
-        status="completed", epochs_run=run.epoch, best_val_acc=run.best, val_acc=None,
-        history=run.history, classes=run.data.classes, param_count=param_count(run.model),
-        device=str(run.device), resumed_from_epoch=run.epoch,
-    )  # fmt: skip
+        status="completed",
+        epochs_run=run.epoch,
+        best_val_acc=run.best,
+        val_acc=None,
+        history=run.history,
+        classes=run.data.classes,
+        param_count=param_count(run.model),
+        device=str(run.device),
+        resumed_from_epoch=run.epoch,
+    )
     if run.patience_spent():  # resumed from the checkpoint of an early-stopped run
         result.status = "early_stopped"
 
@@ -545,14 +556,20 @@ def train(
         # checkpoint_interval_s, and at the end, bounds both the cost and the work a crash loses.
         save = ckpt is not None and (
             time.perf_counter() - last_save >= cfg.runtime.checkpoint_interval_s
-            or run.epoch == cfg.optim.epochs or result.status != "completed"
+            or run.epoch == cfg.optim.epochs
+            or result.status != "completed"
             or (checkpoint_now is not None and checkpoint_now())
-        )  # fmt: skip
+        )
         metrics = EpochMetrics(
-            epoch=run.epoch, train_loss=train_loss, val_acc=val_acc, lr=run.sched.get_last_lr()[0],
-            label_smoothing=smoothing, seconds=time.perf_counter() - t0, checkpointed=save,
+            epoch=run.epoch,
+            train_loss=train_loss,
+            val_acc=val_acc,
+            lr=run.sched.get_last_lr()[0],
+            label_smoothing=smoothing,
+            seconds=time.perf_counter() - t0,
+            checkpointed=save,
             compile_seconds=run.compile_seconds - compiled_before,
-        )  # fmt: skip
+        )
         run.history.append(asdict(metrics))
         if save:
             last_save = time.perf_counter()

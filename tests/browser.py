@@ -24,8 +24,16 @@ import pytest
 STL_TUNE = [sys.executable, "-m", "stl_tune"]  # the `stl-tune` script
 CHROMIUM = Path("/usr/bin/chromium")  # apt-get install chromium (Debian; .ci/run installs it)
 # Root in a container needs --no-sandbox; the rest keep a browser on a closed network from phoning home.
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]  # fmt: skip
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+]
 
 
 @dataclass

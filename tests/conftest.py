@@ -83,14 +83,17 @@ class Postgres:
             shutil.chown(self.root, "nobody")
             shutil.chown(self.root / "pwfile", "nobody")
         # max_connections: each test's own processes and pools, with room for those not yet closed
-        self.options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
-                        "-c fsync=off -c max_connections=300")  # fmt: skip
+        self.options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
+            "-c fsync=off -c max_connections=300"
+        )
         self._count = 0
 
     def _pg(self, *args: str) -> None:
         # -l (a log file): the server must not inherit our pipes, which run() would wait for.
-        subprocess.run([*self.run_as, str(self.bindir / args[0]), *args[1:]], check=True, capture_output=True,
-                       timeout=120)  # fmt: skip
+        subprocess.run(
+            [*self.run_as, str(self.bindir / args[0]), *args[1:]], check=True, capture_output=True, timeout=120
+        )
 
     def start(self) -> None:
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self.options, "-w", "-t", "60", "start")
@@ -114,8 +117,9 @@ class Postgres:
     def sql(self, statement: str) -> None:
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.USER, password=self.password,
-                             dbname="postgres", autocommit=True) as conn:  # fmt: skip
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user=self.USER, password=self.password, dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(statement)
 
     def new_database(self) -> str:
@@ -132,8 +136,17 @@ def postgres() -> Iterator[Postgres]:
     if bindir is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/15/bin or PATH")
     server = Postgres(bindir)
-    server._pg("initdb", "-D", str(server.data), "-U", server.USER, f"--pwfile={server.root / 'pwfile'}",
-               "--auth=scram-sha-256", "--encoding=UTF8", "--no-sync")  # fmt: skip
+    server._pg(
+        "initdb",
+        "-D",
+        str(server.data),
+        "-U",
+        server.USER,
+        f"--pwfile={server.root / 'pwfile'}",
+        "--auth=scram-sha-256",
+        "--encoding=UTF8",
+        "--no-sync",
+    )
     server.start()
     try:
         yield server

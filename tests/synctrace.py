@@ -55,10 +55,16 @@ HOST, DEVICE, PENDING = "host", "device", "pending"
 _TORCH_DIR = str(Path(torch.__file__).parent)
 # ATen ops whose output size depends on the values: the host reads them to allocate the output.
 _DATA_DEPENDENT = {
-    aten.nonzero.default, aten.masked_select.default, aten.bincount.default, aten._unique.default,
-    aten._unique2.default, aten.unique_dim.default, aten.unique_consecutive.default,
-    aten.equal.default, aten.repeat_interleave.Tensor,
-}  # fmt: skip
+    aten.nonzero.default,
+    aten.masked_select.default,
+    aten.bincount.default,
+    aten._unique.default,
+    aten._unique2.default,
+    aten.unique_dim.default,
+    aten.unique_consecutive.default,
+    aten.equal.default,
+    aten.repeat_interleave.Tensor,
+}
 _BOOL_INDEXED = {aten.index.Tensor, aten.index_put_.default, aten.index_put.default}
 _READS = (torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy)
 
@@ -130,9 +136,7 @@ class SyncTrace:
         """The place of an op's outputs given its inputs, and the copies pending on them; pending
         inputs take the place on the way (a torch.tensor(data) that lands on the device is a copy)."""
         tensors = [x for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor)]
-        evidence = {
-            self._place.get(x) for x in tensors if not (x.dim() == 0 and self._place.get(x) == HOST)
-        } - {None}  # fmt: skip
+        evidence = {self._place.get(x) for x in tensors if not (x.dim() == 0 and self._place.get(x) == HOST)} - {None}
         pending = [x for x in tensors if self._place.get(x) == PENDING]
         copies = frozenset().union(*(self._copies.get(x, ()) for x in pending))
         if DEVICE in evidence or HOST in evidence:

@@ -46,11 +46,7 @@ def test_crop_is_a_true_crop_with_per_image_offsets():
     out = augment_images(x, AugmentConfig(**{**PLAIN, "crop_padding": pad}))
     padded = torch.nn.functional.pad(x[:1].float() / 255, [pad] * 4, mode="reflect")[0]
     h, w = x.shape[-2:]
-    windows = {
-        (dy, dx): padded[:, dy : dy + h, dx : dx + w]
-        for dy in range(2 * pad + 1)
-        for dx in range(2 * pad + 1)
-    }
+    windows = {(dy, dx): padded[:, dy : dy + h, dx : dx + w] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)}
     found = []
     for img in out:
         matches = [off for off, win in windows.items() if torch.equal(img, win)]
@@ -174,9 +170,7 @@ def mixed(cfg: AugmentConfig, seed: int):
     return x, y, out, t
 
 
-@pytest.mark.parametrize(
-    "cfg", [AugmentConfig(cutmix_alpha=0.0), AugmentConfig(cutmix_prob=0.0)], ids=["only", "p=0"]
-)
+@pytest.mark.parametrize("cfg", [AugmentConfig(cutmix_alpha=0.0), AugmentConfig(cutmix_prob=0.0)], ids=["only", "p=0"])
 def test_mixup_is_a_convex_combination(cfg):
     for seed in range(3):
         x, y, out, t = mixed(cfg, seed)
@@ -186,9 +180,7 @@ def test_mixup_is_a_convex_combination(cfg):
         assert torch.allclose(out, lam[0] * x + (1 - lam[0]) * x.roll(1, 0), atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "cfg", [AugmentConfig(mixup_alpha=0.0), AugmentConfig(cutmix_prob=1.0)], ids=["only", "p=1"]
-)
+@pytest.mark.parametrize("cfg", [AugmentConfig(mixup_alpha=0.0), AugmentConfig(cutmix_prob=1.0)], ids=["only", "p=1"])
 def test_cutmix_pastes_a_patch(cfg):
     areas = []
     for seed in range(5):

@@ -12,9 +12,8 @@ import subprocess
 
 import pytest
 from browser import STL_TUNE, chromium, colour_stats, free_port, wait_http
-from test_report import make_study, render, write_runs
-
 from optuna.trial import TrialState
+from test_report import make_study, render, write_runs
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +38,9 @@ def test_report_page_draws_its_plots(tmp_path):
         for graph in (history, curves):  # trial numbers and epochs
             ticks = graph.locator(".xtick text").all_text_contents()
             assert ticks and all(t.isdigit() for t in ticks), ticks
-        sizes = parallel.locator(".annotation-text").evaluate_all("ts => ts.map(t => parseFloat(getComputedStyle(t).fontSize))")
+        sizes = parallel.locator(".annotation-text").evaluate_all(
+            "ts => ts.map(t => parseFloat(getComputedStyle(t).fontSize))"
+        )
         assert sizes and min(sizes) >= 12, sizes  # axis tick labels
         final = pg.page.get_by_role("heading", name="Final training")
         assert final.is_visible()
@@ -60,8 +61,10 @@ def test_dashboard_shows_the_study_and_its_trials(tmp_path):
     port = free_port()
     server = subprocess.Popen(
         [*STL_TUNE, "dashboard", "--storage", url, "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/api/studies", server)

@@ -13,9 +13,22 @@ from stl_tune.cli import app
 # tiny models: more threads only contend; decoded folders are cached under tmp_path
 pytestmark = pytest.mark.usefixtures("single_thread", "image_cache")
 runner = CliRunner()
-TINY = ["--set", "data.image_size=16", "--set", "model.width=4", "--set", "model.blocks=[1,1,1,1]",
-        "--set", "optim.batch_size=32", "--set", "optim.epochs=2", "--set", "eval.batch_size=200",
-        "--set", "runtime.device=cpu"]  # fmt: skip
+TINY = [
+    "--set",
+    "data.image_size=16",
+    "--set",
+    "model.width=4",
+    "--set",
+    "model.blocks=[1,1,1,1]",
+    "--set",
+    "optim.batch_size=32",
+    "--set",
+    "optim.epochs=2",
+    "--set",
+    "eval.batch_size=200",
+    "--set",
+    "runtime.device=cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +70,29 @@ def test_train_end_to_end_writes_every_artefact(fake_dir, tmp_path):
     assert f"test {metrics['test_acc']:.2%} (a new --out trains again)" in again.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     # another config in the same --out is not trained over it (nor resumed from its checkpoint)
-    other = runner.invoke(app, ["train", "--data-dir", str(fake_dir), "--out", str(out), *TINY, "--set", "optim.lr=2e-3"])
+    other = runner.invoke(
+        app, ["train", "--data-dir", str(fake_dir), "--out", str(out), *TINY, "--set", "optim.lr=2e-3"]
+    )
     assert other.exit_code == 2 and other.output.strip() == (
-        f"error: {out} holds a run of another config (optim.lr: 0.001 -> 0.002): use a new --out for this one")
+        f"error: {out} holds a run of another config (optim.lr: 0.001 -> 0.002): use a new --out for this one"
+    )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_train_seeds_writes_each_seed_the_spread_and_the_ensemble(fake_dir, tmp_path):
     out = tmp_path / "seeds"
-    learn = ["--set", "optim.epochs=4", "--set", "optim.lr=3e-3", "--set", "optim.batch_size=16",
-             "--set", "augment.mix_epochs=0", "--set", "ema.decay=0.9"]  # fmt: skip
+    learn = [
+        "--set",
+        "optim.epochs=4",
+        "--set",
+        "optim.lr=3e-3",
+        "--set",
+        "optim.batch_size=16",
+        "--set",
+        "augment.mix_epochs=0",
+        "--set",
+        "ema.decay=0.9",
+    ]
     base = ["train", "--data-dir", str(fake_dir), "--out", str(out), *TINY, *learn]
     # one seed: no ensemble yet, and OUT/model.pt is that seed's model (the README's next command works)
     first = runner.invoke(app, [*base, "--seeds", "0"])
@@ -87,7 +113,10 @@ def test_train_seeds_writes_each_seed_the_spread_and_the_ensemble(fake_dir, tmp_
     assert accs[0] != accs[1]  # the seeds ran apart: a spread of 0 would hide a wrong formula
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0, 3] and [r["test_acc"] for r in summary["runs"]] == accs
-    mean, std = torch.tensor(accs, dtype=torch.float64).mean().item(), torch.tensor(accs, dtype=torch.float64).std().item()
+    mean, std = (
+        torch.tensor(accs, dtype=torch.float64).mean().item(),
+        torch.tensor(accs, dtype=torch.float64).std().item(),
+    )
     assert summary["test_acc_mean"] == pytest.approx(mean) and summary["test_acc_std"] == pytest.approx(std)
     assert f"test accuracy {100 * mean:.1f} % ± {100 * std:.1f} over 2 seeds" in result.output
     # the ensemble: the members' softmax averaged, with flip TTA, scored on the test split
@@ -127,9 +156,11 @@ def test_train_on_a_class_folder_needs_only_the_data_dir(tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "--data-dir", str(root), "--out", str(out), *TINY])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith(f"data: folder {root}: class layout (<class>/; test: 20% of each class, "
-                                    "fixed), 3 classes, 66 train / 6 val / 18 test images; skipped 1 file that is "
-                                    "not an image: notes.txt\n")  # fmt: skip
+    assert result.output.startswith(
+        f"data: folder {root}: class layout (<class>/; test: 20% of each class, "
+        "fixed), 3 classes, 66 train / 6 val / 18 test images; skipped 1 file that is "
+        "not an image: notes.txt\n"
+    )
     assert "completed after 2 epochs" in result.output
     from stl_tune import config as C
 
@@ -171,7 +202,13 @@ def _signal_at_epoch(monkeypatch, epoch: int, *signals: int) -> None:
     monkeypatch.setattr(T, "label_smoothing_at", smoothing)
 
 
-LONG = [*TINY, "--set", "optim.epochs=4", "--set", "runtime.checkpoint_interval_s=3600"]  # no timed checkpoint after epoch 1
+LONG = [
+    *TINY,
+    "--set",
+    "optim.epochs=4",
+    "--set",
+    "runtime.checkpoint_interval_s=3600",
+]  # no timed checkpoint after epoch 1
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -182,8 +219,9 @@ def test_a_stop_signal_checkpoints_the_epoch_and_says_how_to_resume(fake_dir, tm
     _signal_at_epoch(monkeypatch, 1, sig)  # during epoch 2 of 4
     result = runner.invoke(app, args)
     assert result.exit_code == 130, result.output
-    assert result.output.strip().endswith(f"stopped at epoch 2 of 4, saved in {out / 'checkpoint.pt'}: the same "
-                                          "command (same --out) resumes there")  # fmt: skip
+    assert result.output.strip().endswith(
+        f"stopped at epoch 2 of 4, saved in {out / 'checkpoint.pt'}: the same command (same --out) resumes there"
+    )
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
     assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()  # not a finished run
     assert signal.getsignal(sig) is handler
@@ -198,8 +236,9 @@ def test_a_second_ctrl_c_stops_at_once(fake_dir, tmp_path, monkeypatch):
     _signal_at_epoch(monkeypatch, 1, signal.SIGINT, signal.SIGINT)
     result = runner.invoke(app, ["train", "--data-dir", str(fake_dir), "--out", str(out), *LONG])
     assert result.exit_code == 130, result.output
-    assert result.output.strip().endswith("stopped at once in epoch 2 of 4: the same command (same --out) resumes "
-                                          "from epoch 1")  # fmt: skip
+    assert result.output.strip().endswith(
+        "stopped at once in epoch 2 of 4: the same command (same --out) resumes from epoch 1"
+    )
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 

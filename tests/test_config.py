@@ -8,7 +8,11 @@ from stl_tune import config as C
 def test_defaults_are_the_known_run():
     cfg = C.TrainConfig()
     assert (cfg.model.width, cfg.model.blocks, cfg.optim.name, cfg.optim.epochs, cfg.optim.batch_size) == (
-        64, [2, 2, 2, 2], "adamw", 200, 64,
+        64,
+        [2, 2, 2, 2],
+        "adamw",
+        200,
+        64,
     )
     assert cfg.seed == 0 and cfg.data.val_fraction == 0.1
 

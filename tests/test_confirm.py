@@ -10,11 +10,10 @@ from optuna.trial import TrialState
 
 from stl_tune import config
 from stl_tune.search import confirm as CF
-from stl_tune.search import record
+from stl_tune.search import create_or_load_study, load_study, mask_url, open_storage, record, resolve_study_name
 from stl_tune.search.export import write_export
 from stl_tune.search.objective import Objective
 from stl_tune.search.space import StudyError, StudySpec
-from stl_tune.search import create_or_load_study, load_study, mask_url, open_storage, resolve_study_name
 from stl_tune.search.trials import tally
 from stl_tune.search.workers import work
 from stl_tune.train import train
@@ -35,8 +34,9 @@ def searched(storage_url, tmp_path, tiny_study):
 def test_confirm_retrains_the_top_k_with_new_seeds_once(searched, storage_url, tmp_path):
     search, spec, storage = searched
     study, candidates, seeds = CF.prepare(search, spec, top=2, n_seeds=2)
-    assert seeds == [1, 2] and [t.number for t in candidates] == [t.number for t in
-                                                                   sorted(search.trials, key=lambda t: -t.value)[:2]]  # fmt: skip
+    assert seeds == [1, 2] and [t.number for t in candidates] == [
+        t.number for t in sorted(search.trials, key=lambda t: -t.value)[:2]
+    ]
     assert study.study_name == "tiny.confirm" and resolve_study_name(None, storage) == "tiny"
     confirm_study, confirm_spec = load_study("tiny.confirm", storage)  # as a worker loads it
     work(confirm_study, Objective(confirm_spec, tmp_path / "artifacts"), 4)
@@ -49,7 +49,9 @@ def test_confirm_retrains_the_top_k_with_new_seeds_once(searched, storage_url, t
         assert t.user_attrs["config"]["seed"] == t.params["seed"] and t.user_attrs["epochs_run"] == 2
     summary = CF.summarize(study, search)
     for number, s in summary.items():
-        values = sorted((t.params["seed"], t.value) for t in trials if t.user_attrs[record.CANDIDATE_ATTR] == int(number))
+        values = sorted(
+            (t.params["seed"], t.value) for t in trials if t.user_attrs[record.CANDIDATE_ATTR] == int(number)
+        )
         assert s["values"] == [v for _, v in values] and s["seeds"] == [1, 2]
         assert s["mean"] == pytest.approx(statistics.fmean(s["values"]))
         assert s["std"] == pytest.approx(statistics.stdev(s["values"]))
@@ -65,11 +67,10 @@ def test_confirm_retrains_the_top_k_with_new_seeds_once(searched, storage_url, t
     assert f"confirmed: {best['mean']:.4f} ± {best['std']:.4f} over 2 seeds" in out.read_text()
     assert config.load(out).seed == 0  # the search's seed: the config as searched
 
-    from stl_tune.report import write_report
-
     from typer.testing import CliRunner
 
     from stl_tune.cli import app
+    from stl_tune.report import write_report
 
     r = CliRunner().invoke(app, ["status", "--storage", storage_url], terminal_width=200)
     assert r.exit_code == 0 and "Confirmed with new seeds" in r.output, r.output  # no --name: the search
@@ -151,8 +152,9 @@ def test_status_lists_the_confirmed_means_best_first_in_the_studys_direction(sto
     for value in (0.5, 0.4, 0.6):
         study.add_trial(optuna.create_trial(value=value, params={}, distributions={}))
     means = {"0": 0.3, "1": 0.1, "2": 0.2}
-    study.set_user_attr(record.CONFIRMED_ATTR, {n: {"mean": m, "std": 0.0, "values": [m], "seeds": [1]}
-                                                for n, m in means.items()})  # fmt: skip
+    study.set_user_attr(
+        record.CONFIRMED_ATTR, {n: {"mean": m, "std": 0.0, "values": [m], "seeds": [1]} for n, m in means.items()}
+    )
     assert CF.best_confirmed(study)[0] == 1
     r = CliRunner().invoke(app, ["status", "--storage", storage_url], terminal_width=200)
     assert r.exit_code == 0, r.output

@@ -13,8 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from stl_tune.search.space import StudySpec
 from stl_tune.search import create_or_load_study
+from stl_tune.search.space import StudySpec
 
 SPEC = {"name": "dash", "search_space": {"model.width": {"type": "int", "low": 4, "high": 8}}}
 
@@ -50,7 +50,10 @@ def test_dashboard_serves_study_on_loopback(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "stl_tune", "dashboard", "--storage", url, "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
     )
     try:
         deadline = time.monotonic() + 60

@@ -52,8 +52,7 @@ def folder(root: Path, **kw) -> DataConfig:
 
 # ---------------------------------------------------------------------------------- split layout
 def test_split_layout_tests_on_exactly_test_and_carves_val_from_train(tmp_path):
-    written = write_tree(tmp_path, {"train": {"cat": 6, "dog": 6, "owl": 6},
-                                    "test": {"cat": 2, "dog": 3, "owl": 1}})  # fmt: skip
+    written = write_tree(tmp_path, {"train": {"cat": 6, "dog": 6, "owl": 6}, "test": {"cat": 2, "dog": 3, "owl": 1}})
     cfg = folder(tmp_path, val_fraction=0.25, test_fraction=0.5)  # test_fraction has no say here
     ds = load_data(cfg, seed=0, with_test=True)
     assert ds.classes == ["cat", "dog", "owl"]
@@ -68,8 +67,7 @@ def test_split_layout_tests_on_exactly_test_and_carves_val_from_train(tmp_path):
 
 
 def test_split_layout_validates_on_val_folder(tmp_path):
-    written = write_tree(tmp_path, {"train": {"a": 4, "b": 5}, "val": {"a": 2, "b": 1},
-                                    "test": {"a": 1, "b": 2}})  # fmt: skip
+    written = write_tree(tmp_path, {"train": {"a": 4, "b": 5}, "val": {"a": 2, "b": 1}, "test": {"a": 1, "b": 2}})
     cfg = folder(tmp_path, val_fraction=0.5)  # not used: val/ is the validation split
     ds = load_data(cfg, seed=0, with_test=True)
     assert loaded(ds.train_x, ds.train_y, ds.classes) == written["train"]
@@ -86,15 +84,19 @@ def test_describe_names_the_layout(tmp_path, fake_data):
     write_tree(tmp_path / "carved", {"train": {"a": 4, "b": 4}, "test": {"a": 2, "b": 2}})
     write_tree(tmp_path / "flat", {"": {"a": 5, "b": 5}})
     assert describe(folder(tmp_path / "split")) == (
-        f"folder {tmp_path / 'split'}: split layout (train/ val/ test/), 2 classes, 8 train / 2 val / 4 test images")
+        f"folder {tmp_path / 'split'}: split layout (train/ val/ test/), 2 classes, 8 train / 2 val / 4 test images"
+    )
     assert describe(folder(tmp_path / "carved")) == (  # val_fraction 0.1: at least one image per class
         f"folder {tmp_path / 'carved'}: split layout (train/ test/; val: carved from train/), 2 classes, "
-        "6 train / 2 val / 4 test images")
+        "6 train / 2 val / 4 test images"
+    )
     assert describe(folder(tmp_path / "flat")) == (
         f"folder {tmp_path / 'flat'}: class layout (<class>/; test: 20% of each class, fixed), 2 classes, "
-        "6 train / 2 val / 2 test images")
+        "6 train / 2 val / 2 test images"
+    )
     assert describe(DataConfig(source="stl10", dir=str(fake_data))) == (
-        f"stl10 {fake_data}: STL-10 binaries, 10 classes, 180 train / 20 val / 100 test images")
+        f"stl10 {fake_data}: STL-10 binaries, 10 classes, 180 train / 20 val / 100 test images"
+    )
     # data.source auto (the default) names the source it found
     assert describe(DataConfig(dir=str(fake_data))) == describe(DataConfig(source="stl10", dir=str(fake_data)))
     for tree in ("split", "flat"):
@@ -104,21 +106,29 @@ def test_describe_names_the_layout(tmp_path, fake_data):
 # ------------------------------------------------------------------------- bad trees, bad files
 def test_class_folders_must_agree_across_splits(tmp_path):
     write_tree(tmp_path / "t", {"train": {"cat": 2, "dog": 2}, "test": {"dog": 1, "kat": 1}})
-    with pytest.raises(DataError, match=re.escape(
-            f"{tmp_path / 't'}: class folders differ between train/ and test/: test/ lacks 'cat'; "
-            "test/ has extra 'kat'") + "$"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=re.escape(
+            f"{tmp_path / 't'}: class folders differ between train/ and test/: test/ lacks 'cat'; test/ has extra 'kat'"
+        )
+        + "$",
+    ):
         load_data(folder(tmp_path / "t"), seed=0)
-    write_tree(tmp_path / "v", {"train": {"a": 2, "b": 2, "c": 2}, "val": {"a": 1, "b": 1},
-                                "test": {"a": 1, "b": 1, "c": 1}})  # fmt: skip
+    write_tree(
+        tmp_path / "v", {"train": {"a": 2, "b": 2, "c": 2}, "val": {"a": 1, "b": 1}, "test": {"a": 1, "b": 1, "c": 1}}
+    )
     with pytest.raises(DataError, match=r"differ between train/ and val/: val/ lacks 'c'$"):
         load_data(folder(tmp_path / "v"), seed=0)
 
 
-@pytest.mark.parametrize("splits, needle", [
-    (["train", "val"], "ambiguous folder tree, train/, val/ but no test/: the split layout holds"),
-    (["test", "cat"], "ambiguous folder tree, test/ but no train/"),
-    (["train", "test", "extra"], "ambiguous folder tree, train/ and test/ beside extra/"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "splits, needle",
+    [
+        (["train", "val"], "ambiguous folder tree, train/, val/ but no test/: the split layout holds"),
+        (["test", "cat"], "ambiguous folder tree, test/ but no train/"),
+        (["train", "test", "extra"], "ambiguous folder tree, train/ and test/ beside extra/"),
+    ],
+)
 def test_ambiguous_tree_is_refused(tmp_path, splits, needle):
     write_tree(tmp_path, {s: {"a": 1, "b": 1} for s in splits})
     with pytest.raises(DataError, match=re.escape(needle)):
@@ -129,8 +139,10 @@ def test_split_without_class_folders(tmp_path):
     write_tree(tmp_path, {"train": {"a": 2, "b": 2}})
     (tmp_path / "test").mkdir()
     Image.new("RGB", (SIDE, SIDE)).save(tmp_path / "test" / "loose.png")  # images, but no class folder
-    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'test'}: a classifier needs at least 2 class "
-                                                  "sub-folders") + ".*found 0"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=re.escape(f"{tmp_path / 'test'}: a classifier needs at least 2 class sub-folders") + ".*found 0",
+    ):
         load_data(folder(tmp_path), seed=0)
 
 
@@ -174,15 +186,18 @@ def test_grayscale_pngs_become_rgb(tmp_path):
 
 
 # ------------------------------------------------------------------------------- cheap counting
-@pytest.mark.parametrize("tree, kw", [
-    ("stl10", {}),
-    ("stl10", {"val_fraction": 0.33}),
-    ("stl10", {"train_on_val": True}),
-    ("flat", {"val_fraction": 0.3, "test_fraction": 0.25}),
-    ("carved", {"val_fraction": 0.2}),
-    ("val", {}),
-    ("val", {"train_on_val": True}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "tree, kw",
+    [
+        ("stl10", {}),
+        ("stl10", {"val_fraction": 0.33}),
+        ("stl10", {"train_on_val": True}),
+        ("flat", {"val_fraction": 0.3, "test_fraction": 0.25}),
+        ("carved", {"val_fraction": 0.2}),
+        ("val", {}),
+        ("val", {"train_on_val": True}),
+    ],
+)
 def test_train_size_is_what_the_trainer_trains_on(tmp_path, fake_data, tree, kw):
     trees = {  # uneven class sizes, so per-class rounding matters
         "flat": {"": {"a": 7, "b": 4, "c": 9}},
@@ -234,12 +249,18 @@ def test_auto_refuses_what_it_cannot_place(tmp_path, fake_data):
     loose = tmp_path / "loose"
     loose.mkdir()
     Image.new("RGB", (SIDE, SIDE)).save(loose / "a.png")
-    with pytest.raises(DataError, match=re.escape(f"{loose}: 1 images but no class sub-folders: a folder dataset holds "
-                                                  f"{loose}/<class name>/<image files>")):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=re.escape(
+            f"{loose}: 1 images but no class sub-folders: a folder dataset holds {loose}/<class name>/<image files>"
+        ),
+    ):
         describe(DataConfig(dir=str(loose)))
     inner = fake_data / "stl10_binary"
-    with pytest.raises(DataError, match=re.escape(f"{inner} holds the STL-10 files themselves: set data.dir to "
-                                                  f"the folder above it, {fake_data}")):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=re.escape(f"{inner} holds the STL-10 files themselves: set data.dir to the folder above it, {fake_data}"),
+    ):
         describe(DataConfig(dir=str(inner)))
 
 
@@ -264,9 +285,14 @@ def test_a_class_of_unreadable_format_names_it_and_how_to_convert(tmp_path):
     for i in range(3):
         (tmp_path / "c" / f"{i}.heic").write_bytes(b"ftypheic")
     (tmp_path / "c" / ".DS_Store").write_bytes(b"")
-    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'c'}: no image file PIL can read, its files are "
-                                                  "3 .heic: convert them to PNG or JPEG (ImageMagick: mogrify "
-                                                  "-format png *.heic)")):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=re.escape(
+            f"{tmp_path / 'c'}: no image file PIL can read, its files are "
+            "3 .heic: convert them to PNG or JPEG (ImageMagick: mogrify "
+            "-format png *.heic)"
+        ),
+    ):
         describe(folder(tmp_path))
 
 

@@ -23,11 +23,14 @@ def batch_study(study: dict, entry: dict | None = None, fixed: int | None = None
     return StudySpec.from_dict(study, "studies/tiny.yaml")  # each value alone is in range: it loads
 
 
-@pytest.mark.parametrize("entry, fixed, largest, fix", [
-    ({"type": "int", "low": 16, "high": 256}, None, 256, f"lower search_space.{BATCH}.high"),
-    ({"type": "categorical", "choices": [32, 512]}, None, 512, f"drop the larger search_space.{BATCH}.choices"),
-    (None, 512, 512, f"lower fixed.{BATCH}"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "entry, fixed, largest, fix",
+    [
+        ({"type": "int", "low": 16, "high": 256}, None, 256, f"lower search_space.{BATCH}.high"),
+        ({"type": "categorical", "choices": [32, 512]}, None, 512, f"drop the larger search_space.{BATCH}.choices"),
+        (None, 512, 512, f"lower fixed.{BATCH}"),
+    ],
+)
 def test_batch_larger_than_the_training_images_is_refused(tiny_study, fake_data, entry, fixed, largest, fix):
     spec = batch_study(tiny_study, entry, fixed)
     with pytest.raises(StudyError) as e:
@@ -38,12 +41,15 @@ def test_batch_larger_than_the_training_images_is_refused(tiny_study, fake_data,
     )
 
 
-@pytest.mark.parametrize("entry", [
-    {"type": "int", "low": 16, "high": 180},  # a batch of every training image still makes a step
-    {"type": "int", "low": 16, "high": 200, "step": 41},  # draws 16, 57, ..., 180, never 200
-    {"type": "int", "low": 8, "high": 128, "log": True},
-    {"type": "categorical", "choices": [180, 64]},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"type": "int", "low": 16, "high": 180},  # a batch of every training image still makes a step
+        {"type": "int", "low": 16, "high": 200, "step": 41},  # draws 16, 57, ..., 180, never 200
+        {"type": "int", "low": 8, "high": 128, "log": True},
+        {"type": "categorical", "choices": [180, 64]},
+    ],
+)
 def test_batch_that_fits_is_accepted(tiny_study, entry):
     check_against_data(batch_study(tiny_study, entry))
 
@@ -96,8 +102,9 @@ def test_run_names_a_corrupt_image_in_one_line_before_any_trial(storage_url, tmp
     tiny_study["fixed"]["data"]["dir"] = str(root)
     study_file = tmp_path / "tiny.yaml"
     study_file.write_text(yaml.safe_dump(tiny_study))
-    r = CliRunner().invoke(app, ["run", "--study", str(study_file), "--storage", storage_url, "--trials", "2",
-                                 "--gpus", "none"])  # fmt: skip
+    r = CliRunner().invoke(
+        app, ["run", "--study", str(study_file), "--storage", storage_url, "--trials", "2", "--gpus", "none"]
+    )
     assert r.exit_code == 2, r.output
     assert len(r.output.strip().splitlines()) == 1 and r.output.startswith(f"error: {bad}: cannot read this image")
     assert optuna.get_all_study_names(storage_url) == []  # no study, so no trial, was made

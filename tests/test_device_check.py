@@ -19,13 +19,19 @@ STEPS = ["install", "versions", "fake-data", "tests-all", "tests-cuda", "bench-w
 def test_dry_run_starts_every_command_and_writes_the_results(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(["bash", str(ROOT / "benchmarks/device_check.sh"), "--dry-run", str(out)], env=env,
-                         capture_output=True, text=True, timeout=590)  # fmt: skip
+    run = subprocess.run(
+        ["bash", str(ROOT / "benchmarks/device_check.sh"), "--dry-run", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=590,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert run.stdout.strip().endswith(f"not ok: none; {out}/results.json"), run.stdout
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted(["results.json", "setup.log", "tests-cuda.log", "tests-all.log", "bench.log", "search.log",
-                            "nvidia-smi.log"])  # fmt: skip  (at most 8 files come back from a device machine)
+    assert files == sorted(
+        ["results.json", "setup.log", "tests-cuda.log", "tests-all.log", "bench.log", "search.log", "nvidia-smi.log"]
+    )  # at most 8 files come back from a device machine
     res = json.loads((out / "results.json").read_text())
     assert sorted(s["step"] for s in res["steps"]) == sorted(STEPS)
     assert all(s["exit"] == 0 for s in res["steps"]), res["steps"]

@@ -34,12 +34,24 @@ def trained(fake_data, tmp_path_factory):
     """(run folder with model.pt and checkpoint.pt, its TrainResult, its config)."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("run")
-    cfg = C.from_dict(None, {
-        "data.dir": str(fake_data), "data.image_size": 16, "model.width": 4, "model.blocks": [1, 1, 1, 1],
-        "optim.epochs": 8, "optim.lr": 3e-3, "optim.batch_size": 16, "optim.warmup_epochs": 1,
-        "augment.randaugment_ops": 0, "augment.mix_epochs": 0, "ema.decay": 0.9,
-        "eval.batch_size": 32, "runtime.device": "cpu",  # the 100 test images in several batches
-    })  # fmt: skip
+    cfg = C.from_dict(
+        None,
+        {
+            "data.dir": str(fake_data),
+            "data.image_size": 16,
+            "model.width": 4,
+            "model.blocks": [1, 1, 1, 1],
+            "optim.epochs": 8,
+            "optim.lr": 3e-3,
+            "optim.batch_size": 16,
+            "optim.warmup_epochs": 1,
+            "augment.randaugment_ops": 0,
+            "augment.mix_epochs": 0,
+            "ema.decay": 0.9,
+            "eval.batch_size": 32,
+            "runtime.device": "cpu",  # the 100 test images in several batches
+        },
+    )
     result = train(cfg, checkpoint=out / "checkpoint.pt", evaluate_test=True)
     write_outputs(out, cfg, result)
     # the comparisons below have teeth only if the model tells classes apart a little (~2 s of
@@ -64,8 +76,9 @@ def write_pngs(root: Path, split: str, fake_data: Path, classes: list[str], per_
 
 
 def run_evaluate(model: Path, data_dir: Path, out: Path):
-    return runner.invoke(app, ["evaluate", "--model", str(model), "--data-dir", str(data_dir), "--out", str(out),
-                               "--device", "cpu"])  # fmt: skip
+    return runner.invoke(
+        app, ["evaluate", "--model", str(model), "--data-dir", str(data_dir), "--out", str(out), "--device", "cpu"]
+    )
 
 
 # ------------------------------------------------------------------------------------ load_model
@@ -170,8 +183,10 @@ def test_names_that_differ_only_in_case_are_pointed_out(trained, fake_data, tmp_
     (root / result.classes[0]).rename(root / result.classes[0].upper())
     res = run_evaluate(out / "model.pt", root, tmp_path / "eval")
     assert res.exit_code == 2
-    assert (f"names must match exactly, case included: rename '{result.classes[0].upper()}' to "
-            f"'{result.classes[0]}' (the model's") in res.output  # fmt: skip
+    assert (
+        f"names must match exactly, case included: rename '{result.classes[0].upper()}' to "
+        f"'{result.classes[0]}' (the model's"
+    ) in res.output
 
 
 def test_a_folder_of_some_of_the_classes_scores_those(trained, fake_data, tmp_path):

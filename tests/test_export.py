@@ -12,11 +12,11 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from stl_tune import config
-from stl_tune.cli import inspect as search_cli
 from stl_tune.cli import app
+from stl_tune.cli import inspect as search_cli
+from stl_tune.search import create_or_load_study, open_storage
 from stl_tune.search.export import final_config, pick_trial, write_export
 from stl_tune.search.space import StudyError, StudySpec
-from stl_tune.search import create_or_load_study, open_storage
 
 SPEC = {"name": "ex", "search_space": {"model.width": {"type": "int", "low": 4, "high": 8}}}
 

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from stl_tune.search import create_or_load_study, open_storage
 from stl_tune.search.objective import Objective
 from stl_tune.search.space import StudySpec
-from stl_tune.search import create_or_load_study, open_storage
 from stl_tune.search.workers import work
 
 STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]  # the installed console script
@@ -85,7 +85,11 @@ def test_killed_worker_trial_resumes_from_its_checkpoint(storage_url, tmp_path, 
     assert survivor.wait(timeout=180) == 0
 
     study = optuna.load_study(study_name=name, storage=url)
-    assert len(_finished(study)) == n and set(t.state for t in study.trials) <= {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL}
+    assert len(_finished(study)) == n and set(t.state for t in study.trials) <= {
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+        TrialState.FAIL,
+    }
     killed = study.trials[victim.number]
     assert killed.state == TrialState.FAIL  # failed by the survivor's stale-heartbeat check
     (retry,) = [t for t in study.trials if t.system_attrs.get("retry_history") == [victim.number]]
@@ -99,8 +103,24 @@ def test_killed_worker_trial_resumes_from_its_checkpoint(storage_url, tmp_path, 
 
 
 def _run_cmd(study_file: Path, name: str, n: int, workers: int, url: str, artifacts: Path) -> list[str]:
-    return [*STL_TUNE, "run", "--study", str(study_file), "--name", name, "--trials", str(n), "--workers",
-            str(workers), "--gpus", "none", "--storage", url, "--artifacts", str(artifacts)]  # fmt: skip
+    return [
+        *STL_TUNE,
+        "run",
+        "--study",
+        str(study_file),
+        "--name",
+        name,
+        "--trials",
+        str(n),
+        "--workers",
+        str(workers),
+        "--gpus",
+        "none",
+        "--storage",
+        url,
+        "--artifacts",
+        str(artifacts),
+    ]
 
 
 def _check_resumed(study: optuna.Study, victim: FrozenTrial) -> None:
@@ -118,8 +138,13 @@ def test_run_requeues_a_killed_workers_trial_at_once(storage_url, tmp_path, tiny
     """Without waiting for the heartbeat's grace period (120 s here: the run's timeout is shorter)."""
     n, name, url, artifacts = 2, "reap", storage_url, tmp_path / "artifacts"
     cmd = _run_cmd(_study_file(tmp_path, tiny_study, epochs=12), name, n, 2, url, artifacts)
-    run = subprocess.Popen(cmd, env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"}, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    run = subprocess.Popen(
+        cmd,
+        env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     victim = _wait_for_checkpoint(url, name, [run])
     pid = int(victim.user_attrs["worker"].rpartition(":")[2])
     os.kill(pid, signal.SIGKILL)
@@ -168,10 +193,29 @@ def test_confirm_survives_a_killed_worker(storage_url, tmp_path, tiny_study, wor
     spec = StudySpec.from_dict(yaml.safe_load(_study_file(tmp_path, tiny_study, epochs=12).read_text()))
     search = create_or_load_study(spec, None, open_storage(url, heartbeat=False))
     work(search, Objective(spec, artifacts), 1)
-    cmd = [*STL_TUNE, "confirm", "--storage", url, "--top", "1", "--seeds", "2", "--workers", "2", "--gpus", "none",
-           "--artifacts", str(artifacts)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    cmd = [
+        *STL_TUNE,
+        "confirm",
+        "--storage",
+        url,
+        "--top",
+        "1",
+        "--seeds",
+        "2",
+        "--workers",
+        "2",
+        "--gpus",
+        "none",
+        "--artifacts",
+        str(artifacts),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     victim = _wait_for_checkpoint(url, "tiny.confirm", [proc])
     pid = int(victim.user_attrs["worker"].rpartition(":")[2])
     os.kill(pid, signal.SIGKILL)
@@ -180,7 +224,9 @@ def test_confirm_survives_a_killed_worker(storage_url, tmp_path, tiny_study, wor
     assert re.search(rf"worker w\d \(pid {pid}\) died \(signal 9\); trial {victim.number} queued to resume", out), out
 
     study = optuna.load_study(study_name="tiny.confirm", storage=url)
-    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2 and len(study.trials) == 3  # no extra sampled trial
+    assert (
+        len(study.get_trials(states=(TrialState.COMPLETE,))) == 2 and len(study.trials) == 3
+    )  # no extra sampled trial
     _check_resumed(study, victim)  # the same params: the seed too
     summary = CF.summarize(study, search)[str(search.best_trial.number)]
     assert summary["seeds"] == [1, 2] and len(summary["values"]) == 2
@@ -211,8 +257,13 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_ur
     config.dump(cfg, best)
     n = 1000  # more than 2 workers can finish in the budget
     cmd = [*_run_cmd(study_file, "new", n, 2, url, artifacts), "--from-study", "old", "--enqueue", str(best)]
-    run = subprocess.Popen([*cmd, "--time-budget", "40s"], env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"},
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    run = subprocess.Popen(
+        [*cmd, "--time-budget", "40s"],
+        env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     victim = _wait_for_checkpoint(url, "new", [run])
     pid = int(victim.user_attrs["worker"].rpartition(":")[2])
     os.kill(pid, signal.SIGKILL)
@@ -235,8 +286,13 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_ur
     assert finished < n
 
     n = finished + len(paused)  # the next run: those that finished and those that were paused
-    again = subprocess.run([*cmd[: cmd.index("--trials") + 1], str(n), *cmd[cmd.index("--trials") + 2 :]],
-                           env=worker_env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    again = subprocess.run(
+        [*cmd[: cmd.index("--trials") + 1], str(n), *cmd[cmd.index("--trials") + 2 :]],
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "copied 0 finished trials of study 'old' (0 did not fit this space, 2 copied before)" in again.stdout
     assert f"queued {best}: a trial with these values exists; not queued again" in again.stdout
@@ -245,7 +301,10 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_ur
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     for stopped in [study.trials[victim.number], *paused]:  # each went on from its last checkpoint
         (retry,) = [t for t in study.trials if (t.system_attrs.get("retry_history") or [None])[-1] == stopped.number]
-        assert retry.params == stopped.params and retry.user_attrs["resumed_from_epoch"] == stopped.user_attrs["checkpoint"]["epoch"]
+        assert (
+            retry.params == stopped.params
+            and retry.user_attrs["resumed_from_epoch"] == stopped.user_attrs["checkpoint"]["epoch"]
+        )
     assert not any(artifacts.iterdir())
 
 
@@ -253,8 +312,24 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_ur
 def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(storage_url, tmp_path, tiny_study, worker_env):
     n, name, url, artifacts = 3, "sigint", storage_url, tmp_path / "artifacts"
     study_file = _study_file(tmp_path, tiny_study, epochs=12)
-    cmd = [*STL_TUNE, "run", "--study", str(study_file), "--name", name, "--trials", str(n), "--workers", "2",
-           "--gpus", "none", "--storage", url, "--artifacts", str(artifacts)]  # fmt: skip
+    cmd = [
+        *STL_TUNE,
+        "run",
+        "--study",
+        str(study_file),
+        "--name",
+        name,
+        "--trials",
+        str(n),
+        "--workers",
+        "2",
+        "--gpus",
+        "none",
+        "--storage",
+        url,
+        "--artifacts",
+        str(artifacts),
+    ]
 
     run = subprocess.Popen(cmd, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_checkpoint(url, name, [run])
@@ -264,8 +339,12 @@ def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(storage_url, tmp_path, 
     assert run.returncode == 130, out
     assert "Traceback" not in out  # an interrupted trial is one line, not Optuna's traceback
     # one calm line per worker, and nothing from Optuna's logger about a failure or nan
-    stops = re.findall(r"^\[w(\d)\] (?:trial (\d+) stopped at epoch \d+, queued to resume from (?:epoch \d+|the "
-                       r"start \(no checkpoint yet\)) as trial \d+|stopped; no trial was running)$", out, re.M)  # fmt: skip
+    stops = re.findall(
+        r"^\[w(\d)\] (?:trial (\d+) stopped at epoch \d+, queued to resume from (?:epoch \d+|the "
+        r"start \(no checkpoint yet\)) as trial \d+|stopped; no trial was running)$",
+        out,
+        re.M,
+    )
     assert sorted(w for w, _ in stops) == ["0", "1"], out
     assert not re.search(r"(?i)trial \d+ failed|failed with|\bnan\b|^\[w\d\] \[W ", out, re.M), out
     study = optuna.load_study(study_name=name, storage=url)
@@ -287,8 +366,9 @@ def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(storage_url, tmp_path, 
 
 
 @pytest.mark.slow
-def test_ctrl_c_finishes_the_epoch_and_checkpoints_it_for_the_retry(storage_url, tmp_path, tiny_study, worker_env,
-                                                                    monkeypatch):  # fmt: skip
+def test_ctrl_c_finishes_the_epoch_and_checkpoints_it_for_the_retry(
+    storage_url, tmp_path, tiny_study, worker_env, monkeypatch
+):
     """No timed checkpoint before the end: the one the retry resumes from is the one the stop made,
     at the epoch it stopped at; status reads the trial as stopped, not failed."""
     from typer.testing import CliRunner
@@ -299,8 +379,24 @@ def test_ctrl_c_finishes_the_epoch_and_checkpoints_it_for_the_retry(storage_url,
     name, url = "soft", storage_url
     tiny_study["fixed"]["runtime"]["checkpoint_interval_s"] = 3600
     study_file = _study_file(tmp_path, tiny_study, epochs=200)  # far from its end when the signal comes
-    cmd = [*STL_TUNE, "run", "--study", str(study_file), "--name", name, "--trials", "1", "--workers", "1",
-           "--gpus", "none", "--storage", url, "--artifacts", str(tmp_path / "artifacts")]  # fmt: skip
+    cmd = [
+        *STL_TUNE,
+        "run",
+        "--study",
+        str(study_file),
+        "--name",
+        name,
+        "--trials",
+        "1",
+        "--workers",
+        "1",
+        "--gpus",
+        "none",
+        "--storage",
+        url,
+        "--artifacts",
+        str(tmp_path / "artifacts"),
+    ]
     run = subprocess.Popen(cmd, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_checkpoint(url, name, [run], attr="curve")  # its first epoch has ended
     run.send_signal(signal.SIGINT)
@@ -369,10 +465,14 @@ def _a_transaction_is_open(url: str) -> bool:
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
         with engine.connect() as conn:  # any other session of the database inside a statement or a transaction
-            return bool(conn.execute(sqlalchemy.text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                " AND (state = 'active' OR state LIKE 'idle in transaction%')"
-            )).scalar())  # fmt: skip
+            return bool(
+                conn.execute(
+                    sqlalchemy.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        " AND (state = 'active' OR state LIKE 'idle in transaction%')"
+                    )
+                ).scalar()
+            )
     finally:
         engine.dispose()
 
@@ -386,8 +486,16 @@ def test_frozen_worker_wakes_drops_its_stale_trial_and_goes_on(storage_url, tmp_
     spec = StudySpec.from_dict(yaml.safe_load(_study_file(tmp_path, tiny_study, epochs=12).read_text()))
     create_or_load_study(spec, name, open_storage(url, heartbeat=False)).set_user_attr("n_trials", n)
     cmd = [*STL_TUNE, "worker", "--name", name, "--storage", url, "--gpus", "none", "--artifacts", str(artifacts)]
-    procs = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=worker_env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--worker-index", str(i)],
+            env=worker_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     victim = _wait_for_checkpoint(url, name, procs)
     pid = int(victim.user_attrs["worker"].rpartition(":")[2])
     (frozen,) = [p for p in procs if p.pid == pid]

@@ -21,12 +21,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from stl_tune.cli import app
-from stl_tune.search import probe
+from stl_tune.search import create_or_load_study, open_storage, probe
 from stl_tune.search.eta import EpochsRun, estimate
 from stl_tune.search.live import EpochLog, View
-from stl_tune.search.space import StudySpec
-from stl_tune.search import create_or_load_study, open_storage
 from stl_tune.search.record import ENQUEUED_ATTR, N_TRIALS_ATTR
+from stl_tune.search.space import StudySpec
 from stl_tune.search.trials import tally
 from stl_tune.train import EpochMetrics
 
@@ -62,7 +61,9 @@ def _simulated_epochs(pruner: optuna.pruners.BasePruner, epochs: int, n: int = 3
             if step < epochs and trial.should_prune():
                 break
         total += step
-        study.tell(trial, value if step == epochs else None, state=TrialState.COMPLETE if step == epochs else TrialState.PRUNED)
+        study.tell(
+            trial, value if step == epochs else None, state=TrialState.COMPLETE if step == epochs else TrialState.PRUNED
+        )
     return total / n
 
 
@@ -82,11 +83,17 @@ def test_epochs_per_trial_follow_the_pruners_rungs():
     # Against Optuna's own pruners on 300 trials: the model is the rungs' nominal 1/eta, Optuna
     # promotes floor(n/eta) of n, a little fewer.
     for pruner, options, epochs in [
-        (optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
-         {"name": "successive_halving", "min_resource": 1, "reduction_factor": 2}, 8),
-        (optuna.pruners.HyperbandPruner(min_resource=2, max_resource=27, reduction_factor=3),
-         {"name": "hyperband", "min_resource": 2, "reduction_factor": 3, "max_resource": 27}, 27),
-    ]:  # fmt: skip
+        (
+            optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+            {"name": "successive_halving", "min_resource": 1, "reduction_factor": 2},
+            8,
+        ),
+        (
+            optuna.pruners.HyperbandPruner(min_resource=2, max_resource=27, reduction_factor=3),
+            {"name": "hyperband", "min_resource": 2, "reduction_factor": 3, "max_resource": 27},
+            27,
+        ),
+    ]:
         assert EpochsRun.under(options, epochs).mean() == pytest.approx(_simulated_epochs(pruner, epochs), rel=0.15)
 
 
@@ -133,8 +140,9 @@ def test_time_left_from_known_epoch_times(known_study):
     # A pruner that halves by 2 from epoch 1: a trial runs 1 (1/2), 2 (1/4), 4 (1/8), 8 (1/16) or
     # 10 epochs (1/16), 2.625 on average; a running one at epoch 4 has ahead of it
     # E[T | T >= 4] - 4 = (4/8 + 8/16 + 10/16) / (1/4) - 4 = 2.5.
-    halving = StudySpec.from_dict({**SPEC, "pruner": {"name": "successive_halving", "min_resource": 1,
-                                                      "reduction_factor": 2}})  # fmt: skip
+    halving = StudySpec.from_dict(
+        {**SPEC, "pruner": {"name": "successive_halving", "min_resource": 1, "reduction_factor": 2}}
+    )
     left = estimate(study.get_trials(), 6, 2, halving)
     assert left.expected_epochs == pytest.approx(2.625)
     assert left.seconds == pytest.approx((2.5 * 3 + 2.5 * 1 + 2 * 2.625 * 2) / 2)
@@ -166,11 +174,19 @@ def test_running_trials_fit_an_80_column_terminal(known_study):
     trials = study.get_trials()
     running = sorted((tr for tr in trials if tr.state == TrialState.RUNNING), key=view._order)
     seed_like = {f"section.parameter_{i}": FloatDistribution(0.0, 1.0) for i in range(8)}  # far wider than 80
-    running.append(optuna.create_trial(
-        state=TrialState.RUNNING, params={k: 0.123456 for k in seed_like}, distributions=seed_like,
-        user_attrs={"worker": "a-very-long-host-name.example.org:1234567", "curve": [0.5] * 123,
-                    "epoch_seconds": [1234.5], "config": {"optim": {"epochs": 200}}},
-    ))  # fmt: skip
+    running.append(
+        optuna.create_trial(
+            state=TrialState.RUNNING,
+            params={k: 0.123456 for k in seed_like},
+            distributions=seed_like,
+            user_attrs={
+                "worker": "a-very-long-host-name.example.org:1234567",
+                "curve": [0.5] * 123,
+                "epoch_seconds": [1234.5],
+                "config": {"optim": {"epochs": 200}},
+            },
+        )
+    )
     console = Console(width=80, record=True, file=io.StringIO(), force_terminal=True)
     console.print(view.render(t, running, estimate(trials, 6, t.finished, view.spec)))
     text = console.export_text()
@@ -180,7 +196,9 @@ def test_running_trials_fit_an_80_column_terminal(known_study):
     assert "2 running; less than a minute left" in text
     rows = [line for line in lines if re.match(r"^│\s+-?\d", line)]
     assert len(rows) == 3, text
-    assert re.search(r"│\s+2 │ w0\s+│\s+4/10 │ 0\.2500 │\s+3 │ width=32 lr=0\.00123", rows[0]), text  # this host's first
+    assert re.search(r"│\s+2 │ w0\s+│\s+4/10 │ 0\.2500 │\s+3 │ width=32 lr=0\.00123", rows[0]), (
+        text
+    )  # this host's first
     assert re.search(r"│\s+3 │ gpu-7:55\s+│\s+4/10 │ 0\.2500 │\s+1 │ width=64", rows[1]), text
     assert re.search(r"│ a-very-long-h… │ 123/200 │ 0\.5000 │\s+1234 │ parameter_0=0\.123 .*… │$", rows[2]), text
 
@@ -201,8 +219,15 @@ def test_log_lines_are_plain_and_spaced(known_study):
         def train(self, cfg, on_epoch_end, **kw):
             for epoch in range(1, 13):
                 now[0] = epoch * 2.0  # 2 s an epoch
-                m = EpochMetrics(epoch=epoch, train_loss=1.0, val_acc=0.1 * epoch, lr=0.1, label_smoothing=0.0,
-                                 seconds=2.0, checkpointed=False)  # fmt: skip
+                m = EpochMetrics(
+                    epoch=epoch,
+                    train_loss=1.0,
+                    val_acc=0.1 * epoch,
+                    lr=0.1,
+                    label_smoothing=0.0,
+                    seconds=2.0,
+                    checkpointed=False,
+                )
                 seen.append(on_epoch_end(m))
             return 0.9
 
@@ -242,19 +267,24 @@ def test_start_up_check_says_what_a_trial_costs_on_a_cpu(tiny_study, tmp_path, m
     assert re.fullmatch(
         r"note: no GPU in use: one trial \(width 4, batch 32, 16 px, 2 epochs\) takes about .+ on this CPU "
         r"\(5 steps of .+ s \+ .+ s of validation per epoch, 1 threads\); use a GPU \(--gpus\), a smaller "
-        r"study \(--study studies/smoke.yaml\) or --time-budget", line)  # fmt: skip
+        r"study \(--study studies/smoke.yaml\) or --time-budget",
+        line,
+    )
     study.add_trial(_trial(TrialState.COMPLETE, [1.0]))
     assert probe.cost_note(spec, study, [None], None, 1) is None  # trials have run: the time left says it
 
 
 def test_reference_config_is_the_recipe_moved_into_the_space():
-    spec = StudySpec.from_dict({
-        "name": "r", "search_space": {
-            "model.width": {"type": "int", "low": 4, "high": 8},  # default 64: above
-            "optim.batch_size": {"type": "categorical", "choices": [16, 32]},  # default 64: not a choice
-            "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},  # default 1e-3: inside
-        },
-    })  # fmt: skip
+    spec = StudySpec.from_dict(
+        {
+            "name": "r",
+            "search_space": {
+                "model.width": {"type": "int", "low": 4, "high": 8},  # default 64: above
+                "optim.batch_size": {"type": "categorical", "choices": [16, 32]},  # default 64: not a choice
+                "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},  # default 1e-3: inside
+            },
+        }
+    )
     cfg = probe.reference_config(spec)
     assert (cfg.model.width, cfg.optim.batch_size, cfg.optim.lr) == (8, 16, 1e-3)
 
@@ -270,8 +300,20 @@ def test_sigterm_on_a_worker_is_one_calm_line(storage_url, tmp_path, tiny_study,
     tiny_study["fixed"]["optim"]["epochs"] = 12
     name, url = "term", storage_url
     create_or_load_study(StudySpec.from_dict(tiny_study), name, open_storage(url, heartbeat=False))
-    cmd = [*STL_TUNE, "worker", "--name", name, "--storage", url, "--gpus", "none", "--trials", "1",
-           "--artifacts", str(tmp_path / "artifacts")]  # fmt: skip
+    cmd = [
+        *STL_TUNE,
+        "worker",
+        "--name",
+        name,
+        "--storage",
+        url,
+        "--gpus",
+        "none",
+        "--trials",
+        "1",
+        "--artifacts",
+        str(tmp_path / "artifacts"),
+    ]
     proc = subprocess.Popen(cmd, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_checkpoint(url, name, [proc])
     proc.send_signal(signal.SIGTERM)
@@ -284,7 +326,10 @@ def test_sigterm_on_a_worker_is_one_calm_line(storage_url, tmp_path, tiny_study,
     (retry,) = study.get_trials(states=(TrialState.WAITING,))
     saved, done = stopped.user_attrs["checkpoint"]["epoch"], len(stopped.user_attrs["curve"])
     assert saved == done >= 1  # the epoch under way finished and was checkpointed
-    assert out.splitlines()[-1] == f"trial 0 stopped at epoch {done}, queued to resume from epoch {saved} as trial {retry.number}"
+    assert (
+        out.splitlines()[-1]
+        == f"trial 0 stopped at epoch {done}, queued to resume from epoch {saved} as trial {retry.number}"
+    )
     assert not re.search(OPTUNA_FAILURE, out), out
     assert re.search(r"^trial 0: epoch 1/12, val \d\.\d{4}, .+ s/epoch \(lr=.+ se=(True|False)\)$", out, re.M), out
     assert not CONTROL.search(out)

@@ -73,9 +73,15 @@ def test_se_is_torchvisions_squeeze_excitation_with_linear_layers():
     ours = build_model(cfg, 10)
     torch.manual_seed(0)
     theirs = ResNet(
-        widths=[4, 8, 16, 32], blocks=cfg.blocks, num_classes=10, stem_stride=1, drop_path=0.0,
-        attn_layer=lambda c: SqueezeExcitation(c, max(1, c // cfg.se_reduction)), mean=(0.5,) * 3, std=(0.25,) * 3,
-    )  # fmt: skip
+        widths=[4, 8, 16, 32],
+        blocks=cfg.blocks,
+        num_classes=10,
+        stem_stride=1,
+        drop_path=0.0,
+        attn_layer=lambda c: SqueezeExcitation(c, max(1, c // cfg.se_reduction)),
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+    )
     a, b = ours.state_dict(), theirs.state_dict()
     assert a.keys() == b.keys() and any(k.endswith("attn.fc1.weight") for k in a)
     assert all(torch.equal(a[k], b[k].view_as(a[k])) for k in a)

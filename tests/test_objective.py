@@ -12,9 +12,9 @@ import torch
 from optuna.trial import TrialState
 
 from stl_tune import config as C
+from stl_tune.search import create_or_load_study, open_storage
 from stl_tune.search.objective import Objective
 from stl_tune.search.space import StudySpec
-from stl_tune.search import create_or_load_study, open_storage
 from stl_tune.search.workers import work
 from stl_tune.train import train
 
@@ -162,8 +162,13 @@ def test_last5_objective_is_the_mean_of_the_last_five_epochs():
     from stl_tune.train import TrainResult
 
     accs = [0.2, 0.9, 0.5, 0.6, 0.7, 0.8, 0.6]  # a lucky epoch 2 does not make the value
-    result = TrainResult(status="completed", epochs_run=7, best_val_acc=max(accs), val_acc=accs[-1],
-                         history=[{"epoch": i + 1, "val_acc": a} for i, a in enumerate(accs)])  # fmt: skip
+    result = TrainResult(
+        status="completed",
+        epochs_run=7,
+        best_val_acc=max(accs),
+        val_acc=accs[-1],
+        history=[{"epoch": i + 1, "val_acc": a} for i, a in enumerate(accs)],
+    )
     assert objective_value(result, "last5_val_acc") == pytest.approx(sum(accs[-5:]) / 5)
     assert objective_value(result, "best_val_acc") == 0.9 and objective_value(result, "val_acc") == 0.6
     result.history = result.history[:2]  # fewer epochs than five: the mean of those

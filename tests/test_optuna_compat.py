@@ -10,8 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from stl_tune.search import optuna_compat as compat
 from stl_tune.search import open_storage
+from stl_tune.search import optuna_compat as compat
 
 
 @pytest.fixture
@@ -87,8 +87,8 @@ def test_experimental_ok_silences_only_experimental_warnings():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with compat.experimental_ok():
-            warnings.warn("x", optuna.exceptions.ExperimentalWarning)
-            warnings.warn("y", UserWarning)
+            warnings.warn("x", optuna.exceptions.ExperimentalWarning, stacklevel=2)
+            warnings.warn("y", UserWarning, stacklevel=2)
     assert [str(w.message) for w in caught] == ["y"]
 
 
@@ -100,7 +100,11 @@ def test_study_id_and_the_trial_table_count_a_study(study):
     storage = compat.storage_of(study)
     assert compat.study_id(study) == storage.get_study_id_from_name(study.study_name)
     t = compat.TrialModel
-    query = sqlalchemy.select(t.state, sqlalchemy.func.count()).where(t.study_id == compat.study_id(study)).group_by(t.state)
+    query = (
+        sqlalchemy.select(t.state, sqlalchemy.func.count())
+        .where(t.study_id == compat.study_id(study))
+        .group_by(t.state)
+    )
     with compat.backend(storage).engine.connect() as conn:
         assert dict(conn.execute(query).all()) == {TrialState.RUNNING: 1, TrialState.COMPLETE: 1}
 
@@ -130,8 +134,11 @@ def _hyperband_run(pruner: optuna.pruners.BasePruner) -> tuple[list[int], list[b
             if trial.should_prune():
                 break
         pruned.append(epoch < 9)
-        study.tell(trial, None if pruned[-1] else (n * 7 % 12 + 9) / 30,
-                   state=TrialState.PRUNED if pruned[-1] else TrialState.COMPLETE)  # fmt: skip
+        study.tell(
+            trial,
+            None if pruned[-1] else (n * 7 % 12 + 9) / 30,
+            state=TrialState.PRUNED if pruned[-1] else TrialState.COMPLETE,
+        )
     return sampler.seen, pruned
 
 
@@ -156,14 +163,19 @@ def test_parallel_coordinate_axes_then_draw_is_optunas_plot_and_draws_the_ticks_
     study = optuna.create_study(study_name="parallel", storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
     dists = {"width": IntDistribution(4, 7), "lr": FloatDistribution(1e-4, 1e-1, log=True)}
     for i in range(4):
-        study.add_trial(create_trial(value=0.1 * i, params={"width": 4 + i, "lr": 10.0 ** -(i + 1)}, distributions=dists))
+        study.add_trial(
+            create_trial(value=0.1 * i, params={"width": 4 + i, "lr": 10.0 ** -(i + 1)}, distributions=dists)
+        )
     axes = compat.parallel_coordinate_axes(study, target_name="acc")
     assert [d.label for d in axes.dims_params] == ["lr", "width"]  # sorted
     assert axes.dims_params[0].is_log and axes.dims_params[0].values == (-1.0, -2.0, -3.0, -4.0)  # log10
     assert axes.dims_objectives[0].values == tuple(0.1 * i for i in range(4)) and not axes.reverse_scale
     fig, ax = compat.draw_parallel_coordinate(axes)
     with compat.experimental_ok():
-        assert fig.to_plotly_json() == optuna.visualization.plot_parallel_coordinate(study, target_name="acc").to_plotly_json()
+        assert (
+            fig.to_plotly_json()
+            == optuna.visualization.plot_parallel_coordinate(study, target_name="acc").to_plotly_json()
+        )
     lines = [t for t in fig.data if t.customdata is not None]  # one per trial, in draw_order
     assert [t.y[0] for t in lines] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])  # first point: the objective in [0, 1]
     assert [t for t in fig.data if t.customdata is None][-1].marker.colorscale is not None  # the colour bar
@@ -173,7 +185,11 @@ def test_parallel_coordinate_axes_then_draw_is_optunas_plot_and_draws_the_ticks_
     plt.close("all")
 
     width = axes.dims_params[1]._replace(tickvals=[4, 7], ticktext=["four", "seven"])
-    fig, _ = compat.draw_parallel_coordinate(axes._replace(dims_params=[axes.dims_params[0], width], draw_order=(3, 2, 1, 0)))
+    fig, _ = compat.draw_parallel_coordinate(
+        axes._replace(dims_params=[axes.dims_params[0], width], draw_order=(3, 2, 1, 0))
+    )
     assert [a.text for a in fig.layout.annotations if a.x == 2] == ["four", "seven"]
-    assert [t.y[0] for t in fig.data if t.customdata is not None] == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])  # drawn in that order
+    assert [t.y[0] for t in fig.data if t.customdata is not None] == pytest.approx(
+        [1.0, 2 / 3, 1 / 3, 0.0]
+    )  # drawn in that order
     plt.close("all")

@@ -14,8 +14,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from stl_tune.search import reconnect, workers
-from stl_tune.search import open_storage
+from stl_tune.search import open_storage, reconnect, workers
 from stl_tune.search.trials import count_states, tally
 
 
@@ -32,8 +31,26 @@ def test_workers_ride_out_a_postgres_restart(postgres, postgres_url, tiny_study,
     tiny_study["fixed"]["optim"]["epochs"] = 3  # each trial writes to the database every epoch
     study_file = tmp_path / "tiny.yaml"
     study_file.write_text(yaml.safe_dump(tiny_study))
-    cmd = [sys.executable, "-m", "stl_tune", "run", "--study", str(study_file), "--name", name, "--trials", str(n),
-           "--workers", "4", "--gpus", "none", "--storage", postgres_url, "--artifacts", str(artifacts)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "stl_tune",
+        "run",
+        "--study",
+        str(study_file),
+        "--name",
+        name,
+        "--trials",
+        str(n),
+        "--workers",
+        "4",
+        "--gpus",
+        "none",
+        "--storage",
+        postgres_url,
+        "--artifacts",
+        str(artifacts),
+    ]
     run = subprocess.Popen(cmd, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline, storage = time.monotonic() + 120, open_storage(postgres_url, heartbeat=False)
@@ -91,8 +108,9 @@ def test_count_states_counts_every_trial_like_a_tally(storage_url):
         study.add_trial(optuna.create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None))
     study.ask()
     study.enqueue_trial({})
-    want = Counter({TrialState.COMPLETE: 2, TrialState.PRUNED: 1, TrialState.FAIL: 1, TrialState.RUNNING: 1,
-                    TrialState.WAITING: 1})  # fmt: skip
+    want = Counter(
+        {TrialState.COMPLETE: 2, TrialState.PRUNED: 1, TrialState.FAIL: 1, TrialState.RUNNING: 1, TrialState.WAITING: 1}
+    )
     assert count_states(study) == tally(study).states == want
 
 

@@ -25,10 +25,20 @@ runner = CliRunner()
 def model_file(fake_data, tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("run")
-    cfg = C.from_dict(None, {
-        "data.dir": str(fake_data), "data.image_size": 16, "model.width": 4, "model.blocks": [1, 1, 1, 1],
-        "optim.epochs": 4, "optim.lr": 3e-3, "optim.batch_size": 16, "augment.mix_epochs": 0, "ema.decay": 0.9,
-    })  # fmt: skip
+    cfg = C.from_dict(
+        None,
+        {
+            "data.dir": str(fake_data),
+            "data.image_size": 16,
+            "model.width": 4,
+            "model.blocks": [1, 1, 1, 1],
+            "optim.epochs": 4,
+            "optim.lr": 3e-3,
+            "optim.batch_size": 16,
+            "augment.mix_epochs": 0,
+            "ema.decay": 0.9,
+        },
+    )
     write_outputs(out, cfg, train(cfg, evaluate_test=True))
     return out / "model.pt"
 
@@ -57,10 +67,13 @@ def read_csv(path: Path) -> list[dict]:
 def test_predict_writes_the_classes_evaluate_would_score(model_file, photos, tmp_path):
     root, x = photos
     out = tmp_path / "predictions.csv"
-    res = runner.invoke(app, ["predict", "--model", str(model_file), "--images", str(root), "-o", str(out),
-                              "--device", "cpu"])  # fmt: skip
+    res = runner.invoke(
+        app, ["predict", "--model", str(model_file), "--images", str(root), "-o", str(out), "--device", "cpu"]
+    )
     assert res.exit_code == 0, res.output
-    assert res.output.strip().endswith(f"classified 30 images, flip TTA; skipped 1 file that is not an image: notes.txt: wrote {out}")
+    assert res.output.strip().endswith(
+        f"classified 30 images, flip TTA; skipped 1 file that is not an image: notes.txt: wrote {out}"
+    )
     rows = read_csv(out)
     assert [Path(r["file"]).name for r in rows] == [f"{i:02d}.png" for i in range(30)]  # recursive, in path order
     assert list(rows[0]) == ["file", "class", "probability", "class_2", "probability_2", "class_3", "probability_3"]
@@ -81,8 +94,22 @@ def test_predict_takes_files_a_shell_glob_and_an_ensemble(model_file, photos, tm
     save_ensemble(ensemble, [model_file, model_file])
     files = sorted((root / "day2").glob("*.png"))  # as the shell expands --images photos/day2/*.png
     out = tmp_path / "p.csv"
-    res = runner.invoke(app, ["predict", "--model", str(ensemble), "--images", *map(str, files), "-o", str(out),
-                              "--top-k", "1", "--device", "cpu"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(ensemble),
+            "--images",
+            *map(str, files),
+            "-o",
+            str(out),
+            "--top-k",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = read_csv(out)
     assert [r["file"] for r in rows] == list(map(str, files)) and list(rows[0]) == ["file", "class", "probability"]
@@ -104,7 +131,9 @@ def test_what_is_not_an_image_is_one_line(model_file, photos, tmp_path):
         (broken, f"error: {broken}: cannot read this image"),
     ]
     for image, message in cases:
-        res = runner.invoke(app, ["predict", "--model", str(model_file), "--images", str(image), "-o", str(tmp_path / "p.csv")])
+        res = runner.invoke(
+            app, ["predict", "--model", str(model_file), "--images", str(image), "-o", str(tmp_path / "p.csv")]
+        )
         assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
         assert res.output.startswith(message), res.output
     assert not (tmp_path / "p.csv").exists()

@@ -26,8 +26,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.excep
 def proxy(db_url: str, *extra: str):
     """A `stl-tune proxy` subprocess in front of db_url; yields its grpc:// URL once it answers."""
     port = free_port()
-    server = subprocess.Popen([*STL_TUNE, "proxy", "--storage", db_url, "--port", str(port), *extra],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    server = subprocess.Popen(
+        [*STL_TUNE, "proxy", "--storage", db_url, "--port", str(port), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         client = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
         try:
@@ -47,11 +51,30 @@ def test_workers_finish_a_study_through_the_proxy(tmp_path, fake_data, worker_en
     n = 4
     with proxy(db) as (grpc_url, _):
         run = subprocess.run(
-            [*STL_TUNE, "run", "--study", str(ROOT / "studies/smoke.yaml"), "--storage", grpc_url,
-             "--trials", str(n), "--gpus", "none", "--workers", "3",
-             "--data-dir", str(fake_data), "--artifacts", str(tmp_path / "artifacts")],
-            capture_output=True, text=True, timeout=240, cwd=tmp_path, env=worker_env,
-        )  # fmt: skip
+            [
+                *STL_TUNE,
+                "run",
+                "--study",
+                str(ROOT / "studies/smoke.yaml"),
+                "--storage",
+                grpc_url,
+                "--trials",
+                str(n),
+                "--gpus",
+                "none",
+                "--workers",
+                "3",
+                "--data-dir",
+                str(fake_data),
+                "--artifacts",
+                str(tmp_path / "artifacts"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=tmp_path,
+            env=worker_env,
+        )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     study = optuna.load_study(study_name="smoke", storage=db)  # read back directly, not via the proxy
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]

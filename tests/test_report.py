@@ -33,15 +33,26 @@ def make_study(url: str, name: str = "demo", complete: int = 6, more_attrs: dict
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=name, storage=url, direction="maximize")
     for i in range(complete + 3):
-        params = {"optim.lr": 10 ** (-3 + 0.25 * (i % 5)), "model.width": 4 + 4 * (i % 3),
-                  "optim.name": ["adamw", "sgd"][i % 2]}  # fmt: skip
+        params = {
+            "optim.lr": 10 ** (-3 + 0.25 * (i % 5)),
+            "model.width": 4 + 4 * (i % 3),
+            "optim.name": ["adamw", "sgd"][i % 2],
+        }
         cfg = C.from_dict(None, params)
         state = TrialState.COMPLETE if i < complete else TrialState.PRUNED if i < complete + 2 else TrialState.FAIL
         epochs = 4 if state == TrialState.COMPLETE else 2
         curve = [round(0.1 + 0.05 * i * (e + 1) / epochs, 4) for e in range(epochs)]
-        attrs = {"config": C.to_dict(cfg), "curve": curve, "epochs_run": epochs, "seconds": 3.0 + i,
-                 "param_count": 1234, "device": "cpu", "status": state.name.lower(),
-                 "fail_reason": "diverged" if state == TrialState.FAIL else None, **(more_attrs or {}).get(i, {})}  # fmt: skip
+        attrs = {
+            "config": C.to_dict(cfg),
+            "curve": curve,
+            "epochs_run": epochs,
+            "seconds": 3.0 + i,
+            "param_count": 1234,
+            "device": "cpu",
+            "status": state.name.lower(),
+            "fail_reason": "diverged" if state == TrialState.FAIL else None,
+            **(more_attrs or {}).get(i, {}),
+        }
         study.add_trial(
             create_trial(
                 state=state,
@@ -64,11 +75,20 @@ def _run(out: Path, seed: int, test_acc: float | None) -> None:
     from stl_tune.train import TrainResult
 
     cm = [[8, 1, 1], [2, 7, 1], [0, 3, 7]]
-    history = [{"epoch": e, "train_loss": 2.0 / e, "val_acc": None, "lr": 1e-3, "label_smoothing": 0.1} for e in (1, 2, 3)]
-    result = TrainResult(status="completed" if test_acc is not None else "diverged", epochs_run=3,
-                         best_val_acc=None, val_acc=None, history=history, test_acc=test_acc, classes=CLASSES,
-                         per_class_acc=[0.8, 0.7, 0.7] if test_acc is not None else None,
-                         confusion=cm if test_acc is not None else None)  # fmt: skip
+    history = [
+        {"epoch": e, "train_loss": 2.0 / e, "val_acc": None, "lr": 1e-3, "label_smoothing": 0.1} for e in (1, 2, 3)
+    ]
+    result = TrainResult(
+        status="completed" if test_acc is not None else "diverged",
+        epochs_run=3,
+        best_val_acc=None,
+        val_acc=None,
+        history=history,
+        test_acc=test_acc,
+        classes=CLASSES,
+        per_class_acc=[0.8, 0.7, 0.7] if test_acc is not None else None,
+        confusion=cm if test_acc is not None else None,
+    )
     write_outputs(out, C.from_dict(None, {"seed": seed}), result)
 
 
@@ -84,14 +104,27 @@ def write_runs(root: Path, accs: dict[int, float | None] | None = None, ensemble
     accs = {0: 0.7333, 1: 0.7667, 2: 0.7} if accs is None else accs
     for seed, acc in accs.items():
         _run(root / f"seed-{seed}", seed, acc)
-    results = {seed: TrainResult(status="completed" if acc is not None else "diverged", epochs_run=3,
-                                 best_val_acc=None, val_acc=None, test_acc=acc) for seed, acc in accs.items()}  # fmt: skip
+    results = {
+        seed: TrainResult(
+            status="completed" if acc is not None else "diverged",
+            epochs_run=3,
+            best_val_acc=None,
+            val_acc=None,
+            test_acc=acc,
+        )
+        for seed, acc in accs.items()
+    }
     summary = write_seed_summary(root, results)
     summary["ensemble"] = None
     if ensemble:
-        summary["ensemble"] = {"file": "ensemble.pt", "members": [f"seed-{s}" for s, a in accs.items() if a is not None],
-                               "test_acc": 0.8, "per_class_acc": [0.9, 0.8, 0.7], "classes": CLASSES,
-                               "confusion": [[9, 1, 0], [1, 8, 1], [0, 3, 7]]}  # fmt: skip
+        summary["ensemble"] = {
+            "file": "ensemble.pt",
+            "members": [f"seed-{s}" for s, a in accs.items() if a is not None],
+            "test_acc": 0.8,
+            "per_class_acc": [0.9, 0.8, 0.7],
+            "classes": CLASSES,
+            "confusion": [[9, 1, 0], [1, 8, 1], [0, 3, 7]],
+        }
     (root / "summary.json").write_text(json.dumps(summary))
     return root
 
@@ -158,7 +191,7 @@ def test_best_trials_link_their_configs(report):
     links = re.findall(r'href="(configs/trial-(\d+)\.yaml)"', page)
     complete = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
     assert [int(n) for _, n in links] == [t.number for t in complete]  # best first, only complete trials
-    for (rel, n), trial in zip(links, complete):  # each the trial's export: the exact config it trained
+    for (rel, _n), trial in zip(links, complete):  # each the trial's export: the exact config it trained
         want = copy.deepcopy(trial.user_attrs["config"])  # with, set up for final training
         want["data"]["train_on_val"], want["runtime"]["device"] = True, "auto"
         assert C.to_dict(C.load(out / rel)) == want
@@ -251,8 +284,14 @@ def test_page_says_how_the_known_recipe_did_the_warm_start_the_budgets_and_what_
     from stl_tune.search.record import COPIED_ATTR, ENQUEUED_ATTR, KNOWN_RECIPE, N_TRIALS_ATTR
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = make_study(url, more_attrs={0: {ENQUEUED_ATTR: KNOWN_RECIPE}, 1: {ENQUEUED_ATTR: "/x/best.yaml"},
-                                        2: {COPIED_ATTR: "study old, trial 7"}})  # fmt: skip
+    study = make_study(
+        url,
+        more_attrs={
+            0: {ENQUEUED_ATTR: KNOWN_RECIPE},
+            1: {ENQUEUED_ATTR: "/x/best.yaml"},
+            2: {COPIED_ATTR: "study old, trial 7"},
+        },
+    )
     study.set_user_attr(N_TRIALS_ATTR, 24)
     budget.set_budgets(study, timedelta(hours=2), 5)
     out = tmp_path / "report"
@@ -265,11 +304,20 @@ def test_page_says_how_the_known_recipe_did_the_warm_start_the_budgets_and_what_
     assert "1 config file(s) queued with --enqueue" in page and "1 finished trials copied from another study" in page
     assert "<td>0 (known recipe)</td>" in page and "<td>1 (queued: best.yaml)</td>" in page
     assert "<td>2 (copied: study old, trial 7)</td>" in page
-    assert f"24 trials; time budget: 2 h left (no trial starts after {budget.deadline(study.user_attrs):%Y-%m-%d %H:%M} UTC)" in page
-    assert "patience: stops after 5 finished trials without a better one (0 so far)" in page  # none run since it was set
-    assert "stl-tune confirm --name demo --top 3 --seeds 3" in page and "stl-tune export --name demo -o best.yaml" in page
+    assert (
+        f"24 trials; time budget: 2 h left (no trial starts after {budget.deadline(study.user_attrs):%Y-%m-%d %H:%M} UTC)"
+        in page
+    )
+    assert (
+        "patience: stops after 5 finished trials without a better one (0 so far)" in page
+    )  # none run since it was set
+    assert (
+        "stl-tune confirm --name demo --top 3 --seeds 3" in page and "stl-tune export --name demo -o best.yaml" in page
+    )
     assert "7 of the study's 24 trials have finished: the same <code>stl-tune run</code> command continues it" in page
-    assert "9 (5 complete, 2 pruned, 1 failed, 1 copied from another study)" in page  # the copied one not counted as run
+    assert (
+        "9 (5 complete, 2 pruned, 1 failed, 1 copied from another study)" in page
+    )  # the copied one not counted as run
 
 
 # ------------------------------------------------------------------------------------- plots
@@ -316,14 +364,28 @@ def edge_study(url: str) -> optuna.Study:
     a numeric categorical."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="edge", storage=url, direction="maximize")
-    dists = {"model.width": IntDistribution(4, 6), "lr_adamw": FloatDistribution(3e-4, 3e-3, log=True),
-             "optim.name": CategoricalDistribution(["adamw", "sgd"]), "optim.batch_size": CategoricalDistribution([32, 64, 128])}  # fmt: skip
+    dists = {
+        "model.width": IntDistribution(4, 6),
+        "lr_adamw": FloatDistribution(3e-4, 3e-3, log=True),
+        "optim.name": CategoricalDistribution(["adamw", "sgd"]),
+        "optim.batch_size": CategoricalDistribution([32, 64, 128]),
+    }
     for i in range(8):
-        params = {"model.width": 4 + i % 3, "optim.name": ["adamw", "sgd"][i % 2], "optim.batch_size": [32, 64, 128][i % 3]}
+        params = {
+            "model.width": 4 + i % 3,
+            "optim.name": ["adamw", "sgd"][i % 2],
+            "optim.batch_size": [32, 64, 128][i % 3],
+        }
         if i % 2 == 0:
             params["lr_adamw"] = 3.5e-4 * 1.15**i  # 3.5e-4 .. 8.1e-4
-        study.add_trial(create_trial(value=0.5 + 0.03 * i, params=params, distributions={k: dists[k] for k in params},
-                                     intermediate_values={1: 0.3, 2: 0.5 + 0.03 * i}))  # fmt: skip
+        study.add_trial(
+            create_trial(
+                value=0.5 + 0.03 * i,
+                params=params,
+                distributions={k: dists[k] for k in params},
+                intermediate_values={1: 0.3, 2: 0.5 + 0.03 * i},
+            )
+        )
     return study
 
 
@@ -364,10 +426,18 @@ def test_parallel_coordinates_of_a_wider_log_range_tick_1_2_5(report):
 def test_final_training_shows_each_seed_their_mean_the_ensemble_and_its_confusion_matrix(tmp_path):
     _, out = render(tmp_path, runs=write_runs(tmp_path / "runs"))
     page = (out / "index.html").read_text()
-    assert "<th>final test accuracy</th><td>0.7333 ± 0.0334 over 3 of 3 seeds; the ensemble of seed-0, seed-1, seed-2: 0.8000</td>" in page
+    assert (
+        "<th>final test accuracy</th><td>0.7333 ± 0.0334 over 3 of 3 seeds; the ensemble of seed-0, seed-1, seed-2: 0.8000</td>"
+        in page
+    )
     for seed, acc in ((0, "0.7333"), (1, "0.7667"), (2, "0.7000")):
-        assert f'<tr><td>{seed}</td><td>completed</td><td>{acc}</td><td>3</td><td><a href="final/seed-{seed}-curves.png">' in page
-        assert (out / "final" / f"seed-{seed}-curves.png").read_bytes() == (tmp_path / "runs" / f"seed-{seed}" / "curves.png").read_bytes()
+        assert (
+            f'<tr><td>{seed}</td><td>completed</td><td>{acc}</td><td>3</td><td><a href="final/seed-{seed}-curves.png">'
+            in page
+        )
+        assert (out / "final" / f"seed-{seed}-curves.png").read_bytes() == (
+            tmp_path / "runs" / f"seed-{seed}" / "curves.png"
+        ).read_bytes()
     assert "<td>mean ± std</td><td>3 of 3 finished</td><td>0.7333 ± 0.0334</td>" in page
     assert "<td>ensemble</td><td>seed-0, seed-1, seed-2</td><td>0.8000</td>" in page
     assert "Confusion matrix of the ensemble of seed-0, seed-1, seed-2" in page and "best validation" not in page
@@ -416,7 +486,12 @@ def test_runs_that_are_not_train_output_are_one_line(tmp_path, case):
     result = CliRunner().invoke(app, ["report", "--storage", url, "-o", str(tmp_path / "r"), "--runs", str(runs)])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and str(runs) in result.output
-    want = {"missing": "no such folder", "empty": "neither summary.json", "evaluate": "no status, epochs_run, best_val_acc, test_acc",
-            "broken": "cannot read", "seeds": "no dir, status, test_acc"}[case]  # fmt: skip
+    want = {
+        "missing": "no such folder",
+        "empty": "neither summary.json",
+        "evaluate": "no status, epochs_run, best_val_acc, test_acc",
+        "broken": "cannot read",
+        "seeds": "no dir, status, test_acc",
+    }[case]
     assert want in result.output
     assert not (tmp_path / "r").exists()  # checked before anything is written

@@ -108,7 +108,8 @@ def test_a_device_no_worker_can_have_is_one_line_before_any_study(device, tiny_s
     study_file = tmp_path / "study.yaml"
     study_file.write_text(yaml.safe_dump(tiny_study))
     db = tmp_path / "s.db"
-    result = CliRunner().invoke(app, ["run", "--study", str(study_file), "--trials", "1", "--gpus", "none",
-                                      "--storage", f"sqlite:///{db}"])  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["run", "--study", str(study_file), "--trials", "1", "--gpus", "none", "--storage", f"sqlite:///{db}"]
+    )
     assert result.exit_code != 0 and f"runtime.device {device}:" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not db.exists()

@@ -109,17 +109,33 @@ def test_bad_storage_urls_are_one_line_without_password(url, needle):
 @pytest.mark.parametrize(
     "typo, line",
     [
-        ("sqlite://storage/x.db", ("error: storage sqlite://storage/x.db: a SQLite URL has no host; did you mean "
-                                   "sqlite:///storage/x.db? (three slashes, then the file's path)")),
-        (f"postgres://user:{SECRET}@127.0.0.1:1/db", ("error: storage postgres://user:***@127.0.0.1:1/db: unknown "
-                                                      "database scheme 'postgres'; did you mean "
-                                                      "postgresql://user:***@127.0.0.1:1/db?")),
-        (f"mongodb://user:{SECRET}@host/db", ("error: storage mongodb://user:***@host/db: unknown database scheme "
-                                              f"'mongodb'; accepted: {urls.ACCEPTED}")),
+        (
+            "sqlite://storage/x.db",
+            (
+                "error: storage sqlite://storage/x.db: a SQLite URL has no host; did you mean "
+                "sqlite:///storage/x.db? (three slashes, then the file's path)"
+            ),
+        ),
+        (
+            f"postgres://user:{SECRET}@127.0.0.1:1/db",
+            (
+                "error: storage postgres://user:***@127.0.0.1:1/db: unknown "
+                "database scheme 'postgres'; did you mean "
+                "postgresql://user:***@127.0.0.1:1/db?"
+            ),
+        ),
+        (
+            f"mongodb://user:{SECRET}@host/db",
+            (
+                "error: storage mongodb://user:***@host/db: unknown database scheme "
+                f"'mongodb'; accepted: {urls.ACCEPTED}"
+            ),
+        ),
     ],
-)  # fmt: skip
-def test_status_and_run_say_the_same_line_for_a_storage_typo_before_the_data(typo, line, tmp_path, tiny_study,
-                                                                             no_download, monkeypatch):  # fmt: skip
+)
+def test_status_and_run_say_the_same_line_for_a_storage_typo_before_the_data(
+    typo, line, tmp_path, tiny_study, no_download, monkeypatch
+):
     import yaml
     from typer.testing import CliRunner
 

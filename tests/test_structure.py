@@ -78,12 +78,12 @@ def record_literals(sources: dict[str, ast.Module]) -> list[str]:
             continue  # the trainer's modules have a vocabulary of their own (TrainResult.status); the
             # package's keys are the names of the functions it exports
 
-        def hit(node: ast.AST | None, words: set[str], where: str) -> None:
+        def hit(node: ast.AST | None, words: set[str], where: str, module: str = module) -> None:
             if isinstance(node, ast.Constant) and node.value in words:
                 found.append(f"{module}:{node.lineno}: {node.value!r} ({where})")
             elif isinstance(node, ast.Tuple | ast.List | ast.Set):
                 for elt in node.elts:
-                    hit(elt, words, where)
+                    hit(elt, words, where, module)
 
         for node in ast.walk(tree):
             if isinstance(node, ast.Subscript):
@@ -123,12 +123,22 @@ def test_the_record_check_finds_literals(tmp_path):
         "    curve = t.user_attrs.get('curve') or t.user_attrs['config']\n"
         "    study.enqueue_trial({}, user_attrs={'candidate': 3})\n"
         "    return t.user_attrs.get('x') in ('interrupted', 'time budget')\n"
-    )  # fmt: skip
+    )
     found = record_literals(_sources(tmp_path))
-    assert sorted(line.split(": ", 1)[1] for line in found) == sorted([
-        "'status' (key)", "'surplus' (stored)", "'fail_reason' (key)", "'worker died' (stored)", "'enqueued' (key)",
-        "'curve' (key)", "'config' (key)", "'candidate' (key)", "'interrupted' (compared)", "'time budget' (compared)",
-    ])  # fmt: skip
+    assert sorted(line.split(": ", 1)[1] for line in found) == sorted(
+        [
+            "'status' (key)",
+            "'surplus' (stored)",
+            "'fail_reason' (key)",
+            "'worker died' (stored)",
+            "'enqueued' (key)",
+            "'curve' (key)",
+            "'config' (key)",
+            "'candidate' (key)",
+            "'interrupted' (compared)",
+            "'time budget' (compared)",
+        ]
+    )
 
 
 # -------------------------------------------------------------------------------- the layers
@@ -154,7 +164,9 @@ def test_the_search_commands_are_only_commands():
     assert {f.name for f in functions} == {"run", "worker", "confirm"}
     for f in functions:
         assert [ast.unparse(d) for d in f.decorator_list] == ["app.command()"], f.name
-        assert f.body[-1].exc is not None and "session." in ast.unparse(f.body[-1]), f.name  # raise typer.Exit(session...)
+        assert f.body[-1].exc is not None and "session." in ast.unparse(f.body[-1]), (
+            f.name
+        )  # raise typer.Exit(session...)
 
 
 def test_the_report_reads_what_the_search_package_exports():

@@ -8,17 +8,15 @@ import optuna
 import pytest
 
 from stl_tune import config
-from stl_tune.search.space import default_study_file, load_study_file, suggest_config
 from stl_tune.search.plugins import make_pruner, make_sampler
+from stl_tune.search.space import default_study_file, load_study_file, suggest_config
 
 STUDIES = sorted((Path(__file__).parent.parent / "studies").glob("*.yaml"))
 
 
 def sample(spec, n: int = 20) -> list[tuple[optuna.trial.FrozenTrial, config.TrainConfig]]:
     """n trials through the file's own sampler, on Optuna's in-memory storage."""
-    study = optuna.create_study(
-        sampler=make_sampler(spec), pruner=make_pruner(spec), direction=spec.direction
-    )
+    study = optuna.create_study(sampler=make_sampler(spec), pruner=make_pruner(spec), direction=spec.direction)
     out = []
     for _ in range(n):
         trial = study.ask()

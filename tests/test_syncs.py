@@ -139,10 +139,16 @@ def tiny(data_dir, **overrides) -> C.TrainConfig:
     """2 epochs of 45 steps (batch 8 of 360 training images), the first with Mixup/CutMix, with
     validation after each; crop, flip, RandAugment, EMA with warm-up, as the default recipe."""
     base = {
-        "data.dir": str(data_dir), "data.image_size": 16, "model.width": 4, "model.blocks": [1, 1, 1, 1],
-        "optim.batch_size": 8, "optim.epochs": 2, "optim.warmup_epochs": 1, "augment.mix_epochs": 1,
+        "data.dir": str(data_dir),
+        "data.image_size": 16,
+        "model.width": 4,
+        "model.blocks": [1, 1, 1, 1],
+        "optim.batch_size": 8,
+        "optim.epochs": 2,
+        "optim.warmup_epochs": 1,
+        "augment.mix_epochs": 1,
         "runtime.device": "cpu",
-    }  # fmt: skip
+    }
     return C.from_dict(None, {**base, **overrides})
 
 

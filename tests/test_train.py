@@ -35,10 +35,19 @@ def data_dir(tmp_path_factory):
 def tiny(data_dir, **overrides) -> C.TrainConfig:
     """A config that trains in about a second per epoch on a 2-core CPU."""
     base = {
-        "data.dir": str(data_dir), "data.image_size": 24, "model.width": 8, "model.blocks": [1, 1, 1, 1],
-        "optim.batch_size": 32, "optim.epochs": 3, "optim.warmup_epochs": 1, "augment.mix_epochs": 1,
-        "augment.crop_padding": 3, "ema.decay": 0.9, "eval.batch_size": 200, "runtime.device": "cpu",
-    }  # fmt: skip
+        "data.dir": str(data_dir),
+        "data.image_size": 24,
+        "model.width": 8,
+        "model.blocks": [1, 1, 1, 1],
+        "optim.batch_size": 32,
+        "optim.epochs": 3,
+        "optim.warmup_epochs": 1,
+        "augment.mix_epochs": 1,
+        "augment.crop_padding": 3,
+        "ema.decay": 0.9,
+        "eval.batch_size": 200,
+        "runtime.device": "cpu",
+    }
     return C.from_dict(None, {**base, **overrides})
 
 
@@ -75,20 +84,34 @@ def test_weight_decay_skips_norms_and_biases():
 
 @pytest.mark.parametrize(
     ("shape", "epoch", "expected"),
-    [("constant", 7, 0.1), ("linear", 0, 0.2), ("linear", 10, 0.0), ("linear", 5, 0.1), ("cosine", 5, 0.1),
-     ("cosine", 10, 0.0)],
-)  # fmt: skip
+    [
+        ("constant", 7, 0.1),
+        ("linear", 0, 0.2),
+        ("linear", 10, 0.0),
+        ("linear", 5, 0.1),
+        ("cosine", 5, 0.1),
+        ("cosine", 10, 0.0),
+    ],
+)
 def test_label_smoothing_schedule(shape, epoch, expected):
-    cfg = C.from_dict(None, {
-        "smoothing.shape": shape, "smoothing.start": 0.1 if shape == "constant" else 0.2,
-        "smoothing.end": 0.0, "optim.epochs": 11, "augment.mix_epochs": 0,
-    })  # fmt: skip
+    cfg = C.from_dict(
+        None,
+        {
+            "smoothing.shape": shape,
+            "smoothing.start": 0.1 if shape == "constant" else 0.2,
+            "smoothing.end": 0.0,
+            "optim.epochs": 11,
+            "augment.mix_epochs": 0,
+        },
+    )
     assert label_smoothing_at(epoch, cfg) == pytest.approx(expected)
 
 
 def test_label_smoothing_is_turned_down_while_mixing():
-    cfg = C.from_dict(None, {"smoothing.shape": "constant", "smoothing.start": 0.1, "smoothing.mix_scale": 0.25,
-                             "augment.mix_epochs": 3})  # fmt: skip
+    cfg = C.from_dict(
+        None,
+        {"smoothing.shape": "constant", "smoothing.start": 0.1, "smoothing.mix_scale": 0.25, "augment.mix_epochs": 3},
+    )
     assert [label_smoothing_at(e, cfg) for e in (0, 2, 3)] == pytest.approx([0.025, 0.025, 0.1])
 
 
@@ -190,7 +213,10 @@ def test_resume_equals_uninterrupted(data_dir, tmp_path):
     assert cut.status == "stopped" and cut.epochs_run == 2
     resumed = train(cfg, checkpoint=ckpt)
     assert resumed.resumed_from_epoch == 2 and resumed.epochs_run == 4
-    strip = lambda hs: [{k: v for k, v in h.items() if k not in ("seconds", "checkpointed")} for h in hs]  # noqa: E731
+
+    def strip(hs):
+        return [{k: v for k, v in h.items() if k not in ("seconds", "checkpointed")} for h in hs]
+
     assert strip(resumed.history) == strip(full.history)
     for p, q in zip(resumed.model.state_dict().values(), full.model.state_dict().values()):
         assert torch.equal(p, q)
@@ -358,11 +384,19 @@ def test_the_cuda_branch_on_a_cpu_learns_and_resumes_exactly(data_dir, tmp_path,
     real_autocast, real_optimizer = torch.autocast, T.make_optimizer
     monkeypatch.setattr(torch, "autocast", lambda *a, **kw: autocasts.append(kw["enabled"]) or real_autocast(*a, **kw))
     monkeypatch.setattr(T, "make_optimizer", lambda *a, **kw: fused.append(kw["fused"]) or real_optimizer(*a, **kw))
-    cfg = tiny(data_dir, **{
-        "optim.epochs": 4, "optim.lr": 3e-3, "runtime.checkpoint_interval_s": 0,
-        "runtime.amp": True, "runtime.channels_last": True, "runtime.fused": True, "runtime.compile": True,
-        "runtime.augment_chunk_mib": T.CHUNK_MIB["cuda"],
-    })  # fmt: skip
+    cfg = tiny(
+        data_dir,
+        **{
+            "optim.epochs": 4,
+            "optim.lr": 3e-3,
+            "runtime.checkpoint_interval_s": 0,
+            "runtime.amp": True,
+            "runtime.channels_last": True,
+            "runtime.fused": True,
+            "runtime.compile": True,
+            "runtime.augment_chunk_mib": T.CHUNK_MIB["cuda"],
+        },
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="torch.compile failed")  # compiled for real
         full = train(cfg, checkpoint=tmp_path / "full.pt")
@@ -372,7 +406,10 @@ def test_the_cuda_branch_on_a_cpu_learns_and_resumes_exactly(data_dir, tmp_path,
     assert full.model.stem[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     assert full.status == "completed" and full.best_val_acc > 0.2  # 10 classes: chance is 0.1
     assert cut.epochs_run == 2 and resumed.resumed_from_epoch == 2
-    strip = lambda hs: [{k: v for k, v in h.items() if k not in ("seconds", "checkpointed", "compile_seconds")} for h in hs]  # noqa: E731
+
+    def strip(hs):
+        return [{k: v for k, v in h.items() if k not in ("seconds", "checkpointed", "compile_seconds")} for h in hs]
+
     assert strip(resumed.history) == strip(full.history)
     for p, q in zip(resumed.model.state_dict().values(), full.model.state_dict().values()):
         assert torch.equal(p, q)
@@ -413,8 +450,9 @@ def test_a_checkpoint_moves_between_cpu_and_gpu(data_dir, tmp_path):
     cfg = {"optim.epochs": 3, "runtime.checkpoint_interval_s": 0, "runtime.compile": False}
     ckpt = tmp_path / "c.pt"
     train(tiny(data_dir, **cfg), on_epoch_end=lambda m: m.epoch == 1, checkpoint=ckpt)  # on the CPU
-    on_gpu = train(tiny(data_dir, **cfg, **{"runtime.device": "cuda"}), on_epoch_end=lambda m: m.epoch == 2,
-                   checkpoint=ckpt)  # fmt: skip
+    on_gpu = train(
+        tiny(data_dir, **cfg, **{"runtime.device": "cuda"}), on_epoch_end=lambda m: m.epoch == 2, checkpoint=ckpt
+    )
     assert on_gpu.device.startswith("cuda") and on_gpu.resumed_from_epoch == 1 and on_gpu.epochs_run == 2
     back = train(tiny(data_dir, **cfg), checkpoint=ckpt)
     assert back.device == "cpu" and back.resumed_from_epoch == 2 and back.status == "completed"

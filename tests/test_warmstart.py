@@ -13,9 +13,8 @@ from optuna.trial import TrialState
 
 from stl_tune import config
 from stl_tune.errors import UserError
-from stl_tune.search import budget, record, warmstart
+from stl_tune.search import budget, create_or_load_study, open_storage, record, warmstart
 from stl_tune.search.space import StudySpec, load_study_file
-from stl_tune.search import create_or_load_study, open_storage
 
 
 @pytest.fixture
@@ -37,8 +36,17 @@ def test_the_known_recipe_is_trial_0_of_a_new_study_only(storage_url, seed_spec)
     from stl_tune.search.space import suggest_config
 
     cfg, defaults = suggest_config(trial, seed_spec), config.from_dict(None, seed_spec.fixed)
-    for path in ("model.width", "model.se", "model.drop_path", "optim.lr", "optim.weight_decay",
-                 "optim.batch_size", "augment.mix_epochs", "smoothing.shape", "smoothing.start"):  # fmt: skip
+    for path in (
+        "model.width",
+        "model.se",
+        "model.drop_path",
+        "optim.lr",
+        "optim.weight_decay",
+        "optim.batch_size",
+        "augment.mix_epochs",
+        "smoothing.shape",
+        "smoothing.start",
+    ):
         assert config.get(cfg, path) == config.get(defaults, path), path
 
 
@@ -67,8 +75,10 @@ def test_values_outside_the_space_are_named(storage_url, seed_spec):
     cfg = config.from_dict(None, {"model.width": 80})
     queued = warmstart.enqueue(_study(storage_url, seed_spec), seed_spec, cfg, "x")
     assert queued.outside == {"model.width": 80}
-    assert queued.describe("queued x").endswith("; outside this study's search space, so not used: model.width=80 "
-                                                "(the sampler draws model.width for this trial from the space)")
+    assert queued.describe("queued x").endswith(
+        "; outside this study's search space, so not used: model.width=80 "
+        "(the sampler draws model.width for this trial from the space)"
+    )
     (queued_trial,) = optuna.load_study(study_name=seed_spec.name, storage=storage_url).trials
     assert "model.width" not in queued_trial.system_attrs["fixed_params"]  # as said: the sampler draws it
 
@@ -77,13 +87,22 @@ def test_from_study_copies_the_finished_trials_that_fit(storage_url, tiny_study)
     old_spec = StudySpec.from_dict(tiny_study)
     old = _study(storage_url, old_spec, "old")
     dists = {p.name: p.distribution() for p in old_spec.params}
-    for lr, state in ((2e-3, TrialState.COMPLETE), (8e-3, TrialState.PRUNED), (3e-3, TrialState.FAIL),
-                      (4e-3, TrialState.PRUNED)):  # fmt: skip
-        old.add_trial(optuna.trial.create_trial(
-            state=state, value={TrialState.COMPLETE: 0.5, TrialState.PRUNED: 0.3}.get(state),  # pruned: the last epoch's
-            params={"optim.lr": lr, "model.se": True}, distributions=dists,
-            intermediate_values={1: 0.3, 2: 0.5}, user_attrs={"curve": [0.3, 0.5]},
-        ))  # fmt: skip
+    for lr, state in (
+        (2e-3, TrialState.COMPLETE),
+        (8e-3, TrialState.PRUNED),
+        (3e-3, TrialState.FAIL),
+        (4e-3, TrialState.PRUNED),
+    ):
+        old.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                value={TrialState.COMPLETE: 0.5, TrialState.PRUNED: 0.3}.get(state),  # pruned: the last epoch's
+                params={"optim.lr": lr, "model.se": True},
+                distributions=dists,
+                intermediate_values={1: 0.3, 2: 0.5},
+                user_attrs={"curve": [0.3, 0.5]},
+            )
+        )
     tiny_study["search_space"]["optim.lr"]["high"] = 5e-3  # the new space: 8e-3 no longer fits
     new_spec = StudySpec.from_dict({**tiny_study, "name": "new"})
     new = _study(storage_url, new_spec)
@@ -147,7 +166,9 @@ def test_a_runs_patience_counts_its_own_trials_not_earlier_or_copied_ones(storag
     study.enqueue_trial({})  # queued before this run sets its budgets (e.g. --enqueue): this run's
     budget.set_budgets(study, None, 2)
     assert budget.stop_reason(study) is None  # the 3 earlier trials do not count
-    copied = optuna.trial.create_trial(value=0.1, params={}, distributions={}, user_attrs={record.COPIED_ATTR: "study old, trial 0"})
+    copied = optuna.trial.create_trial(
+        value=0.1, params={}, distributions={}, user_attrs={record.COPIED_ATTR: "study old, trial 0"}
+    )
     study.add_trial(copied)  # not run here: does not count either
     assert budget.stop_reason(study) is None
     queued = study.ask()
@@ -168,8 +189,14 @@ def pruning_study(storage_url, tiny_study):
     study = _study(storage_url, spec)
     dists = {p.name: p.distribution() for p in spec.params}
     for _ in range(2):
-        study.add_trial(optuna.trial.create_trial(value=0.99, params={"optim.lr": 5e-3, "model.se": True},
-                                                  distributions=dists, intermediate_values={1: 0.99, 2: 0.99, 3: 0.99}))  # fmt: skip
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=0.99,
+                params={"optim.lr": 5e-3, "model.se": True},
+                distributions=dists,
+                intermediate_values={1: 0.99, 2: 0.99, 3: 0.99},
+            )
+        )
     return spec, study
 
 
@@ -230,9 +257,11 @@ def test_a_trial_running_at_the_deadline_pauses_and_resumes_on_the_next_run(
 
 @pytest.mark.parametrize(
     "args, needle",
-    [(["--time-budget", "soon"], "--time-budget 'soon': give hours"),
-     (["--enqueue", "missing.yaml"], "missing.yaml"),
-     (["--from-study", "nope"], "no study 'nope'")],  # fmt: skip
+    [
+        (["--time-budget", "soon"], "--time-budget 'soon': give hours"),
+        (["--enqueue", "missing.yaml"], "missing.yaml"),
+        (["--from-study", "nope"], "no study 'nope'"),
+    ],
 )
 def test_bad_warm_start_and_budget_options_are_one_line_and_create_nothing(
     args, needle, storage_url, tmp_path, tiny_study
@@ -257,8 +286,7 @@ def test_from_study_of_the_study_itself_is_one_line_and_copies_nothing(storage_u
     study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
     study_file = tmp_path / "tiny.yaml"
     study_file.write_text(yaml.safe_dump(tiny_study))
-    args = ["run", "--study", str(study_file), "--storage", storage_url, "--trials", "2",
-            "--from-study", "tiny"]  # fmt: skip
+    args = ["run", "--study", str(study_file), "--storage", storage_url, "--trials", "2", "--from-study", "tiny"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2 and "--from-study tiny: that is the study this run continues" in r.output, r.output
     assert len(study.trials) == 1

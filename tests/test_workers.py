@@ -15,9 +15,9 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from stl_tune.cli import app
+from stl_tune.search import create_or_load_study, open_storage
 from stl_tune.search.objective import Objective
 from stl_tune.search.space import StudySpec
-from stl_tune.search import create_or_load_study, open_storage
 from stl_tune.search.trials import is_surplus, tally
 from stl_tune.search.workers import StudyStopped, work
 
@@ -37,7 +37,9 @@ def test_tally_counts_and_best_follow_the_direction(direction, storage_url):
     for value in (0.3, 0.1, 0.5):
         study.add_trial(optuna.create_trial(value=value, params={}, distributions={}))
     study.add_trial(optuna.create_trial(state=TrialState.PRUNED, params={}, distributions={}))
-    surplus = optuna.create_trial(state=TrialState.FAIL, params={}, distributions={}, user_attrs={"fail_reason": "surplus"})
+    surplus = optuna.create_trial(
+        state=TrialState.FAIL, params={}, distributions={}, user_attrs={"fail_reason": "surplus"}
+    )
     study.add_trial(surplus)  # counts for nothing
     t = tally(study)
     assert (t.trials, t.complete, t.pruned, t.failed, t.finished) == (5, 3, 1, 0, 4)
@@ -102,8 +104,24 @@ def test_run_with_three_workers_finishes_exactly_n_trials(storage_url, worker_en
     study_file = tmp_path / "tiny.yaml"
     study_file.write_text(yaml.safe_dump(tiny_study))
     artifacts = tmp_path / "artifacts"
-    cmd = [*STL_TUNE, "run", "--study", str(study_file), "--name", name, "--trials", str(n), "--workers", "3",
-           "--gpus", "none", "--storage", storage_url, "--artifacts", str(artifacts)]  # fmt: skip
+    cmd = [
+        *STL_TUNE,
+        "run",
+        "--study",
+        str(study_file),
+        "--name",
+        name,
+        "--trials",
+        str(n),
+        "--workers",
+        "3",
+        "--gpus",
+        "none",
+        "--storage",
+        storage_url,
+        "--artifacts",
+        str(artifacts),
+    ]
     out = subprocess.run(cmd, env=worker_env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
     password = storage_url.partition("@")[0].rpartition(":")[2]
@@ -142,8 +160,11 @@ def test_hopeless_study_stops_with_the_last_reason(storage_url, tmp_path, tiny_s
 
 @pytest.mark.parametrize(
     "args, needle",
-    [(["--trials", "2", "--gpus", "7"], "no GPU 7 here"), (["--trials", "2", "--gpus", "abc"], "--gpus must be"),
-     ([], "has no trial budget yet; pass --trials N")],  # fmt: skip
+    [
+        (["--trials", "2", "--gpus", "7"], "no GPU 7 here"),
+        (["--trials", "2", "--gpus", "abc"], "--gpus must be"),
+        ([], "has no trial budget yet; pass --trials N"),
+    ],
 )
 def test_bad_run_arguments_leave_no_study_behind(args, needle, storage_url, tmp_path, tiny_study):
     study_file = tmp_path / "tiny.yaml"
@@ -224,9 +245,26 @@ def test_a_spent_time_budget_counts_only_the_trials_that_paused(tmp_path, tiny_s
     study.set_user_attr(record.N_TRIALS_ATTR, 2)
     study.set_user_attr(record.DEADLINE_ATTR, "2020-01-01T00:00:00+00:00")
     assert tally(study).waiting == 2
-    out = subprocess.run([*STL_TUNE, "worker", "--name", "tiny", "--workers", "2", "--gpus", "none", "--storage", url,
-                          "--artifacts", str(tmp_path / "artifacts")], env=worker_env, capture_output=True, text=True,
-                         timeout=240)  # fmt: skip
+    out = subprocess.run(
+        [
+            *STL_TUNE,
+            "worker",
+            "--name",
+            "tiny",
+            "--workers",
+            "2",
+            "--gpus",
+            "none",
+            "--storage",
+            url,
+            "--artifacts",
+            str(tmp_path / "artifacts"),
+        ],
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     said = " ".join(out.stdout.split())  # the console wraps at 80 columns
     assert "stopped: time budget spent at 2020-01-01 00:00:00 UTC; 1 paused trial will resume on the next run" in said

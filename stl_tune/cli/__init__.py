@@ -32,9 +32,11 @@ class _Group(TyperGroup):
 
 
 app = typer.Typer(
-    cls=_Group, no_args_is_help=True, pretty_exceptions_show_locals=False,
+    cls=_Group,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
     help="Hyperparameter search and final training for STL-10 and other small image datasets.",
-)  # fmt: skip
+)
 for group in (search, inspect, serve, train):
     app.add_typer(group.app)
 
@@ -49,6 +51,8 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     pass

@@ -27,8 +27,14 @@ if TYPE_CHECKING:
 app = typer.Typer(no_args_is_help=True, help="Inspect and export hyperparameter studies.")
 console = Console()
 
-_STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "dim",
-                "stopped": "dim"}  # stopped: told FAIL to Optuna, queued to resume (not a failure)
+_STATE_STYLE = {
+    "COMPLETE": "green",
+    "PRUNED": "yellow",
+    "FAIL": "red",
+    "RUNNING": "cyan",
+    "WAITING": "dim",
+    "stopped": "dim",
+}  # stopped: told FAIL to Optuna, queued to resume (not a failure)
 
 
 def _fmt(v: Any) -> str:
@@ -80,9 +86,22 @@ def _studies_table(storage: BaseStorage, studies: list[FrozenStudy]) -> Table:
 def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     """Trials of a study (state, value, epochs, seconds, params), the time left, its best trial and that config."""
     from stl_tune.search import (
-        StudyError, best_confirmed, confirmed_ranking, deadline, describe, duration, left_or_stopped, load_study,
-        open_storage, ranked, record, retry_history, storage_arg, tally, time_left,
-    )  # fmt: skip
+        StudyError,
+        best_confirmed,
+        confirmed_ranking,
+        deadline,
+        describe,
+        duration,
+        left_or_stopped,
+        load_study,
+        open_storage,
+        ranked,
+        record,
+        retry_history,
+        storage_arg,
+        tally,
+        time_left,
+    )
 
     store = open_storage(storage, heartbeat=False, create=False)
     try:
@@ -93,7 +112,13 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
         console.print(_studies_table(store, studies))
         return
     table = Table(
-        "#", "state", spec.objective, "epochs", "seconds", "note", "params",
+        "#",
+        "state",
+        spec.objective,
+        "epochs",
+        "seconds",
+        "note",
+        "params",
         title=f"Study '{study.study_name}' in {describe(store)}",
     )
     trials = study.get_trials(deepcopy=False)
@@ -104,12 +129,16 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     n_trials = study.user_attrs.get(record.N_TRIALS_ATTR)
     if n_trials:  # the same figure as the live view's, from the storage alone
         finished = tally(study, trials=trials).finished
-        console.print(f"{finished}/{n_trials} finished; {left_or_stopped(study, trials, n_trials, finished, spec, detail=True)}")
+        console.print(
+            f"{finished}/{n_trials} finished; {left_or_stopped(study, trials, n_trials, finished, spec, detail=True)}"
+        )
     budget_left = time_left(study.user_attrs)
     if budget_left is not None:  # `run --time-budget`: no trial starts after the deadline
         spent = budget_left.total_seconds() <= 0
-        console.print(f"time budget: {'spent' if spent else duration(budget_left.total_seconds()) + ' left'}"
-                      f" (deadline {deadline(study.user_attrs):%Y-%m-%d %H:%M:%S} UTC)")  # fmt: skip
+        console.print(
+            f"time budget: {'spent' if spent else duration(budget_left.total_seconds()) + ' left'}"
+            f" (deadline {deadline(study.user_attrs):%Y-%m-%d %H:%M:%S} UTC)"
+        )
     ranking = ranked(trials, study.direction)
     if not ranking:
         console.print("No complete trial yet.")
@@ -120,8 +149,12 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     if confirmed:  # `stl-tune confirm`: export takes the best mean
         table = Table("trial", spec.objective, "confirmed mean ± std", "seeds", title="Confirmed with new seeds")
         for number, c in confirmed:
-            table.add_row(str(number), f"{trials[number].value:.4f}", f"{c['mean']:.4f} ± {c['std']:.4f}",
-                          ", ".join(map(str, c["seeds"])))  # fmt: skip
+            table.add_row(
+                str(number),
+                f"{trials[number].value:.4f}",
+                f"{c['mean']:.4f} ± {c['std']:.4f}",
+                ", ".join(map(str, c["seeds"])),
+            )
         console.print(table)
         best = trials[best_confirmed(study)[0]]
         console.print(f"Best confirmed: trial {best.number}")
@@ -134,17 +167,16 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
             if defaults.get(key) != value:
                 diff.add_row(key, _fmt(value), _fmt(defaults.get(key)))
         console.print(diff)
-    console.print(f"Export it: stl-tune export --name {study.study_name}{storage_arg(storage)} -o best.yaml",
-                  soft_wrap=True)  # fmt: skip
+    console.print(
+        f"Export it: stl-tune export --name {study.study_name}{storage_arg(storage)} -o best.yaml", soft_wrap=True
+    )
 
 
 @app.command()
 def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="YAML file to write.")],
     name: NameOpt = None,
-    trial: Annotated[
-        int | None, typer.Option(help="Trial number.", show_default="the best complete trial")
-    ] = None,
+    trial: Annotated[int | None, typer.Option(help="Trial number.", show_default="the best complete trial")] = None,
     storage: StorageOpt = None,
 ) -> None:
     """Write a trial's full config, set to train on train+validation, for `stl-tune train --config`."""
@@ -164,7 +196,12 @@ def report(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for index.html, the PNG plots and configs/.")],
     name: NameOpt = None,
     storage: StorageOpt = None,
-    runs: Annotated[Path | None, typer.Option(help="`stl-tune train` output to show as the final training: one run's folder, or a --seeds folder (summary.json).")] = None,
+    runs: Annotated[
+        Path | None,
+        typer.Option(
+            help="`stl-tune train` output to show as the final training: one run's folder, or a --seeds folder (summary.json)."
+        ),
+    ] = None,
 ) -> None:
     """Write a study's report: a self-contained HTML page (opens from disk), PNG plots, best configs."""
     import optuna

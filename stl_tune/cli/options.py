@@ -22,10 +22,26 @@ NameOpt = Annotated[
 ]
 
 # The worker options of run, worker and confirm (search/session.py's WorkerOptions).
-Trials = Annotated[int | None, typer.Option("--trials", min=1, help="Finished (complete or pruned) trials the study should have, counting those it has; required for a new study.", show_default="the study's stored budget")]  # fmt: skip
-Gpus = Annotated[str, typer.Option(help="GPUs to use: all, none, or indices like 0,1 (all on a machine without GPUs: CPU workers).")]  # fmt: skip
+Trials = Annotated[
+    int | None,
+    typer.Option(
+        "--trials",
+        min=1,
+        help="Finished (complete or pruned) trials the study should have, counting those it has; required for a new study.",
+        show_default="the study's stored budget",
+    ),
+]
+Gpus = Annotated[
+    str, typer.Option(help="GPUs to use: all, none, or indices like 0,1 (all on a machine without GPUs: CPU workers).")
+]
 PerGpu = Annotated[int, typer.Option(min=1, help="Worker processes (trials at once) per GPU.")]
 Workers = Annotated[int | None, typer.Option(min=1, help="CPU worker processes when no GPU is used.", show_default="1")]
 DataDir = Annotated[Path | None, typer.Option(help="Dataset folder on this host (sets data.dir for every trial).")]
-Artifacts = Annotated[Path | None, typer.Option(help="Checkpoint folder; workers on several hosts need one shared folder (e.g. NFS) at this path.", show_default=f"${ARTIFACTS_ENV}, else the study's, else artifacts/ next to the SQLite file")]  # fmt: skip
+Artifacts = Annotated[
+    Path | None,
+    typer.Option(
+        help="Checkpoint folder; workers on several hosts need one shared folder (e.g. NFS) at this path.",
+        show_default=f"${ARTIFACTS_ENV}, else the study's, else artifacts/ next to the SQLite file",
+    ),
+]
 MaxFailures = Annotated[int, typer.Option(min=1, help="Stop when this many trials in a row have failed.")]

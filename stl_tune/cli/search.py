@@ -15,12 +15,35 @@ from stl_tune.cli.options import Artifacts, DataDir, Gpus, MaxFailures, NameOpt,
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
 
-Study = Annotated[Path | None, typer.Option("--study", help="Study file (search space, sampler, pruner).", show_default="studies/seed.yaml")]  # fmt: skip
+Study = Annotated[
+    Path | None,
+    typer.Option("--study", help="Study file (search space, sampler, pruner).", show_default="studies/seed.yaml"),
+]
 Name = Annotated[str | None, typer.Option(help="Study name.", show_default="the study file's name")]
-Enqueue = Annotated[list[Path] | None, typer.Option("--enqueue", help="A config YAML (e.g. an export) to try next, run to full length (repeatable).")]  # fmt: skip
-TimeBudget = Annotated[str | None, typer.Option(help="Stop starting trials after this long, e.g. 90s, 45m, 6h, on every host; trials running then pause and resume on the next run.", show_default="the study file's time_budget, else none")]  # fmt: skip
-Patience = Annotated[int | None, typer.Option("--patience-trials", min=1, help="Stop when this many finished trials in a row did not beat the best.")]  # fmt: skip
-FromStudy = Annotated[str | None, typer.Option("--from-study", help="Copy the finished trials of this study (same storage) whose parameters fit the new space, so the sampler starts warm.")]  # fmt: skip
+Enqueue = Annotated[
+    list[Path] | None,
+    typer.Option("--enqueue", help="A config YAML (e.g. an export) to try next, run to full length (repeatable)."),
+]
+TimeBudget = Annotated[
+    str | None,
+    typer.Option(
+        help="Stop starting trials after this long, e.g. 90s, 45m, 6h, on every host; trials running then pause and resume on the next run.",
+        show_default="the study file's time_budget, else none",
+    ),
+]
+Patience = Annotated[
+    int | None,
+    typer.Option(
+        "--patience-trials", min=1, help="Stop when this many finished trials in a row did not beat the best."
+    ),
+]
+FromStudy = Annotated[
+    str | None,
+    typer.Option(
+        "--from-study",
+        help="Copy the finished trials of this study (same storage) whose parameters fit the new space, so the sampler starts warm.",
+    ),
+]
 
 
 @app.command()
@@ -46,10 +69,19 @@ def run(
     from stl_tune.search import session
 
     options = session.WorkerOptions(gpus, workers_per_gpu, workers, data_dir, artifacts, max_failures)
-    raise typer.Exit(session.run(
-        study_file, name=name, n_trials=trials, storage=storage, options=options, enqueue=enqueue or [],
-        time_budget=time_budget, patience=patience_trials, from_study=from_study,
-    ))  # fmt: skip
+    raise typer.Exit(
+        session.run(
+            study_file,
+            name=name,
+            n_trials=trials,
+            storage=storage,
+            options=options,
+            enqueue=enqueue or [],
+            time_budget=time_budget,
+            patience=patience_trials,
+            from_study=from_study,
+        )
+    )
 
 
 @app.command()
@@ -63,16 +95,21 @@ def worker(
     data_dir: DataDir = None,
     artifacts: Artifacts = None,
     max_failures: MaxFailures = 5,
-    worker_index: Annotated[int, typer.Option(min=0, help="Offsets the sampler's seed: give workers on different hosts different values.")] = 0,  # fmt: skip
+    worker_index: Annotated[
+        int, typer.Option(min=0, help="Offsets the sampler's seed: give workers on different hosts different values.")
+    ] = 0,
     launched: Annotated[bool, typer.Option(hidden=True, help="Started by run's launcher: the loop only.")] = False,
-    epoch_lines: Annotated[bool | None, typer.Option(hidden=True, help="A line per epoch.", show_default="without a terminal")] = None,  # fmt: skip
+    epoch_lines: Annotated[
+        bool | None, typer.Option(hidden=True, help="A line per epoch.", show_default="without a terminal")
+    ] = None,
 ) -> None:
     """Join an existing study from any host: work on it until its budget is reached."""
     from stl_tune.search import session
 
     options = session.WorkerOptions(gpus, workers_per_gpu, workers, data_dir, artifacts, max_failures)
-    raise typer.Exit(session.worker(name, storage, options, trials, worker_index, launched=launched,
-                                    epoch_lines=epoch_lines))  # fmt: skip
+    raise typer.Exit(
+        session.worker(name, storage, options, trials, worker_index, launched=launched, epoch_lines=epoch_lines)
+    )
 
 
 @app.command()
@@ -80,7 +117,9 @@ def confirm(
     name: NameOpt = None,
     storage: StorageOpt = None,
     top: Annotated[int, typer.Option(min=1, help="Candidates: the study's best K complete trials.")] = 3,
-    seeds: Annotated[int, typer.Option(min=1, help="New seeds per candidate (each also draws a new validation split).")] = 3,  # fmt: skip
+    seeds: Annotated[
+        int, typer.Option(min=1, help="New seeds per candidate (each also draws a new validation split).")
+    ] = 3,
     gpus: Gpus = "all",
     workers_per_gpu: PerGpu = 1,
     workers: Workers = None,

@@ -18,8 +18,11 @@ app = typer.Typer(no_args_is_help=True)
 def dashboard(
     storage: StorageOpt = None,
     host: Annotated[
-        str, typer.Option(help="Interface to bind. 0.0.0.0 exposes the study (and its delete buttons) "
-                          "to the network, without authentication.")
+        str,
+        typer.Option(
+            help="Interface to bind. 0.0.0.0 exposes the study (and its delete buttons) "
+            "to the network, without authentication."
+        ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8080,
 ) -> None:
@@ -44,12 +47,21 @@ def dashboard(
 @app.command()
 def proxy(
     storage: StorageOpt = None,
-    host: Annotated[str, typer.Option(help="Address to listen on: a private network only, since gRPC here has "
-                                      "no authentication or encryption.")] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to listen on: a private network only, since gRPC here has no authentication or encryption."
+        ),
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 13000,
-    grace_period: Annotated[int, typer.Option(min=3, envvar=GRACE_ENV, help="Seconds without a write after "
-                                              "which a RUNNING trial counts as dead: longer than the slowest "
-                                              "epoch.")] = GRACE_PERIOD_S,
+    grace_period: Annotated[
+        int,
+        typer.Option(
+            min=3,
+            envvar=GRACE_ENV,
+            help="Seconds without a write after which a RUNNING trial counts as dead: longer than the slowest epoch.",
+        ),
+    ] = GRACE_PERIOD_S,
 ) -> None:
     """Serve the database to any number of workers over gRPC (--storage grpc://HOST:PORT), with few connections."""
     import threading

@@ -27,11 +27,32 @@ STOPPED_EXIT = 130  # a run stopped by Ctrl-C or SIGTERM, resumable (as `stl-tun
 
 @app.command()
 def train(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (e.g. from `stl-tune export`); defaults otherwise.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set optim.lr=3e-4 (repeatable).")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Dataset folder (sets data.dir): class sub-folders, train/ val/ test/, or STL-10's stl10_binary/.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder; an unfinished run there resumes, a finished one is shown.", show_default="runs/<config name>")] = None,
-    seeds: Annotated[str | None, typer.Option(help="Train once per seed, e.g. 0,1,2, into OUT/seed-N/; write OUT/summary.json (mean ± std of test accuracy), OUT/ensemble.pt and OUT/model.pt.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="YAML config (e.g. from `stl-tune export`); defaults otherwise."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: --set optim.lr=3e-4 (repeatable).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dataset folder (sets data.dir): class sub-folders, train/ val/ test/, or STL-10's stl10_binary/."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output folder; an unfinished run there resumes, a finished one is shown.",
+            show_default="runs/<config name>",
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Train once per seed, e.g. 0,1,2, into OUT/seed-N/; write OUT/summary.json (mean ± std of test accuracy), OUT/ensemble.pt and OUT/model.pt."
+        ),
+    ] = None,
 ) -> None:
     """Train one model (final training: the test split is scored) and write its artefacts."""
     from rich.console import Console
@@ -116,17 +137,25 @@ def _train_one(cfg: TrainConfig, out: Path, prepare: Callable[[], None]) -> Trai
     try:
         with stop, EpochProgress(cfg.optim.epochs, then=stop.on_epoch_end) as bar:
             stop.on_request = lambda: bar.note("stopping after this epoch, with a checkpoint (Ctrl-C again: at once)")
-            result = run_training(cfg, bar.on_epoch_end, checkpoint=ckpt, evaluate_test=True,
-                                  checkpoint_now=lambda: stop.requested)  # fmt: skip
+            result = run_training(
+                cfg, bar.on_epoch_end, checkpoint=ckpt, evaluate_test=True, checkpoint_now=lambda: stop.requested
+            )
     except KeyboardInterrupt:
         saved = stop.saved if stop.saved is not None else ("its last checkpoint" if ckpt.exists() else None)
-        resume = f"resumes from epoch {saved}" if isinstance(saved, int) else (f"resumes from {saved}" if saved else "starts over")
-        typer.echo(f"stopped at once in epoch {stop.epoch + 1} of {cfg.optim.epochs}: the same command "
-                   f"(same --out) {resume}")  # fmt: skip
+        resume = (
+            f"resumes from epoch {saved}"
+            if isinstance(saved, int)
+            else (f"resumes from {saved}" if saved else "starts over")
+        )
+        typer.echo(
+            f"stopped at once in epoch {stop.epoch + 1} of {cfg.optim.epochs}: the same command (same --out) {resume}"
+        )
         raise typer.Exit(STOPPED_EXIT) from None
     if result.status == "stopped":
-        typer.echo(f"stopped at epoch {result.epochs_run} of {cfg.optim.epochs}, saved in {ckpt}: "
-                   "the same command (same --out) resumes there")  # fmt: skip
+        typer.echo(
+            f"stopped at epoch {result.epochs_run} of {cfg.optim.epochs}, saved in {ckpt}: "
+            "the same command (same --out) resumes there"
+        )
         raise typer.Exit(STOPPED_EXIT)
     paths = write_outputs(out, cfg, result)
     if result.status == "diverged":
@@ -172,11 +201,15 @@ def _train_seeds(cfg: TrainConfig, out: Path, seeds: list[int], prepare: Callabl
         typer.echo(f"test accuracy {100 * s['test_acc_mean']:.1f} %{spread} over {s['finished']} seeds")
     if s["ensemble"] is not None:
         e = s["ensemble"]
-        typer.echo(f"ensemble of {len(e['members'])} seeds ({out / e['file']}, also {out / 'model.pt'}): "
-                   f"test accuracy {100 * e['test_acc']:.1f} %")  # fmt: skip
+        typer.echo(
+            f"ensemble of {len(e['members'])} seeds ({out / e['file']}, also {out / 'model.pt'}): "
+            f"test accuracy {100 * e['test_acc']:.1f} %"
+        )
     diverged = [seed for seed, r in results.items() if r.status == "diverged"]
-    typer.echo(f"{'wrote' if written else 'summary in'} {summary_file}"
-               + (f"; diverged: seeds {', '.join(map(str, diverged))}" if diverged else ""))  # fmt: skip
+    typer.echo(
+        f"{'wrote' if written else 'summary in'} {summary_file}"
+        + (f"; diverged: seeds {', '.join(map(str, diverged))}" if diverged else "")
+    )
     if diverged:
         raise typer.Exit(1)
 
@@ -196,15 +229,31 @@ def _ensemble(cfg: TrainConfig, out: Path, members: list[int]) -> dict:
     ds = data.load_data(cfg.data, members[-1], device, with_test=True)  # the last seed's: cached in this process
     s = score(model, ds.test_x, ds.test_y.cpu(), device)
     copy_model(path, out / "model.pt")
-    return {"file": path.name, "members": [f"seed-{seed}" for seed in members], "test_acc": s.accuracy,
-            "per_class_acc": s.per_class_acc, "confusion": s.confusion, "classes": list(model.classes)}  # fmt: skip
+    return {
+        "file": path.name,
+        "members": [f"seed-{seed}" for seed in members],
+        "test_acc": s.accuracy,
+        "per_class_acc": s.per_class_acc,
+        "confusion": s.confusion,
+        "classes": list(model.classes),
+    }
 
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Option(help="A model file written by `stl-tune train` (OUT/model.pt, or OUT/ensemble.pt).")],
-    data_dir: Annotated[Path, typer.Option(help="Folder dataset: split layout (test/ is scored) or class layout (every image is scored).")],
-    out: Annotated[Path | None, typer.Option(help="Folder for metrics.json and confusion.png.", show_default="beside the model: eval-<data dir name>/")] = None,
+    model: Annotated[
+        Path, typer.Option(help="A model file written by `stl-tune train` (OUT/model.pt, or OUT/ensemble.pt).")
+    ],
+    data_dir: Annotated[
+        Path,
+        typer.Option(help="Folder dataset: split layout (test/ is scored) or class layout (every image is scored)."),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for metrics.json and confusion.png.", show_default="beside the model: eval-<data dir name>/"
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
 ) -> None:
     """Score a trained model on a folder dataset, without training: accuracy, per-class accuracy, confusion matrix."""
@@ -224,18 +273,29 @@ def evaluate(
     console.print(table)
     if ev.missing:
         lacks = ", ".join(ev.missing[:5]) + (f" and {len(ev.missing) - 5} more" if len(ev.missing) > 5 else "")
-        typer.echo(f"the folder holds {len(ev.classes) - len(ev.missing)} of the model's {len(ev.classes)} classes: "
-                   f"scored those (none of {lacks}; an image predicted as one of these counts as wrong)")  # fmt: skip
+        typer.echo(
+            f"the folder holds {len(ev.classes) - len(ev.missing)} of the model's {len(ev.classes)} classes: "
+            f"scored those (none of {lacks}; an image predicted as one of these counts as wrong)"
+        )
     typer.echo(f"scored {ev.scored}{', flip TTA' if ev.tta else ''}: accuracy {ev.accuracy:.2%}")
     typer.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Option(help="A model file written by `stl-tune train` (OUT/model.pt, or OUT/ensemble.pt).")],
-    images: Annotated[list[Path], typer.Option(help="A folder (searched recursively) or image files; a shell glob works: --images photos/*.jpg.")],
-    more: Annotated[list[Path] | None, typer.Argument(hidden=True, help="The rest of a shell glob after --images.")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="CSV: file, class, probability, then the next classes.")] = Path("predictions.csv"),
+    model: Annotated[
+        Path, typer.Option(help="A model file written by `stl-tune train` (OUT/model.pt, or OUT/ensemble.pt).")
+    ],
+    images: Annotated[
+        list[Path],
+        typer.Option(help="A folder (searched recursively) or image files; a shell glob works: --images photos/*.jpg."),
+    ],
+    more: Annotated[
+        list[Path] | None, typer.Argument(hidden=True, help="The rest of a shell glob after --images.")
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="CSV: file, class, probability, then the next classes.")
+    ] = Path("predictions.csv"),
     top_k: Annotated[int, typer.Option(min=1, help="Classes per image in the CSV, most probable first.")] = 3,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
 ) -> None:
@@ -250,7 +310,12 @@ def predict(
     p = predict_images(model, [*images, *(more or [])], top_k, device, progress=console)
     write_csv(output, p)
     shown = 10  # rows in the terminal; the CSV has them all
-    table = Table("file", "class", "probability", title=None if len(p.files) <= shown else f"the first {shown} of {len(p.files):,}")
+    table = Table(
+        "file",
+        "class",
+        "probability",
+        title=None if len(p.files) <= shown else f"the first {shown} of {len(p.files):,}",
+    )
     for file, classes, probs in list(zip(p.files, p.classes, p.probabilities))[:shown]:
         table.add_row(str(file), classes[0], f"{probs[0]:.1%}")
     console.print(table)

@@ -36,17 +36,33 @@ command line does, for search/settings.py) costs nothing. The modules, by job:
 import importlib
 
 _EXPORTS = {  # name: the module that defines it
-    "StudyError": "space", "StudySpec": "space", "load_study_file": "space",
-    "open_storage": "storages", "describe": "storages",
-    "mask_url": "urls", "storage_url": "urls", "storage_arg": "urls",
-    "create_or_load_study": "study", "load_study": "study", "resolve_study_name": "study",
-    "Tally": "trials", "tally": "trials", "ranked": "trials",
-    "deadline": "budget", "time_left": "budget", "trials_since_best": "budget",
-    "best_confirmed": "confirm", "confirmed_ranking": "confirm",
-    "left_or_stopped": "live", "duration": "fmt", "write_export": "export",
-    "experimental_ok": "optuna_compat", "retry_history": "optuna_compat",
-    "parallel_coordinate_axes": "optuna_compat", "draw_parallel_coordinate": "optuna_compat",
-}  # fmt: skip
+    "StudyError": "space",
+    "StudySpec": "space",
+    "load_study_file": "space",
+    "open_storage": "storages",
+    "describe": "storages",
+    "mask_url": "urls",
+    "storage_url": "urls",
+    "storage_arg": "urls",
+    "create_or_load_study": "study",
+    "load_study": "study",
+    "resolve_study_name": "study",
+    "Tally": "trials",
+    "tally": "trials",
+    "ranked": "trials",
+    "deadline": "budget",
+    "time_left": "budget",
+    "trials_since_best": "budget",
+    "best_confirmed": "confirm",
+    "confirmed_ranking": "confirm",
+    "left_or_stopped": "live",
+    "duration": "fmt",
+    "write_export": "export",
+    "experimental_ok": "optuna_compat",
+    "retry_history": "optuna_compat",
+    "parallel_coordinate_axes": "optuna_compat",
+    "draw_parallel_coordinate": "optuna_compat",
+}
 __all__ = sorted(_EXPORTS)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -39,7 +39,7 @@ def parse_duration(text: str) -> timedelta:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def set_budgets(study: optuna.Study, time_budget: timedelta | None, patience: int | None) -> datetime | None:

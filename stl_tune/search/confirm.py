@@ -24,8 +24,13 @@ from optuna.trial import FrozenTrial, TrialState
 from stl_tune import config
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.record import (
-    CANDIDATE_ATTR, CONFIG_ATTR, CONFIRMED_ATTR, ENQUEUED_ATTR, N_TRIALS_ATTR, QUEUED_ONLY_ATTR,
-)  # fmt: skip
+    CANDIDATE_ATTR,
+    CONFIG_ATTR,
+    CONFIRMED_ATTR,
+    ENQUEUED_ATTR,
+    N_TRIALS_ATTR,
+    QUEUED_ONLY_ATTR,
+)
 from stl_tune.search.space import ParamSpec, StudyError, StudySpec
 from stl_tune.search.study import CONFIRM_SUFFIX as SUFFIX
 from stl_tune.search.study import create_or_load_study
@@ -49,9 +54,12 @@ def confirm_spec(spec: StudySpec, seeds: list[int]) -> StudySpec:
     """The search's space plus `seed`; no pruning (queued trials run to full length anyway)."""
     seed = ParamSpec(path="seed", kind="categorical", choices=list(seeds))
     return dataclasses.replace(
-        spec, name=spec.name + SUFFIX, params=[*(p for p in spec.params if p.path != "seed"), seed],
-        pruner={"name": "none"}, time_budget=None,
-    )  # fmt: skip
+        spec,
+        name=spec.name + SUFFIX,
+        params=[*(p for p in spec.params if p.path != "seed"), seed],
+        pruner={"name": "none"},
+        time_budget=None,
+    )
 
 
 def prepare(

@@ -47,8 +47,11 @@ def check_against_data(spec: StudySpec, data_dir: str | Path | None = None, sour
     from stl_tune import data
 
     base = config.from_dict(None, spec.fixed)
-    searched = [[(p.path, v) for v in (p.choices if p.kind == "categorical" else [p.high])]
-                for p in spec.params if p.path.startswith("data.")]
+    searched = [
+        [(p.path, v) for v in (p.choices if p.kind == "categorical" else [p.high])]
+        for p in spec.params
+        if p.path.startswith("data.")
+    ]
     host = [("data.dir", str(data_dir))] if data_dir is not None else []  # after the search, as in trials
     fewest = None
     for values in itertools.product(*searched):
@@ -61,8 +64,10 @@ def check_against_data(spec: StudySpec, data_dir: str | Path | None = None, sour
     n, data_cfg = fewest
     batch, fix = _largest_batch(spec, base)
     if batch > n:
-        raise StudyError(f"{source}: optim.batch_size can reach {batch} but a trial has only {n:,} training "
-                         f"images ({data.describe(data_cfg)}); {fix} (at most {n:,})")
+        raise StudyError(
+            f"{source}: optim.batch_size can reach {batch} but a trial has only {n:,} training "
+            f"images ({data.describe(data_cfg)}); {fix} (at most {n:,})"
+        )
 
 
 def _largest_batch(spec: StudySpec, base: TrainConfig) -> tuple[int, str]:

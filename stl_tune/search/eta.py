@@ -134,8 +134,10 @@ class Estimate:
         if self.done:
             return f"0 trials to start, none running{pace}"
         running = f"{self.running} running" if self.running else "none running, so counted as one worker"
-        return (f"{self.to_start} trials to start, {running}; a trial is expected to run "
-                f"{self.expected_epochs:.0f} of {self.epochs} epochs under the pruner{pace}")  # fmt: skip
+        return (
+            f"{self.to_start} trials to start, {running}; a trial is expected to run "
+            f"{self.expected_epochs:.0f} of {self.epochs} epochs under the pruner{pace}"
+        )
 
 
 def estimate(trials: Iterable[FrozenTrial], n_trials: int, finished: int, spec: StudySpec) -> Estimate:

@@ -33,9 +33,7 @@ def pick_trial(study: optuna.Study, trial_number: int | None = None) -> FrozenTr
         span = f"trials are 0..{len(trials) - 1}" if trials else "it has no trials"
         raise StudyError(f"study '{study.study_name}' has no trial {trial_number}; {span}")
     if found[0].state != TrialState.COMPLETE:
-        raise StudyError(
-            f"trial {trial_number} of study '{study.study_name}' is {found[0].state.name}, not COMPLETE"
-        )
+        raise StudyError(f"trial {trial_number} of study '{study.study_name}' is {found[0].state.name}, not COMPLETE")
     return found[0]
 
 
@@ -60,8 +58,9 @@ def write_export(study: optuna.Study, trial_number: int | None, path: str | Path
     confirmed = (study.user_attrs.get(CONFIRMED_ATTR) or {}).get(str(trial.number))
     proof = (
         f"; confirmed: {confirmed['mean']:.4f} ± {confirmed['std']:.4f} over {len(confirmed['values'])} seeds"
-        if confirmed else ""
-    )  # fmt: skip
+        if confirmed
+        else ""
+    )
     header = (
         f"# Final-training config from study '{study.study_name}', trial {trial.number} "
         f"({objective} = {trial.value:.4f}{proof}).\n"

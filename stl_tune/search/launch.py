@@ -41,11 +41,15 @@ def check_device(device: str, slots: list[str | None]) -> None:
     if not device.startswith("cuda"):
         return
     if device not in ("cuda", "cuda:0"):
-        raise UserError(f"runtime.device {device}: each worker sees only its own GPU, as cuda:0; pick the GPU "
-                        f"with --gpus {device.split(':')[1]} and set runtime.device to cuda or auto")  # fmt: skip
+        raise UserError(
+            f"runtime.device {device}: each worker sees only its own GPU, as cuda:0; pick the GPU "
+            f"with --gpus {device.split(':')[1]} and set runtime.device to cuda or auto"
+        )
     if None in slots:
-        raise UserError(f"runtime.device {device}: this run's workers are on the CPU (no GPU chosen or seen); "
-                        "set runtime.device to auto or cpu, or give them GPUs with --gpus")  # fmt: skip
+        raise UserError(
+            f"runtime.device {device}: this run's workers are on the CPU (no GPU chosen or seen); "
+            "set runtime.device to auto or cpu, or give them GPUs with --gpus"
+        )
 
 
 def worker_env(storage_url: str, gpu: str | None, threads: int) -> dict[str, str]:
@@ -115,17 +119,41 @@ def threads_per_worker(workers: int) -> int:
 
 
 def worker_command(
-    name: str, n_trials: int, artifacts: Path, data_dir: Path | None, max_failures: int, index: int, gpu: str | None,
+    name: str,
+    n_trials: int,
+    artifacts: Path,
+    data_dir: Path | None,
+    max_failures: int,
+    index: int,
+    gpu: str | None,
     epoch_lines: bool,
 ) -> list[str]:
     """The `stl-tune worker --launched` command line of one slot: the worker loop in that process,
     which leaves what this one does (data, the dead workers' trials, the live view) to it, and
     writes its epochs as lines when `epoch_lines` (no terminal's table shows them).
     The storage URL travels in the environment, not argv: `ps` shows argv to every user."""
-    cmd = [sys.executable, "-m", "stl_tune", "worker", "--launched", "--name", name,
-           "--trials", str(n_trials), "--artifacts", str(artifacts), "--max-failures", str(max_failures),
-           "--worker-index", str(index), "--gpus", "none" if gpu is None else "all", "--workers", "1",
-           "--epoch-lines" if epoch_lines else "--no-epoch-lines"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "stl_tune",
+        "worker",
+        "--launched",
+        "--name",
+        name,
+        "--trials",
+        str(n_trials),
+        "--artifacts",
+        str(artifacts),
+        "--max-failures",
+        str(max_failures),
+        "--worker-index",
+        str(index),
+        "--gpus",
+        "none" if gpu is None else "all",
+        "--workers",
+        "1",
+        "--epoch-lines" if epoch_lines else "--no-epoch-lines",
+    ]
     if data_dir is not None:
         cmd += ["--data-dir", str(data_dir)]
     return cmd
@@ -156,12 +184,22 @@ def launch(
         env = worker_env(storage_url, gpu, threads)
         lines = not console.is_terminal  # a terminal's table shows the epochs
         cmd = worker_command(study.study_name, n_trials, artifacts, data_dir, max_failures, first_index + i, gpu, lines)
-        procs.append(subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        ))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        )
     where = ", ".join(f"GPU {g}" if g is not None else "CPU" for g in slots)
-    console.print(f"study {study.study_name} in {describe(compat.storage_of(study))}: {plural(n_trials, 'trial')}, "
-                  f"{plural(len(slots), 'worker')} ({where}), artifacts in {artifacts}", soft_wrap=True)  # fmt: skip
+    console.print(
+        f"study {study.study_name} in {describe(compat.storage_of(study))}: {plural(n_trials, 'trial')}, "
+        f"{plural(len(slots), 'worker')} ({where}), artifacts in {artifacts}",
+        soft_wrap=True,
+    )
 
     # Signals only set a flag here; the loop below acts on them (forward once, then kill).
     signals: list[int] = []
@@ -178,8 +216,10 @@ def launch(
                 time.sleep(POLL_S)
                 if len(signals) > forwarded:
                     if forwarded == 0:
-                        console.print("stopping: each worker finishes its epoch, checkpoints it and queues its trial "
-                                      "to resume there (Ctrl-C again to kill them)")  # fmt: skip
+                        console.print(
+                            "stopping: each worker finishes its epoch, checkpoints it and queues its trial "
+                            "to resume there (Ctrl-C again to kill them)"
+                        )
                         for p in procs:
                             if p.poll() is None:
                                 p.send_signal(signal.SIGINT)
@@ -198,8 +238,11 @@ def launch(
             signal.signal(s, h)
     t = tally(study)
     best = f"best {t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no result yet"
-    console.print(f"{t.finished}/{n_trials} trials finished ({t.complete} complete, {t.pruned} pruned), "
-                  f"{t.failed} failed, {t.running} running; {best}", soft_wrap=True)  # fmt: skip
+    console.print(
+        f"{t.finished}/{n_trials} trials finished ({t.complete} complete, {t.pruned} pruned), "
+        f"{t.failed} failed, {t.running} running; {best}",
+        soft_wrap=True,
+    )
     if signals:
         console.print("interrupted: run the same command again to continue")
         return 130
@@ -214,7 +257,11 @@ def launch(
 
 
 def _reap(
-    study: optuna.Study, procs: list[subprocess.Popen], reaped: set[int], first_index: int, console: Console,
+    study: optuna.Study,
+    procs: list[subprocess.Popen],
+    reaped: set[int],
+    first_index: int,
+    console: Console,
     expected: int,
 ) -> None:
     """Name each worker that exited abnormally (a signal, or an exit code other than 0 and
@@ -237,4 +284,3 @@ def _relay(proc: subprocess.Popen, tag: str, console: Console) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         console.print(Text(f"[{tag}] {line.rstrip()}"), soft_wrap=True)
-

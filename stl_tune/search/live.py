@@ -150,8 +150,10 @@ class View:
     def line(self, t: Tally, left: str | None = None) -> str:
         """The study in one line: counts, best trial and, given one, the time left (left_or_stopped)."""
         best = f"best {t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no result yet"
-        line = (f"study {self.study.study_name}: {t.finished}/{self.n_trials} finished ({t.pruned} pruned), "
-                f"{t.failed} failed, {t.waiting} queued; {best}")  # fmt: skip
+        line = (
+            f"study {self.study.study_name}: {t.finished}/{self.n_trials} finished ({t.pruned} pruned), "
+            f"{t.failed} failed, {t.waiting} queued; {best}"
+        )
         return line if left is None else f"{line}; {left}"
 
     def _order(self, tr: FrozenTrial) -> tuple[int, str, int]:
@@ -216,9 +218,13 @@ class EpochLog:
 
 
 def left_or_stopped(
-    study: optuna.Study, trials: list[FrozenTrial], n_trials: int, finished: int, spec: StudySpec | None,
+    study: optuna.Study,
+    trials: list[FrozenTrial],
+    n_trials: int,
+    finished: int,
+    spec: StudySpec | None,
     detail: bool = False,
-) -> str:  # fmt: skip
+) -> str:
     """The time left as the view and `stl-tune status` say it: once the time budget or the patience
     has run out, that no trial starts any more (an estimate of the trials still to start would be
     time that will not be spent); else the estimate (search/eta.py), with what it rests on when

@@ -57,10 +57,14 @@ class Objective:
     """
 
     def __init__(
-        self, spec: StudySpec, artifacts: str | Path, overrides: dict[str, Any] | None = None, trainer: Trainer = train,
+        self,
+        spec: StudySpec,
+        artifacts: str | Path,
+        overrides: dict[str, Any] | None = None,
+        trainer: Trainer = train,
         cpu: bool = False,
         stop_requested: Callable[[], bool] = lambda: False,
-    ):  # fmt: skip
+    ):
         self.spec = spec
         self.store = CheckpointStore(artifacts)
         self.overrides = dict(overrides or {})
@@ -90,12 +94,19 @@ class Objective:
             deadline = budget.deadline(trial.study.user_attrs)  # read once: a run sets it at its start
             if self.cpu and cfg.runtime.device == "auto":
                 cfg = C.from_dict(C.to_dict(cfg), {"runtime.device": "cpu"})  # recorded above as auto
-            result = self.trainer(cfg, self._epoch_callback(trial, cfg, ckpt, curve, deadline), checkpoint=ckpt,
-                                  checkpoint_now=lambda: self.stop_requested()
-                                  or (deadline is not None and budget.now() >= deadline))  # fmt: skip
+            result = self.trainer(
+                cfg,
+                self._epoch_callback(trial, cfg, ckpt, curve, deadline),
+                checkpoint=ckpt,
+                checkpoint_now=lambda: self.stop_requested() or (deadline is not None and budget.now() >= deadline),
+            )
             for key in record.RESULT_ATTRS:
                 trial.set_user_attr(key, getattr(result, key))
-            status, value, diverged_epoch = result.status, objective_value(result, self.spec.objective), result.diverged_epoch
+            status, value, diverged_epoch = (
+                result.status,
+                objective_value(result, self.spec.objective),
+                result.diverged_epoch,
+            )
             del result  # holds the model: free it before the next trial (see finally)
             if status == Status.DIVERGED:
                 record.end(trial, Status.DIVERGED, record.diverged(diverged_epoch))
@@ -212,8 +223,9 @@ class Objective:
             except ArtifactNotFound:  # e.g. the artifact folder is not shared with that host
                 log.warning(
                     "trial %d: checkpoint of trial %d not found in the artifact store; starting at epoch 0",
-                    trial.number, previous.number,
-                )  # fmt: skip
+                    trial.number,
+                    previous.number,
+                )
         # Own the inherited checkpoint from here on: the next upload replaces it, the end drops it.
         trial.set_user_attr(CHECKPOINT_ATTR, saved if epoch else None)
         trial.set_user_attr(record.RESUMED_ATTR, epoch)

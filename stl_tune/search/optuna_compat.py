@@ -106,9 +106,12 @@ class SharedHyperband(optuna.pruners.BasePruner):
     """
 
     def __init__(
-        self, min_resource: int = 1, max_resource: str | int = "auto", reduction_factor: int = 3,
+        self,
+        min_resource: int = 1,
+        max_resource: str | int = "auto",
+        reduction_factor: int = 3,
         bootstrap_count: int = 0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.hyperband = optuna.pruners.HyperbandPruner(min_resource, max_resource, reduction_factor, bootstrap_count)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:

@@ -97,7 +97,11 @@ class ReconnectingRDBStorage(RDBStorage):
         """The study's trials per state, counted by the database: one GROUP BY over the trial rows
         (no params, attrs or reports)."""
         trial = compat.TrialModel
-        query = sqlalchemy.select(trial.state, sqlalchemy.func.count()).where(trial.study_id == study_id).group_by(trial.state)
+        query = (
+            sqlalchemy.select(trial.state, sqlalchemy.func.count())
+            .where(trial.study_id == study_id)
+            .group_by(trial.state)
+        )
         with self.engine.connect() as conn:
             return Counter({state: n for state, n in conn.execute(query)})
 

@@ -129,9 +129,15 @@ def run(
 
 
 def worker(
-    name: str, storage: str | None, options: WorkerOptions, n_trials: int | None, index: int, *,
-    launched: bool = False, epoch_lines: bool | None = None,
-) -> int:  # fmt: skip
+    name: str,
+    storage: str | None,
+    options: WorkerOptions,
+    n_trials: int | None,
+    index: int,
+    *,
+    launched: bool = False,
+    epoch_lines: bool | None = None,
+) -> int:
     """`stl-tune worker`: join a study until its budget is met. Several slots here (or one GPU of
     several) are launched as processes; else, and always when `launched`, the loop runs here."""
     import torch
@@ -170,8 +176,12 @@ def confirm(name: str | None, storage: str | None, top: int, seeds: int, options
         study.set_user_attr(ARTIFACTS_ATTR, str(artifacts))
         code = _launch(study, url, slots, n_trials, options, artifacts, data_dir)
     summary = CF.summarize(study, search)
-    table = Table("trial", f"search {spec.objective}", f"mean ± std over seeds {', '.join(map(str, seed_list))}",
-                  title=f"Confirmed: the best {len(candidates)} trials of '{search.study_name}'")  # fmt: skip
+    table = Table(
+        "trial",
+        f"search {spec.objective}",
+        f"mean ± std over seeds {', '.join(map(str, seed_list))}",
+        title=f"Confirmed: the best {len(candidates)} trials of '{search.study_name}'",
+    )
     best = CF.best_confirmed(search)
     for t in candidates:
         s = summary.get(str(t.number))
@@ -180,8 +190,10 @@ def confirm(name: str | None, storage: str | None, top: int, seeds: int, options
         table.add_row(str(t.number), f"{t.value:.4f}", cell)
     Console().print(table)
     if best is not None:
-        say(f"export it: stl-tune export --name {search.study_name}{storage_arg(storage)} -o best.yaml "
-            f"(takes trial {best[0]})")  # fmt: skip
+        say(
+            f"export it: stl-tune export --name {search.study_name}{storage_arg(storage)} -o best.yaml "
+            f"(takes trial {best[0]})"
+        )
     return code
 
 
@@ -228,12 +240,16 @@ def _done(study: optuna.Study, n_trials: int) -> bool:
     """Whether the study's budget is met already; says so."""
     finished = tally(study).finished
     if finished >= n_trials:
-        say(f"study {study.study_name} already has {plural(finished, 'finished trial')} "
-            f"(budget {n_trials}); nothing to do")  # fmt: skip
+        say(
+            f"study {study.study_name} already has {plural(finished, 'finished trial')} "
+            f"(budget {n_trials}); nothing to do"
+        )
     return finished >= n_trials
 
 
-def _say_cost(spec: StudySpec, study: optuna.Study, slots: list[str | None], options: WorkerOptions, threads: int) -> None:
+def _say_cost(
+    spec: StudySpec, study: optuna.Study, slots: list[str | None], options: WorkerOptions, threads: int
+) -> None:
     note = cost_note(spec, study, slots, options.data_dir, threads)
     if note is not None:
         say(note)
@@ -241,18 +257,39 @@ def _say_cost(spec: StudySpec, study: optuna.Study, slots: list[str | None], opt
 
 # ------------------------------------------------------------------------------------- workers
 def _launch(
-    study: optuna.Study, url: str, slots: list[str | None], n_trials: int, options: WorkerOptions, artifacts: Path,
-    data_dir: Path | None, first_index: int = 0,
-) -> int:  # fmt: skip
+    study: optuna.Study,
+    url: str,
+    slots: list[str | None],
+    n_trials: int,
+    options: WorkerOptions,
+    artifacts: Path,
+    data_dir: Path | None,
+    first_index: int = 0,
+) -> int:
     requeue_dead_here(study)
-    return launch.launch(study, url, slots, n_trials, artifacts=artifacts, data_dir=data_dir,
-                         max_failures=options.max_failures, first_index=first_index)  # fmt: skip
+    return launch.launch(
+        study,
+        url,
+        slots,
+        n_trials,
+        artifacts=artifacts,
+        data_dir=data_dir,
+        max_failures=options.max_failures,
+        first_index=first_index,
+    )
 
 
 def work_here(
-    name: str, url: str, options: WorkerOptions, slots: list[str | None], n_trials: int | None, index: int, *,
-    launched: bool, epoch_lines: bool | None,
-) -> int:  # fmt: skip
+    name: str,
+    url: str,
+    options: WorkerOptions,
+    slots: list[str | None],
+    n_trials: int | None,
+    index: int,
+    *,
+    launched: bool,
+    epoch_lines: bool | None,
+) -> int:
     """The worker loop in this process, with a heartbeat per trial, until the budget is met.
 
     launched: started by search/launch.py, which did the steps before any trial and shows the
@@ -271,8 +308,9 @@ def work_here(
         requeue_dead_here(study)  # of an earlier run on this host: no need to wait for the heartbeat
     overrides = {"data.dir": str(options.data_dir)} if options.data_dir is not None else {}
     stop = Stop()  # a first signal: the trial stops at its epoch's end, checkpointed there
-    objective = Objective(spec, artifacts_dir(options.artifacts, url, study), overrides,
-                          cpu=slots == [None], stop_requested=stop)
+    objective = Objective(
+        spec, artifacts_dir(options.artifacts, url, study), overrides, cpu=slots == [None], stop_requested=stop
+    )
     console = Console()
     if epoch_lines if epoch_lines is not None else not console.is_terminal:
         objective = EpochLog(console).around(objective)
@@ -287,7 +325,10 @@ def work_here(
         print(_stopped(study, e), file=sys.stderr, flush=True)
         return 130
     stopped = budget.stop_reason(study) if t.finished < n_trials else None
-    say(f"study {study.study_name}: {t.finished}/{n_trials} trials finished" + (f"; stopped: {stopped}" if stopped else ""))
+    say(
+        f"study {study.study_name}: {t.finished}/{n_trials} trials finished"
+        + (f"; stopped: {stopped}" if stopped else "")
+    )
     return 0
 
 
@@ -312,8 +353,10 @@ def _trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         return
     epochs = trial.user_attrs.get(record.EPOCHS_RUN_ATTR)
     if reason == Reason.TIME_BUDGET:  # stopped on purpose, not a failure
-        say(f"trial {trial.number} paused at epoch {epochs} by the time budget, queued to resume from epoch "
-            f"{record.saved_epoch(trial)}")  # fmt: skip
+        say(
+            f"trial {trial.number} paused at epoch {epochs} by the time budget, queued to resume from epoch "
+            f"{record.saved_epoch(trial)}"
+        )
         return
     value = f" {trial.value:.4f}" if trial.value is not None else ""
     note = f" ({reason})" if reason else ""

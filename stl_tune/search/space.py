@@ -44,7 +44,6 @@ from stl_tune.errors import StudyError, UserError
 from stl_tune.search import budget
 from stl_tune.search.optuna_compat import SharedHyperband
 
-
 # Plug-in registries: the names a study file may use. GP, QMC and CMA-ES samplers need scipy or
 # cmaes, which stl-tune does not install, so they are left out rather than failing at run time.
 SAMPLERS: dict[str, type] = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
@@ -238,8 +237,10 @@ class _Validator:
             p = self.param(f"search_space.{name}", str(name), entry, base)
             for q in params:  # conditions read values set above them; this would change one later
                 if q.when and p.path in q.when:
-                    raise self.fail(f"search_space.{name}", f"sets {p.path}, which {q.name}'s `when` "
-                                    "above reads; move this entry above it")
+                    raise self.fail(
+                        f"search_space.{name}",
+                        f"sets {p.path}, which {q.name}'s `when` above reads; move this entry above it",
+                    )
             if p.path in fixed:
                 raise self.fail(f"search_space.{name}", f"{p.path} is also in `fixed`; keep one")
             self.when(f"search_space.{name}", p, params, base)
@@ -333,8 +334,9 @@ class _Validator:
             if not setters:  # a constant: the default or `fixed`
                 if config.get(base, path) not in typed[path]:
                     raise self.fail(
-                        k, f"never holds: {path} is fixed to {config.get(base, path)!r} "
-                        "(a condition may only use paths set above it or fixed)"
+                        k,
+                        f"never holds: {path} is fixed to {config.get(base, path)!r} "
+                        "(a condition may only use paths set above it or fixed)",
                     )
             elif not any(self.reachable(q, v) for q in setters for v in typed[path]):
                 raise self.fail(k, f"none of {values!r} can be suggested for {path}")
@@ -356,7 +358,12 @@ class _Validator:
         return bool(a and b) and any(p in b and not set(map(repr, a[p])) & set(map(repr, b[p])) for p in a)
 
     def plugin(
-        self, key: str, d: Any, registry: dict[str, type], default: str, base: TrainConfig,
+        self,
+        key: str,
+        d: Any,
+        registry: dict[str, type],
+        default: str,
+        base: TrainConfig,
         params: list[ParamSpec],
     ) -> dict[str, Any]:
         d = {"name": d} if isinstance(d, str) else d  # `sampler: random` is short for {name: random}

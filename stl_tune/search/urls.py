@@ -54,13 +54,17 @@ def check_url(url: str) -> None:
         u.get_dialect()  # loads the dialect, not its driver (a missing driver is told on opening)
     except sqlalchemy.exc.NoSuchModuleError:
         if u.get_backend_name() == "postgres":  # the name SQLAlchemy dropped in 1.4
-            raise StudyError(f"storage {shown}: unknown database scheme '{scheme}'; "
-                             f"did you mean {mask_url('postgresql' + url[len('postgres'):])}?") from None  # fmt: skip
+            raise StudyError(
+                f"storage {shown}: unknown database scheme '{scheme}'; "
+                f"did you mean {mask_url('postgresql' + url[len('postgres') :])}?"
+            ) from None
         raise StudyError(f"storage {shown}: unknown database scheme '{scheme}'; accepted: {ACCEPTED}") from None
     if u.get_backend_name() == "sqlite" and u.host:
         path = "/".join(filter(None, [u.host, u.database]))
-        raise StudyError(f"storage {shown}: a SQLite URL has no host; did you mean sqlite:///{path}? "
-                         "(three slashes, then the file's path)")  # fmt: skip
+        raise StudyError(
+            f"storage {shown}: a SQLite URL has no host; did you mean sqlite:///{path}? "
+            "(three slashes, then the file's path)"
+        )
 
 
 _USERINFO = re.compile(r"^(?P<head>[^:/?#]+://[^:/@?#]*:)(?P<pw>.*)@(?P<tail>[^@]*)$")

@@ -26,7 +26,9 @@ from stl_tune.search.space import ParamSpec, StudyError, StudySpec
 def params_of(cfg: TrainConfig, spec: StudySpec) -> dict[str, Any]:
     """{parameter name: value} for each parameter of the space that applies to `cfg` and whose
     value in `cfg` lies inside the parameter's range; the others are left to the sampler."""
-    return {p.name: config.get(cfg, p.path) for p in spec.params if p.applies(cfg) and _inside(p, config.get(cfg, p.path))}
+    return {
+        p.name: config.get(cfg, p.path) for p in spec.params if p.applies(cfg) and _inside(p, config.get(cfg, p.path))
+    }
 
 
 def _inside(p: ParamSpec, value: Any) -> bool:
@@ -46,11 +48,17 @@ class Queued:
     added: bool  # False: a trial with these params exists already, so none was queued
 
     def describe(self, what: str) -> str:
-        said = f"{what}, run to full length" if self.added else f"{what}: a trial with these values exists; not queued again"
+        said = (
+            f"{what}, run to full length"
+            if self.added
+            else f"{what}: a trial with these values exists; not queued again"
+        )
         if self.outside:  # not among the enqueued params: Optuna's sampler draws them for this trial
             values = ", ".join(f"{k}={v}" for k, v in self.outside.items())
-            said += (f"; outside this study's search space, so not used: {values} (the sampler draws "
-                     f"{', '.join(self.outside)} for this trial from the space)")  # fmt: skip
+            said += (
+                f"; outside this study's search space, so not used: {values} (the sampler draws "
+                f"{', '.join(self.outside)} for this trial from the space)"
+            )
         return said
 
 
@@ -92,11 +100,16 @@ def copy_trials(source: optuna.Study, target: optuna.Study, spec: StudySpec) -> 
         elif not _fits(t, space):
             skipped += 1
         else:
-            copies.append(optuna.trial.create_trial(
-                state=t.state, value=t.value, params=t.params,  # a pruned trial's value: its last epoch's, as Optuna keeps it
-                distributions={k: space[k].distribution() for k in t.params}, intermediate_values=t.intermediate_values,
-                user_attrs={**t.user_attrs, COPIED_ATTR: origin},
-            ))  # fmt: skip
+            copies.append(
+                optuna.trial.create_trial(
+                    state=t.state,
+                    value=t.value,
+                    params=t.params,  # a pruned trial's value: its last epoch's, as Optuna keeps it
+                    distributions={k: space[k].distribution() for k in t.params},
+                    intermediate_values=t.intermediate_values,
+                    user_attrs={**t.user_attrs, COPIED_ATTR: origin},
+                )
+            )
     target.add_trials(copies)
     return len(copies), skipped, before
 

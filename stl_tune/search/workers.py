@@ -232,4 +232,3 @@ def _run_trial(
         log.warning("trial %d was failed by another worker while this one was paused; its retry goes on", told.number)
         return None
     return told
-
