@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from stl_tune import config
 from stl_tune.errors import UserError
 from stl_tune.search import budget, create_or_load_study, open_storage, record, warmstart
+from stl_tune.search.keep import is_kept
 from stl_tune.search.space import StudySpec, load_study_file
 
 
@@ -252,7 +253,7 @@ def test_a_trial_running_at_the_deadline_pauses_and_resumes_on_the_next_run(
     resumed = study.trials[1]
     assert resumed.state == TrialState.COMPLETE and resumed.user_attrs["resumed_from_epoch"] == 2
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 2
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ every epoch (the pruner may stop the run there), keeps the trainer's latest resu
 (written at most every runtime.checkpoint_interval_s, and at the end) in the artifact store so
 that a retried trial (its worker died or was interrupted) resumes where the previous attempt last
 saved, and records in the trial's user attributes all it takes to reproduce and compare the trial
-(search/record.py lists them).
+(search/record.py lists them). A completed trial keeps its validation predictions, and its weights
+while among the study's best K, for `stl-tune ensemble` (search/keep.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from stl_tune.errors import DataError
 from stl_tune.search import budget, record
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.checkpoints import CheckpointStore, local_workdir, sweep_dead_workdirs
+from stl_tune.search.keep import Keeper
 from stl_tune.search.record import CHECKPOINT_ATTR, CURVE_ATTR, Reason, Status
 from stl_tune.search.space import StudySpec, suggest_config
 from stl_tune.train import EpochMetrics, TrainResult, train
@@ -75,6 +77,7 @@ class Objective:
         self._tmp = local_workdir()
         self.workdir = Path(self._tmp.name)
         self.worker = record.worker_id()
+        self.keeper = Keeper(artifacts, self.workdir, spec.keep_models)  # what an ensemble needs
 
     def config(self, trial: optuna.Trial) -> C.TrainConfig:
         cfg = suggest_config(trial, self.spec)
@@ -107,6 +110,8 @@ class Objective:
                 objective_value(result, self.spec.objective),
                 result.diverged_epoch,
             )
+            if status in (Status.COMPLETED, Status.EARLY_STOPPED):  # a full run: kept for an ensemble
+                self.keeper.keep(trial, cfg, result, value)
             del result  # holds the model: free it before the next trial (see finally)
             if status == Status.DIVERGED:
                 record.end(trial, Status.DIVERGED, record.diverged(diverged_epoch))
