@@ -214,23 +214,32 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
 
 # --------------------------------------------------------------------------------- several seeds
 def write_seed_summary(out: Path, results: dict[int, TrainResult], ensemble: dict | None = None) -> dict:
-    """out/summary.json: each seed's status, folder and accuracies; the mean and sample standard
-    deviation (n - 1) of the test accuracy over the seeds that finished (std None for fewer than
-    two); and `ensemble`, the scores of the seeds' ensemble (see cli/train.py), or None."""
-    runs = [
-        {
-            "seed": seed,
-            "dir": f"seed-{seed}",
-            "status": r.status,
-            "test_acc": r.test_acc,
-            "best_val_acc": r.best_val_acc,
-            "epochs_run": r.epochs_run,
-        }
-        for seed, r in results.items()
-    ]
+    """out/summary.json of `train --seeds` (write_summary): each seed's run, and `ensemble`, the
+    scores of the seeds' ensemble (see cli/train.py), or None."""
+    return write_summary(
+        out, [run_entry(seed, f"seed-{seed}", r) for seed, r in results.items()], ensemble, seeds=list(results)
+    )
+
+
+def run_entry(seed: int, folder: str, r: TrainResult) -> dict:
+    """A run in summary.json: its seed, folder (under the summary's), status and accuracies."""
+    return {
+        "seed": seed,
+        "dir": folder,
+        "status": r.status,
+        "test_acc": r.test_acc,
+        "best_val_acc": r.best_val_acc,
+        "epochs_run": r.epochs_run,
+    }
+
+
+def write_summary(out: Path, runs: list[dict], ensemble: dict | None, **head) -> dict:
+    """out/summary.json: `head`; the runs (run_entry, maybe with more keys); the mean and sample
+    standard deviation (n - 1) of the test accuracy over the runs that have one (std None for fewer
+    than two); `ensemble`, the scores of their ensemble, or None."""
     accs = [r["test_acc"] for r in runs if r["test_acc"] is not None]
     summary = {
-        "seeds": list(results),
+        **head,
         "runs": runs,
         "finished": len(accs),
         "test_acc_mean": statistics.fmean(accs) if accs else None,

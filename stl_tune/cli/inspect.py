@@ -139,6 +139,7 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
             f"time budget: {'spent' if spent else duration(budget_left.total_seconds()) + ' left'}"
             f" (deadline {deadline(study.user_attrs):%Y-%m-%d %H:%M:%S} UTC)"
         )
+    _kept_line(study, spec.keep_models, storage)
     ranking = ranked(trials, study.direction)
     if not ranking:
         console.print("No complete trial yet.")
@@ -170,6 +171,15 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     console.print(
         f"Export it: stl-tune export --name {study.study_name}{storage_arg(storage)} -o best.yaml", soft_wrap=True
     )
+
+
+def _kept_line(study, k: int, storage: str | None) -> None:
+    """What the study keeps for an ensemble (search/keep.py), and where."""
+    from stl_tune.search import keep, storage_url
+    from stl_tune.search.session import artifacts_dir
+
+    folder = artifacts_dir(None, storage_url(storage), study)
+    console.print(keep.usage(study, folder).line(k, folder), soft_wrap=True)
 
 
 @app.command()

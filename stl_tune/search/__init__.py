@@ -20,6 +20,8 @@ command line does, for search/settings.py) costs nothing. The modules, by job:
     warmstart     the known recipe, --enqueue, --from-study
     objective     the one bridge between Optuna and the trainer
     checkpoints   the artifact store of resume checkpoints
+    keep          what completed trials keep for an ensemble: validation predictions, the best K models
+    ensemble      greedy ensemble selection over those predictions (`stl-tune ensemble`)
     workers       the worker loop
     launch        worker processes on one host
     live          the live view and the workers' log lines
