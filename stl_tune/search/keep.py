@@ -131,7 +131,7 @@ class Keeper:
                 dead.append(f.name)
             elif parsed[1] == MODEL and not f.name.startswith(PARTIAL):
                 value = t.value if t.state == TrialState.COMPLETE else (t.user_attrs.get(KEPT_ATTR) or {}).get("value")
-                if value is not None:  # a running trial's, between its upload and its attr: not ranked yet
+                if value is not None:  # else a read that missed the attr: not ranked here, its own worker ranks it
                     ranking.append((value, parsed[0]))
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         ranking.sort(key=lambda vt: (-vt[0] if maximize else vt[0], vt[1]))  # ties: the earlier trial
