@@ -118,6 +118,7 @@ class Table:
         self.params: list[dict[str, Any]] = [r[0]["params"] for r in runs]
         self.curves: list[list[list[float]]] = [[r["val"] for r in rs] for rs in runs]
         self.seconds: list[list[list[float]]] = [[r["seconds"] for r in rs] for rs in runs]
+        self.all_seconds = [x for runs_of_c in self.seconds for run in runs_of_c for x in run]
         self.status: list[list[str]] = [[r["status"] for r in rs] for rs in runs]  # completed | diverged
         self.test: list[float] = [_mean_test(rs) for rs in runs]
         self._index = _Index(self.spec.params, self.params)
@@ -210,7 +211,7 @@ class Search:
     trials: int = 0  # started (a resumed trial counts once)
     stopped: int = 0  # ended by the searcher (pruned)
     epochs: int = 0  # run by all trials
-    hours: float = 0.0  # the simulated clock at the end
+    clock_s: float = 0.0  # the simulated clock at the end
     # (epochs spent, mean test accuracy of the current pick) after each trial that ended
     trajectory: list[tuple[int, float]] = field(default_factory=list)
 
@@ -249,7 +250,12 @@ def simulate(table: Table, searcher: Searcher, method: str, repeat: int, workers
 
     def schedule(tid: int) -> None:
         run = runs[tid]
-        cost = run.seconds[run.epoch] if run.epoch < len(run.seconds) else statistics.fmean(run.seconds or [1.0])
+        # the diverging epoch, unrecorded, costs the run's mean epoch (the table's, if it diverged at once)
+        cost = (
+            run.seconds[run.epoch]
+            if run.epoch < len(run.seconds)
+            else statistics.fmean(run.seconds or table.all_seconds)
+        )
         heapq.heappush(events, (clock + cost, next(order), tid))
 
     def start_trials() -> None:
@@ -308,7 +314,7 @@ def simulate(table: Table, searcher: Searcher, method: str, repeat: int, workers
         else:
             schedule(tid)
         start_trials()
-    out.hours = clock / 3600
+    out.clock_s = clock
     pick = searcher.choice()
     if pick is not None:
         out.choice = table.nearest(pick)
@@ -430,7 +436,7 @@ class Row:
     trials: float = 0.0
     stopped: float = 0.0
     epochs: float = 0.0
-    hours: float = 0.0
+    minutes: float = 0.0  # the simulated clock
 
 
 def summarize(searches: list[Search], default: str = DEFAULT) -> list[Row]:
@@ -447,8 +453,9 @@ def summarize(searches: list[Search], default: str = DEFAULT) -> list[Row]:
         acc = [100 * (s.test or 0.0) for s in reps.values()]
         n = len(acc)
         row = Row(method, n, statistics.fmean(acc), _se(acc))
-        for name in ("trials", "stopped", "epochs", "hours"):
+        for name in ("trials", "stopped", "epochs"):
             setattr(row, name, statistics.fmean(getattr(s, name) for s in reps.values()))
+        row.minutes = statistics.fmean(s.clock_s for s in reps.values()) / 60
         base = by.get(default, {})
         common = sorted(reps.keys() & base.keys())
         if method != default and len(common) >= 2:
@@ -467,7 +474,7 @@ def _se(xs: list[float]) -> float:
 def markdown(rows: list[Row], default: str = DEFAULT) -> str:
     lines = [
         f"| method | test acc % (mean ± se) | vs {default} (points, paired, ± se) | 95 % interval "
-        "| trials (stopped) | epochs | simulated hours |",
+        "| trials (stopped) | epochs | simulated min |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -475,7 +482,7 @@ def markdown(rows: list[Row], default: str = DEFAULT) -> str:
         ci = "-" if r.ci is None else f"[{r.ci[0]:+.2f}, {r.ci[1]:+.2f}]"
         lines.append(
             f"| {r.method} | {r.mean:.2f} ± {r.se:.2f} | {diff} | {ci} | {r.trials:.1f} ({r.stopped:.1f}) "
-            f"| {r.epochs:.1f} | {r.hours:.2f} |"
+            f"| {r.epochs:.1f} | {r.minutes:.1f} |"
         )
     return "\n".join(lines)
 

@@ -44,8 +44,18 @@ def write_table(path: Path, n: int = 30, curves=None, seconds=None) -> sim.Table
         for s in range(2):
             val = curves(c, s) if curves else [quality[c] * (1 - 0.5**e) + 0.01 * (s - 0.5) for e in range(1, 7)]
             secs = seconds(c, s) if seconds else [1.0 + c % 3] * len(val)
-            rows.append({"config": c, "seed": s, "params": params, "status": "completed", "val": val,
-                         "seconds": secs, "test": quality[c]})  # fmt: skip
+            diverged = len(val) < EPOCHS  # as the builder writes a run whose loss became NaN
+            rows.append(
+                {
+                    "config": c,
+                    "seed": s,
+                    "params": params,
+                    "status": "diverged" if diverged else "completed",
+                    "val": val,
+                    "seconds": secs,
+                    "test": None if diverged else quality[c],
+                }
+            )
     path.write_text("\n".join(json.dumps(line) for line in [header, *rows]) + "\n")
     return sim.Table.load(path)
 
@@ -128,8 +138,25 @@ def test_epochs_run_on_a_simulated_clock_and_the_patience_ends_a_trial(tmp_path)
     assert reports[:4] == [(0, 1), (0, 2), (1, 1), (0, 3)]
     assert ("finished", 0, True) in searcher.log and (0, 4) not in reports
     assert out.epochs == 3 + 6 and out.trials == 2
-    assert out.hours == pytest.approx(6 * 2.5 / 3600)  # config 1's six epochs end the search
+    assert out.clock_s == pytest.approx(6 * 2.5)  # config 1's six epochs end the search
     assert out.test == table.test[1]
+
+
+def test_a_diverged_run_ends_its_trial_uncompleted_after_its_recorded_epochs(tmp_path):
+    """Seed 1 of config 0 diverged in its third epoch: a trial replaying it reports two epochs, fails
+    (not completed), and the config's score is its other seed's test accuracy."""
+    table = write_table(
+        tmp_path / "t.jsonl",
+        n=2,
+        curves=lambda c, s: [0.2, 0.3] if (c, s) == (0, 1) else [0.1 * e for e in range(1, 7)],
+    )
+    repeat = next(r for r in range(50) if sim.draw_seed(r, 0, 0, 2) == 1)
+    searcher = Scripted(table, [0], pick=0)
+    out = sim.simulate(table, searcher, "scripted", repeat, workers=1, budget=100)
+    assert searcher.log == [("report", 0, 1, 0.2), ("report", 0, 2, 0.3), ("finished", 0, False)]
+    assert out.epochs == 2 and out.clock_s == pytest.approx(3 * 1.0)  # the diverging epoch takes time
+    rows = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()[1:]]
+    assert table.status[0] == ["completed", "diverged"] and out.test == table.test[0] == rows[0]["test"]
 
 
 def test_a_paused_trial_resumes_its_own_seed_and_the_draws_are_paired(tmp_path):
@@ -184,11 +211,24 @@ def test_stl_tune_runs_the_known_recipe_first_and_never_prunes_it(tmp_path):
 def test_quick_mode_runs_end_to_end(tmp_path):
     """The CI check: the committed tiny table, through the command line, with its table and plot."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "simulate.py"), "--quick", "--repeats", "2",
-           "--methods", "stl-tune,random", "--out", str(tmp_path / "r.json"), "--plot", str(tmp_path / "p.png")]  # fmt: skip
+    script = str(ROOT / "benchmarks" / "simulate.py")
+    out, png = tmp_path / "r.json", tmp_path / "p.png"
+    cmd = [
+        sys.executable,
+        script,
+        "--quick",
+        "--repeats",
+        "2",
+        "--methods",
+        "stl-tune,random",
+        "--out",
+        out,
+        "--plot",
+        png,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| stl-tune |" in proc.stdout and "| random |" in proc.stdout
-    result = json.loads((tmp_path / "r.json").read_text())
+    result = json.loads(out.read_text())
     assert {r["method"] for r in result["rows"]} == {"stl-tune", "random"} and len(result["searches"]) == 4
-    assert (tmp_path / "p.png").stat().st_size > 0
+    assert png.stat().st_size > 0
