@@ -71,6 +71,9 @@ class Proposal:
     trial_id: int
     params: dict[str, Any]  # in the table's param names; ignored on a resume
     resume: bool = False  # continue trial_id from the epoch it paused at
+    # a re-evaluation: train the config with a seed (so a validation split) that none of this
+    # search's trials of it has replayed, while the table has one
+    new_seed: bool = False
 
 
 class Searcher(Protocol):
@@ -243,6 +246,7 @@ def simulate(table: Table, searcher: Searcher, method: str, repeat: int, workers
     out = Search(method, repeat)
     runs: dict[int, _Run] = {}
     occurrences: dict[int, int] = {}
+    replayed: dict[int, set[int]] = {}  # config -> the seeds its trials replayed
     events: list[tuple[float, int, int]] = []  # (clock at the end of a trial's next epoch, order, trial)
     order = itertools.count()
     clock, busy = 0.0, 0
@@ -273,6 +277,10 @@ def simulate(table: Table, searcher: Searcher, method: str, repeat: int, workers
                 c = table.nearest(p.params)
                 k = occurrences[c] = occurrences.get(c, -1) + 1
                 s = draw_seed(repeat, c, k, len(table.curves[c]))
+                if p.new_seed:
+                    fresh = [x for x in range(len(table.curves[c])) if x not in replayed.get(c, ())]
+                    s = fresh[draw_seed(repeat, c, k, len(fresh))] if fresh else s
+                replayed.setdefault(c, set()).add(s)
                 runs[p.trial_id] = _Run(c, table.curves[c][s], table.seconds[c][s], table.status[c][s] == "diverged")
                 out.trials += 1
             busy += 1

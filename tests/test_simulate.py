@@ -182,6 +182,23 @@ def test_a_paused_trial_resumes_its_own_seed_and_the_draws_are_paired(tmp_path):
     assert draws == {0, 1}  # both seeds are drawn over the repeats
 
 
+def test_a_re_evaluation_replays_a_seed_the_search_has_not(tmp_path):
+    """Config 1 proposed twice, the second time with new_seed: in every repeat the two trials replay
+    the table's two seeds, whichever the first drew."""
+    table = write_table(tmp_path / "t.jsonl", n=3, curves=lambda c, s: [s + 0.1 * e for e in range(1, 7)])
+
+    class Twice(Scripted):
+        def ask(self):
+            p = super().ask()
+            return p and sim.Proposal(p.trial_id, p.params, new_seed=p.trial_id == 1)
+
+    for repeat in range(10):
+        searcher = Twice(table, [1, 1], pick=1)
+        sim.simulate(table, searcher, "twice", repeat, workers=1, budget=100)
+        first = {t: v for kind, t, e, v in (x for x in searcher.log if x[0] == "report") if e == 1}
+        assert sorted(round(v) for v in first.values()) == [0, 1]
+
+
 def test_nearest_config_uses_log_scales_and_matches_categoricals(tmp_path):
     table = write_table(tmp_path / "t.jsonl", n=30)
     for c in (0, 7, 19):
