@@ -398,13 +398,13 @@ CANDIDATES = ("tpe+asha", "rung50")  # bench_search_quality.py's candidates: sim
 
 
 # ------------------------------------------------------------------------------------- repeats
-_TABLE: Table | None = None  # each pool process's table, loaded once
+_TABLE: Table | None = None  # each pool process's table
 
 
-def _load(path: str) -> None:
+def _load(table: Table) -> None:
     global _TABLE
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _TABLE = Table.load(path)
+    _TABLE = table
 
 
 def _repeat(methods: list[str], repeat: int, workers: int, budget: int) -> list[Search]:
@@ -413,8 +413,9 @@ def _repeat(methods: list[str], repeat: int, workers: int, budget: int) -> list[
     return [simulate(_TABLE, METHODS[m](_TABLE, repeat), m, repeat, workers, budget) for m in methods]
 
 
-def run_all(path: str, methods: list[str], repeats: int, workers: int, budget: int, jobs: int) -> list[Search]:
-    """All methods x repeats, the repeats spread over `jobs` processes, with a progress bar."""
+def run_all(table: Table, methods: list[str], repeats: int, workers: int, budget: int, jobs: int) -> list[Search]:
+    """All methods x repeats, the repeats spread over `jobs` processes, with a progress bar. The
+    processes get the table as loaded here: a table still being built may grow meanwhile."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     searches: list[Search] = []
@@ -422,7 +423,7 @@ def run_all(path: str, methods: list[str], repeats: int, workers: int, budget: i
     ctx = multiprocessing.get_context("fork")  # the peers registered into METHODS stay registered
     with (
         Progress(*columns, transient=True) as bar,
-        ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_load, initargs=(path,)) as pool,
+        ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_load, initargs=(table,)) as pool,
     ):
         task = bar.add_task(f"{len(methods)} methods x {repeats} repeats, W={workers}", total=repeats)
         for fut in as_completed([pool.submit(_repeat, methods, r, workers, budget) for r in range(repeats)]):
@@ -529,7 +530,9 @@ def plot(searches: list[Search], budget: int, path: Path, title: str) -> None:
             ys.append(100 * statistics.fmean(found) if len(found) == len(ss) else math.nan)
         ax.plot(grid, ys, label=f"{method} ({len(ss)} repeats)")
     ax.axvline(budget, color="grey", linestyle=":", label=f"budget ({budget} epochs)")
-    ax.set(xlabel="epochs spent (by trials that ended)", ylabel="test accuracy of the current pick, % (mean)")
+    ax.set(
+        xlabel="epochs spent (by all trials, as each trial ends)", ylabel="test accuracy of the current pick, % (mean)"
+    )
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=9)
     ax.grid(alpha=0.3)
@@ -580,7 +583,7 @@ def main() -> None:
         flush=True,
     )
     t0 = time.perf_counter()
-    searches = run_all(str(path), methods, repeats, args.workers, budget, max(1, min(args.jobs, repeats)))
+    searches = run_all(table, methods, repeats, args.workers, budget, max(1, min(args.jobs, repeats)))
     wall = time.perf_counter() - t0
     rows = summarize(searches)
     text = markdown(rows)
