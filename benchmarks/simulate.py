@@ -127,11 +127,14 @@ class Table:
         self._index = _Index(self.spec.params, self.params)
 
     @classmethod
-    def load(cls, path: str | Path) -> Table:
+    def load(cls, path: str | Path, configs: int | None = None) -> Table:
+        """The table in `path`; with `configs`, its first configs only (numbers 0..configs-1), so a
+        measurement on a table still being built can be repeated on the finished one."""
         lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
         if not lines:
             raise SystemExit(f"{path}: empty")
-        return cls(lines[0], lines[1:], str(path))
+        rows = [r for r in lines[1:] if configs is None or r["config"] < configs]
+        return cls(lines[0], rows, str(path))
 
     def __len__(self) -> int:
         return len(self.params)
@@ -554,6 +557,7 @@ def _register_peers() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--table", type=Path, help=f"a curve table [quick: {QUICK_TABLE.relative_to(ROOT)}]")
+    ap.add_argument("--configs", type=int, help="the table's first N configs only [all that have every seed]")
     ap.add_argument("--quick", action="store_true", help="the tiny committed table, 3 repeats: checks it works")
     ap.add_argument("--methods", help="comma list [every registered method but the candidates]")
     ap.add_argument("--workers", type=int, default=2, help="asynchronous workers per search [2]")
@@ -569,7 +573,7 @@ def main() -> None:
     if path is None:
         raise SystemExit("--table FILE (or --quick)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    table = Table.load(path)
+    table = Table.load(path, args.configs)
     methods = args.methods.split(",") if args.methods else [m for m in METHODS if m not in CANDIDATES]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

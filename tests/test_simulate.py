@@ -201,6 +201,8 @@ def test_a_re_evaluation_replays_a_seed_the_search_has_not(tmp_path):
 
 def test_nearest_config_uses_log_scales_and_matches_categoricals(tmp_path):
     table = write_table(tmp_path / "t.jsonl", n=30)
+    first = sim.Table.load(tmp_path / "t.jsonl", configs=10)  # --configs: the first 10 only
+    assert first.params == table.params[:10] and first.test == table.test[:10]
     for c in (0, 7, 19):
         assert table.nearest(table.params[c]) == c
     sgd = next(c for c in range(len(table)) if table.params[c]["optim.name"] == "sgd")
