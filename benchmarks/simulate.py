@@ -4,8 +4,8 @@ The instrument of issue 21: a search method runs on W asynchronous workers over 
 curves with a simulated clock, so each method gets 50+ repeats in minutes where real training
 gives 5 in hours.
 - A proposed config trains as its nearest table config (Table.nearest: numeric parameters scaled
-  to their range, log where the space is log; categoricals must match; conditional parameters
-  only where active), replaying one of that config's training seeds, drawn per trial and the same
+  to their range, log where the space is log; a categorical that differs counts as a numeric
+  parameter's whole range; conditional parameters only where active), replaying one of that config's training seeds, drawn per trial and the same
   for every method of a repeat (draw_seed), so the differences between methods are paired.
 - Each epoch takes its recorded seconds. The recipe's early-stopping patience (the table's
   `eval.patience`) ends a trial as the trainer would (the table holds full curves).
@@ -320,7 +320,7 @@ def simulate(table: Table, searcher: Searcher, method: str, repeat: int, workers
             busy -= 1
         elif run.epoch == len(run.val) and not run.diverges:  # the last epoch
             ended(tid, True)
-        elif run.epoch - run.best_epoch >= table.patience:  # train.py's patience_spent
+        elif table.patience > 0 and run.epoch - run.best_epoch >= table.patience:  # train.py's patience_spent
             ended(tid, True)
         else:
             schedule(tid)

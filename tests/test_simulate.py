@@ -140,6 +140,9 @@ def test_epochs_run_on_a_simulated_clock_and_the_patience_ends_a_trial(tmp_path)
     assert out.epochs == 3 + 6 and out.trials == 2
     assert out.clock_s == pytest.approx(6 * 2.5)  # config 1's six epochs end the search
     assert out.test == table.test[1]
+    table.patience = 0  # eval.patience 0: the trainer never stops early, nor does the simulator
+    searcher = Scripted(table, [0], pick=0)
+    assert sim.simulate(table, searcher, "scripted", 0, workers=1, budget=100).epochs == 6
 
 
 def test_a_diverged_run_ends_its_trial_uncompleted_after_its_recorded_epochs(tmp_path):
