@@ -340,8 +340,8 @@ class OptunaSearcher:
     it (search/study.py, plugins.py), the known recipe queued as trial 0 (search/warmstart.py) and
     never pruned, one sampler per busy worker (worker k samples with seed + k, as `stl-tune worker`
     does) on one in-memory storage, each epoch reported with trial.report / should_prune as
-    search/objective.py does, the value from space.curve_value as the objective computes it, the final pick as `stl-tune
-    export` picks (search/export.py's pick_trial)."""
+    search/objective.py does, the value from space.curve_value as the objective computes it, the
+    final pick as `stl-tune export` picks (search/export.py's pick_trial)."""
 
     def __init__(self, table: Table, key: str, repeat: int):
         method = bsq.METHODS[key]()
