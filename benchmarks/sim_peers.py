@@ -93,6 +93,10 @@ class SyneTuneSearcher:
         from syne_tune.backend.trial_status import Trial
         from syne_tune.optimizer import baselines
 
+        # Their random configs come from Domain.sample() without the searcher's seeded generator
+        # (random_searcher.py, kde_searcher.py's _get_random_config): from NumPy's global one, seeded
+        # here, as the simulator builds each searcher just before its search.
+        np.random.seed(repeat)
         self._trial_cls = Trial
         self.table = table
         self.scheduler = getattr(baselines, scheduler)(

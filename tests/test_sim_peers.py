@@ -134,6 +134,22 @@ def test_peer_runs_a_search_and_picks_a_config_of_the_space(name):
     assert out.test == table.test[table.nearest(pick)]
 
 
+@pytest.mark.parametrize("name", list(LIBRARY))
+def test_peer_search_is_the_same_for_the_same_repeat(name):
+    """A repeat's search does not depend on what ran before it in the process (the libraries draw
+    from NumPy's and torch's global generators), so repeats are paired across runs and processes."""
+    import numpy as np
+
+    table = synthetic_table()
+    runs = []
+    for disturb in (1, 2):
+        np.random.seed(disturb)  # another method's search before this one
+        searcher = Recorder(peer(name, table, repeat=3))
+        simulate.simulate(table, searcher, name, 3, workers=2, budget=6 * EPOCHS)
+        runs.append(([p.params for p in searcher.proposals], searcher.decisions))
+    assert runs[0] == runs[1]
+
+
 def test_syne_tune_asha_stops_at_its_rungs_and_its_last_stop_completes_the_trial():
     table = synthetic_table()
     searcher = Recorder(peer("st-asha", table))
