@@ -3,7 +3,8 @@ matrix that runs a test on SQLite and on PostgreSQL.
 
 The suite runs in several processes at once (pytest-xdist, `-n` in pyproject.toml): each is a
 session of its own, so each has its own fake data, temporary folders and PostgreSQL server, on a
-port of its own (Postgres.start tries another port if one is taken meanwhile)."""
+port of its own (Postgres.first_start tries another port if one is taken meanwhile). A server per
+process, not one shared: the tests of a server's faults stop and restart it."""
 
 from __future__ import annotations
 
