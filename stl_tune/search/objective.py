@@ -33,7 +33,7 @@ from stl_tune.search import optuna_compat as compat
 from stl_tune.search.checkpoints import CheckpointStore, local_workdir, sweep_dead_workdirs
 from stl_tune.search.keep import Keeper
 from stl_tune.search.record import CHECKPOINT_ATTR, CURVE_ATTR, Reason, Status
-from stl_tune.search.space import StudySpec, suggest_config
+from stl_tune.search.space import StudySpec, curve_value, suggest_config
 from stl_tune.train import EpochMetrics, TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -244,9 +244,5 @@ class Objective:
 
 
 def objective_value(result: TrainResult, objective: str) -> float | None:
-    """A trial's value (space.OBJECTIVES) from its result: a TrainResult field, or the mean of the
-    last 5 epochs' validation accuracy (fewer when the run had fewer)."""
-    if objective == "last5_val_acc":
-        last = [h["val_acc"] for h in result.history[-5:] if h["val_acc"] is not None]
-        return sum(last) / len(last) if last else None
-    return getattr(result, objective)
+    """A trial's value (space.OBJECTIVES) from its result."""
+    return curve_value([h["val_acc"] for h in result.history], objective)
