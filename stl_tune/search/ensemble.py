@@ -11,6 +11,10 @@ each model by the times it was picked by then. The score is accuracy, ties broke
 log-likelihood (on a few hundred validation images accuracy ties often); a tie between models goes
 to the one listed first (select lists the trials best first). Its first pick is the best single
 model, so with max_members=1 the ensemble is that model.
+A member's kept probabilities are the softmax of its flip-TTA-averaged logits; the ensemble file
+(outputs.Ensemble) averages the members' probabilities per view and then the views' log: on an
+image where the two orders disagree, the file's validation accuracy can differ from the
+selection's.
 Written here rather than taken from a library: Auto-sklearn's EnsembleSelection is the well-known
 implementation, but it needs scikit-learn's estimator API and Auto-sklearn itself for ~20 lines.
 """
