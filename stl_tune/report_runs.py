@@ -89,7 +89,8 @@ def read_runs(root: str | Path) -> FinalTraining:
     if not root.is_dir():
         raise RunsError(f"--runs {root}: no such folder")
     raise RunsError(
-        f"--runs {root}: neither summary.json (stl-tune train --seeds) nor metrics.json (stl-tune train) is there"
+        f"--runs {root}: neither summary.json (stl-tune train --seeds, stl-tune ensemble) "
+        "nor metrics.json (stl-tune train) is there"
     )
 
 
@@ -112,14 +113,15 @@ def _mean_std(summary: dict) -> str:
 
 
 def headline(final: FinalTraining) -> str:
-    """The test accuracy in a line for the summary: mean ± std over the seeds and the ensemble's,
-    or the one run's."""
+    """The test accuracy in a line for the summary: mean ± std over the seeds (over the members of
+    `stl-tune ensemble`) and the ensemble's, or the one run's."""
     s = final.summary
     if s is None:
         return "" if final.shown is None else f"{final.shown['test_acc']:.4f} (one run, seed {final.runs[0]['seed']})"
     said = []
     if s.get("test_acc_mean") is not None:
-        said.append(f"{_mean_std(s)} over {s['finished']} of {len(final.runs)} seeds")
+        unit = "members" if any("weight" in r for r in final.runs) else "seeds"
+        said.append(f"{_mean_std(s)} over {s['finished']} of {len(final.runs)} {unit}")
     if s.get("ensemble"):
         said.append(f"{final.shown_name}: {_acc(s['ensemble']['test_acc'])}")
     return "; ".join(said)

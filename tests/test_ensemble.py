@@ -299,5 +299,7 @@ def test_ensemble_end_to_end(searched, fake_data, tmp_path, way):
     assert rep.exit_code == 0, rep.output
     page = (tmp_path / "report" / "index.html").read_text()
     assert "An ensemble of study tiny" in page
+    n = len(summary["runs"])
+    assert f" over {n} of {n} members; the ensemble of " in page  # its members, not seeds
     for run in summary["runs"]:
         assert f"<td>trial {run['trial']}</td>" in page and f"{run['dir']} ({run['weight']:.2f})" in page

@@ -176,6 +176,13 @@ def test_classes_the_model_does_not_know_are_one_line(trained, fake_data, tmp_pa
     assert not (tmp_path / "eval").exists()
 
 
+def test_stl10_binaries_are_one_line_that_says_where_their_test_score_is(trained, fake_data, tmp_path):
+    res = run_evaluate(trained[0] / "model.pt", fake_data, tmp_path / "eval")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"{fake_data} holds STL-10's binaries, not a folder dataset" in res.output
+    assert "metrics.json or summary.json" in res.output and not (tmp_path / "eval").exists()
+
+
 def test_names_that_differ_only_in_case_are_pointed_out(trained, fake_data, tmp_path):
     out, result, _ = trained
     root = tmp_path / "shouty"

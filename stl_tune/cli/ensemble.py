@@ -28,7 +28,12 @@ MEMBERS = 5  # at most this many distinct trials by default: a handful
 def ensemble(
     out: Annotated[
         Path,
-        typer.Option("--out", "-o", help="Output folder: trial-N/ per member, ensemble.pt, model.pt, summary.json."),
+        typer.Option(
+            "--out",
+            "-o",
+            file_okay=False,
+            help="Output folder: trial-N/ per member, ensemble.pt, model.pt, summary.json.",
+        ),
     ],
     name: NameOpt = None,
     storage: StorageOpt = None,

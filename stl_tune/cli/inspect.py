@@ -203,13 +203,16 @@ def export(
 
 @app.command()
 def report(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for index.html, the PNG plots and configs/.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", file_okay=False, help="Folder for index.html, the PNG plots and configs/.")
+    ],
     name: NameOpt = None,
     storage: StorageOpt = None,
     runs: Annotated[
         Path | None,
         typer.Option(
-            help="`stl-tune train` output to show as the final training: one run's folder, or a --seeds folder (summary.json)."
+            help="The final training to show: `stl-tune train` output (one run's folder, or a --seeds folder) "
+            "or `stl-tune ensemble` output."
         ),
     ] = None,
 ) -> None:

@@ -43,6 +43,7 @@ def train(
     out: Annotated[
         Path | None,
         typer.Option(
+            file_okay=False,
             help="Output folder; an unfinished run there resumes, a finished one is shown.",
             show_default="runs/<config name>",
         ),
@@ -256,7 +257,9 @@ def evaluate(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Folder for metrics.json and confusion.png.", show_default="beside the model: eval-<data dir name>/"
+            file_okay=False,
+            help="Folder for metrics.json and confusion.png.",
+            show_default="beside the model: eval-<data dir name>/",
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
