@@ -112,8 +112,8 @@ def test_read_only_commands_create_no_database(command, tmp_path):
 
 
 def test_status_names_trials_of_dead_workers(study, storage_url, monkeypatch):
-    from stl_tune.search.record import Reason
-    from stl_tune.search.trials import requeue_dead, tally
+    from stl_tune.search.outcome import Reason, requeue_dead
+    from stl_tune.search.trials import tally
 
     host = socket.gethostname()
     dead = subprocess.Popen(["true"])

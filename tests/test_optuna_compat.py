@@ -53,7 +53,7 @@ def test_heartbeat_keeps_a_trial_alive_and_its_absence_fails_it(storage_url):
 
 
 def test_retry_history_names_the_retried_trials(study):
-    from stl_tune.search.trials import retry_callback
+    from stl_tune.search.storages import retry_callback
 
     first = study.ask()
     assert compat.retry_history(compat.frozen(first)) == []

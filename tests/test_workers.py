@@ -192,8 +192,7 @@ def test_run_and_worker_with_the_budget_reached_do_nothing(storage_url, tmp_path
 def test_trial_failed_by_another_worker_is_dropped_with_one_line(storage_url, tmp_path, tiny_study, caplog):
     """What a worker that was frozen past the grace period meets when it wakes: its trial failed
     and re-queued by another. It drops the trial quietly and runs the retry itself."""
-    from stl_tune.search.record import Reason, fail_reason
-    from stl_tune.search.trials import retry
+    from stl_tune.search.outcome import Reason, fail_reason, retry
     from stl_tune.train import train
 
     tiny_study["fixed"]["optim"]["epochs"] = 3
@@ -233,13 +232,13 @@ def test_a_spent_time_budget_counts_only_the_trials_that_paused(tmp_path, tiny_s
     """The known recipe never started and one trial paused by the time budget: the stop line says
     one paused trial will resume, not two."""
     from stl_tune import config
-    from stl_tune.search import record, warmstart
-    from stl_tune.search.trials import retry
+    from stl_tune.search import outcome, record, warmstart
+    from stl_tune.search.outcome import retry
 
     url, spec = f"sqlite:///{tmp_path}/study.db", StudySpec.from_dict(tiny_study)
     study = create_or_load_study(spec, None, open_storage(url))
     paused = study.ask({})
-    paused.set_user_attr(record.FAIL_REASON_ATTR, record.Reason.TIME_BUDGET)
+    paused.set_user_attr(record.FAIL_REASON_ATTR, outcome.Reason.TIME_BUDGET)
     retry(study, study.tell(paused, state=TrialState.FAIL))  # as workers.py re-queues a paused trial
     warmstart.enqueue(study, spec, config.from_dict(None, spec.fixed), record.KNOWN_RECIPE)  # never started
     study.set_user_attr(record.N_TRIALS_ATTR, 2)

@@ -43,16 +43,16 @@ def _fmt(v: Any) -> str:
 
 def _trial_row(t: FrozenTrial, retries: dict[int, int]) -> list[str]:
     """A trial's row; retries: {trial number: the number of its retry}."""
-    from stl_tune.search import record, retry_history
+    from stl_tune.search import outcome, record, retry_history
 
     epochs = t.user_attrs.get(record.EPOCHS_RUN_ATTR, len(t.intermediate_values))  # live trials: reports so far
     seconds = t.user_attrs.get(record.SECONDS_ATTR, t.duration.total_seconds() if t.duration else None)
     state = t.state.name
     retried = retry_history(t)
-    reason = record.fail_reason(t)
+    reason = outcome.fail_reason(t)
     if state == "WAITING":  # a retry carries the attrs of the trial it retries: say which that was
         note = f"retry of trial {retried[-1]}" if retried else "queued"
-    elif state == "FAIL" and reason in record.RESUMABLE and t.number in retries:  # stopped, not failed
+    elif state == "FAIL" and reason in outcome.RESUMABLE and t.number in retries:  # stopped, not failed
         state, note = "stopped", f"stopped ({reason}), resumes as trial {retries[t.number]}"
     else:
         note = reason or t.user_attrs.get(record.STATUS_ATTR, "")

@@ -59,6 +59,7 @@ def train(
 
     from stl_tune import config as C
     from stl_tune import data
+    from stl_tune.train import TrainStatus
 
     overrides = list(set_ or []) + ([f"data.dir={data_dir}"] if data_dir is not None else [])
     cfg = C.load(config, overrides)
@@ -66,7 +67,7 @@ def train(
     # The data is checked (every folder image decoded) once, before the first run that trains.
     prepare = functools.cache(lambda: typer.echo(f"data: {data.prepare(cfg.data, Console())}"))
     if seeds is None:
-        if _train_one(cfg, out, prepare).status == "diverged":
+        if _train_one(cfg, out, prepare).status == TrainStatus.DIVERGED:
             raise typer.Exit(1)
         return
     _train_seeds(cfg, out, _parse_seeds(seeds), prepare)
@@ -124,6 +125,7 @@ def _train_one(cfg: TrainConfig, out: Path, prepare: Callable[[], None]) -> Trai
     artefacts and say how it went."""
     from stl_tune.outputs import finished_run, write_config, write_outputs
     from stl_tune.progress import EpochProgress
+    from stl_tune.train import TrainStatus
     from stl_tune.train import train as run_training
 
     done = finished_run(out, cfg)
@@ -151,14 +153,14 @@ def _train_one(cfg: TrainConfig, out: Path, prepare: Callable[[], None]) -> Trai
             f"stopped at once in epoch {stop.epoch + 1} of {cfg.optim.epochs}: the same command (same --out) {resume}"
         )
         raise typer.Exit(STOPPED_EXIT) from None
-    if result.status == "stopped":
+    if result.status == TrainStatus.STOPPED:
         typer.echo(
             f"stopped at epoch {result.epochs_run} of {cfg.optim.epochs}, saved in {ckpt}: "
             "the same command (same --out) resumes there"
         )
         raise typer.Exit(STOPPED_EXIT)
     paths = write_outputs(out, cfg, result)
-    if result.status == "diverged":
+    if result.status == TrainStatus.DIVERGED:
         typer.echo(f"diverged: the loss became NaN at epoch {result.diverged_epoch}; see {paths[1]}", err=True)
         return result
     if result.resumed_from_epoch:
@@ -179,20 +181,21 @@ def _train_seeds(cfg: TrainConfig, out: Path, seeds: list[int], prepare: Callabl
     every seed had finished before, the summary is shown as it is."""
     import json
 
-    from stl_tune.outputs import FINISHED, copy_model, write_seed_summary
+    from stl_tune.outputs import copy_model, write_seed_summary
+    from stl_tune.train import TrainStatus
 
     results: dict[int, TrainResult] = {}
     for seed in seeds:
         typer.echo(f"seed {seed}: {out / f'seed-{seed}'}")
         results[seed] = _train_one(dataclasses.replace(cfg, seed=seed), out / f"seed-{seed}", prepare)
-        if results[seed].status in FINISHED and not (out / "model.pt").exists():
+        if results[seed].status.finished and not (out / "model.pt").exists():
             copy_model(out / f"seed-{seed}" / "model.pt", out / "model.pt")
     trained = any(r.model is not None for r in results.values())  # a finished run read back has none
     summary_file = out / "summary.json"
     old = json.loads(summary_file.read_text()) if summary_file.is_file() else None
     written = trained or old is None or old.get("seeds") != seeds
     if written:
-        members = [seed for seed, r in results.items() if r.status in FINISHED]
+        members = [seed for seed, r in results.items() if r.status.finished]
         s = write_seed_summary(out, results, _ensemble(cfg, out, members) if len(members) > 1 else None)
     else:
         s = old
@@ -205,7 +208,7 @@ def _train_seeds(cfg: TrainConfig, out: Path, seeds: list[int], prepare: Callabl
             f"ensemble of {len(e['members'])} seeds ({out / e['file']}, also {out / 'model.pt'}): "
             f"test accuracy {100 * e['test_acc']:.1f} %"
         )
-    diverged = [seed for seed, r in results.items() if r.status == "diverged"]
+    diverged = [seed for seed, r in results.items() if r.status == TrainStatus.DIVERGED]
     typer.echo(
         f"{'wrote' if written else 'summary in'} {summary_file}"
         + (f"; diverged: seeds {', '.join(map(str, diverged))}" if diverged else "")

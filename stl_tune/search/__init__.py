@@ -15,7 +15,8 @@ command line does, for search/settings.py) costs nothing. The modules, by job:
     reconnect     the storage for a database server, which waits out a lost server
     plugins       a study's sampler and pruner
     study         creating a study once, loading it with its spec
-    trials        study state: counts, the best trial, the budget's claim check, re-queueing
+    trials        study state: counts, the best trial, the budget's claim check
+    outcome       how a trial ended, as one value, and the one function that settles it
     budget        the time budget and the patience
     warmstart     the known recipe, --enqueue, --from-study
     objective     the one bridge between Optuna and the trainer

@@ -23,10 +23,6 @@ from stl_tune.search.trials import better
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
-class TimeUp(Exception):
-    """Raised at an epoch end past the study's deadline: the trial stops and is queued to resume."""
-
-
 def parse_duration(text: str) -> timedelta:
     """'90s', '45m', '6h', '1h30m' -> a timedelta; a UserError for anything else."""
     m = _DURATION.match(text.strip().lower())

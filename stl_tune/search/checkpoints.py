@@ -22,7 +22,7 @@ from typing import BinaryIO
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from stl_tune.search.trials import alive
+from stl_tune.search.record import alive
 
 PARTIAL = ".partial-"
 WORKDIR_PREFIX = "stl-tune-"

@@ -28,9 +28,10 @@ from stl_tune.search import optuna_compat as compat
 from stl_tune.search.budget import stop_reason
 from stl_tune.search.fmt import numbers, plural
 from stl_tune.search.live import View
+from stl_tune.search.outcome import requeue_dead
 from stl_tune.search.settings import STORAGE_ENV
 from stl_tune.search.storages import describe
-from stl_tune.search.trials import requeue_dead, tally
+from stl_tune.search.trials import tally
 from stl_tune.search.workers import POLL_S, STOP_SIGNALS
 
 

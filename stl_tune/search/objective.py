@@ -4,17 +4,17 @@ Per trial it builds the config from the study's search space, reports validation
 every epoch (the pruner may stop the run there), keeps the trainer's latest resume checkpoint
 (written at most every runtime.checkpoint_interval_s, and at the end) in the artifact store so
 that a retried trial (its worker died or was interrupted) resumes where the previous attempt last
-saved, and records in the trial's user attributes all it takes to reproduce and compare the trial
-(search/record.py lists them).
+saved, records in the trial's user attributes all it takes to reproduce and compare the trial
+(search/record.py lists them), and returns how the trial ended: an Outcome, which the worker loop
+settles (search/outcome.py).
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import functools
 import gc
 import logging
-import math
-import traceback
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -26,22 +26,24 @@ from optuna.artifacts import download_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from stl_tune import config as C
-from stl_tune.errors import DataError
 from stl_tune.search import budget, record
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.checkpoints import CheckpointStore, local_workdir, sweep_dead_workdirs
-from stl_tune.search.record import CHECKPOINT_ATTR, CURVE_ATTR, Reason, Status
+from stl_tune.search.outcome import Kind, Outcome, caught, start
+from stl_tune.search.record import CHECKPOINT_ATTR, CURVE_ATTR
 from stl_tune.search.space import StudySpec, suggest_config
-from stl_tune.train import EpochMetrics, TrainResult, train
+from stl_tune.train import EpochMetrics, TrainResult, TrainStatus, train
 
 log = logging.getLogger(__name__)
 
-Trainer = Callable[..., TrainResult]  # stl_tune.train.train's signature: (cfg, on_epoch_end, *, checkpoint)
+# stl_tune.train.train's signature: (cfg, on_epoch_end, *, checkpoint, checkpoint_now)
+Trainer = Callable[..., TrainResult]
 
 
 class Objective:
-    """`study.optimize(Objective(spec, artifacts))`: returns the TrainResult field spec.objective
-    (best_val_acc by default).
+    """`work(study, Objective(spec, artifacts), n_trials)` (search/workers.py): runs a trial and
+    returns its Outcome, whose value is the TrainResult field spec.objective (best_val_acc by
+    default).
 
     artifacts: folder of the artifact store; every worker of a study must see the same folder
     (a shared file system across hosts) for a retry on another host to find the checkpoint.
@@ -52,8 +54,8 @@ class Objective:
     trains on the CPU here even where CUDA is available. The trial's recorded config keeps `auto`,
     so its export trains on the GPU of whoever runs it.
     stop_requested: True once a first Ctrl-C / SIGTERM asks the trial to stop (workers.Stop): the
-    trainer checkpoints the epoch under way, which is uploaded, and the trial stops there
-    (KeyboardInterrupt), so its retry resumes at that epoch.
+    trainer checkpoints the epoch under way, which is uploaded, and the trial ends there as
+    interrupted, so its retry resumes at that epoch.
     """
 
     def __init__(
@@ -82,85 +84,62 @@ class Objective:
             C.set_path(cfg, path, value)
         return C.validate(cfg)
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        record.start(trial, self.worker)  # a retry inherits its predecessor's outcome: reset it
+    def __call__(self, trial: optuna.Trial) -> Outcome:
         ckpt = self.workdir / f"trial-{trial.number}.pt"
-        keep_checkpoint = False
-        attempts: list[int] = []  # storage ids of this trial and the attempts it retries
+        attempts = [compat.trial_id(trial)]  # storage ids of this trial and the attempts it retries
         try:
-            cfg = self.config(trial)
-            trial.set_user_attr(record.CONFIG_ATTR, C.to_dict(cfg))
-            curve = self._resume(trial, ckpt, attempts)
-            deadline = budget.deadline(trial.study.user_attrs)  # read once: a run sets it at its start
-            if self.cpu and cfg.runtime.device == "auto":
-                cfg = C.from_dict(C.to_dict(cfg), {"runtime.device": "cpu"})  # recorded above as auto
-            result = self.trainer(
-                cfg,
-                self._epoch_callback(trial, cfg, ckpt, curve, deadline),
-                checkpoint=ckpt,
-                checkpoint_now=lambda: self.stop_requested() or (deadline is not None and budget.now() >= deadline),
-            )
-            for key in record.RESULT_ATTRS:
-                trial.set_user_attr(key, getattr(result, key))
-            status, value, diverged_epoch = (
-                result.status,
-                objective_value(result, self.spec.objective),
-                result.diverged_epoch,
-            )
-            del result  # holds the model: free it before the next trial (see finally)
-            if status == Status.DIVERGED:
-                record.end(trial, Status.DIVERGED, record.diverged(diverged_epoch))
-                # Optuna records a NaN objective as FAIL, without a traceback in the worker's log.
-                return math.nan
-            if status == "stopped":  # the trainer's word for: the epoch callback asked (the pruner)
-                record.end(trial, Status.PRUNED)
-                raise optuna.TrialPruned(f"pruned at epoch {len(curve)}")
-            record.end(trial, status)  # the trainer's: completed | early_stopped
-            return value
-        except KeyboardInterrupt:
-            # Stopped from outside (Ctrl-C, SIGTERM): the worker queues a retry that resumes here.
-            record.end(trial, Status.INTERRUPTED, Reason.INTERRUPTED)
-            keep_checkpoint = True
-            raise
-        except budget.TimeUp:  # the study's time budget is spent: the worker queues a retry that resumes here
-            record.end(trial, Status.PAUSED, Reason.TIME_BUDGET)
-            keep_checkpoint = True
-            raise
-        except DataError:
-            # The data is bad, not this trial's config: every trial would fail the same way. The
-            # worker queues this one again (a queued recipe stays queued) and stops the run.
-            record.end(trial, Status.FAILED, Reason.DATA)
-            keep_checkpoint = True
-            raise
-        except optuna.TrialPruned:
-            raise
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # Another worker failed this trial as stale (our heartbeats stalled) and queued a
-            # retry, which resumes from the checkpoint recorded so far: leave it in place.
-            keep_checkpoint = True
-            raise
-        except Exception as e:  # CUDA OOM, a bad value, a bug: this trial fails, the worker goes on
-            record.end(trial, Status.FAILED, f"{type(e).__name__}: {e}".splitlines()[0][:500])
-            # The traceback holds train()'s frames (model, optimizer, compiled graph): clear their
-            # locals so the collection below can free the trial's GPU memory. File and line stay,
-            # so the traceback Optuna logs still reads as it should.
-            traceback.clear_frames(e.__traceback__)
-            raise
+            start(trial, self.worker)  # a retry inherits its predecessor's outcome: reset it
+            outcome = self._run(trial, ckpt, attempts)
+        except (Exception, KeyboardInterrupt) as e:  # a stop signal, or an error (search/outcome.py)
+            outcome = caught(e)
         finally:
-            if not keep_checkpoint:  # the line of attempts ends here: remove all it wrote
-                self.store.sweep(attempts or [compat.trial_id(trial)])
-                if len(attempts) > 1:  # a retry: an earlier attempt's worker may have died on this host
-                    sweep_dead_workdirs()
-                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                    trial.set_user_attr(CHECKPOINT_ATTR, None)
             ckpt.unlink(missing_ok=True)
             if torch.cuda.is_available():  # hand the trial's GPU memory back before the next one;
                 gc.collect()  # a full collection costs ~0.2 s with torch loaded: not worth it on CPU
                 torch.cuda.empty_cache()
+        return dataclasses.replace(outcome, sweep=functools.partial(self._sweep, attempts))
+
+    def _run(self, trial: optuna.Trial, ckpt: Path, attempts: list[int]) -> Outcome:
+        cfg = self.config(trial)
+        trial.set_user_attr(record.CONFIG_ATTR, C.to_dict(cfg))
+        curve = self._resume(trial, ckpt, attempts)
+        deadline = budget.deadline(trial.study.user_attrs)  # read once: a run sets it at its start
+        if self.cpu and cfg.runtime.device == "auto":
+            cfg = C.from_dict(C.to_dict(cfg), {"runtime.device": "cpu"})  # recorded above as auto
+        stopped: list[Kind] = []  # why the epoch callback stopped the run, if it did
+        result = self.trainer(
+            cfg,
+            self._epoch_callback(trial, cfg, ckpt, curve, deadline, stopped),
+            checkpoint=ckpt,
+            checkpoint_now=lambda: self.stop_requested() or (deadline is not None and budget.now() >= deadline),
+        )
+        if stopped and stopped[0] in (Kind.INTERRUPTED, Kind.PAUSED):
+            return Outcome(stopped[0])  # at this epoch's checkpoint: the retry resumes there
+        for key in record.RESULT_ATTRS:
+            trial.set_user_attr(key, getattr(result, key))
+        if result.status == TrainStatus.DIVERGED:
+            return Outcome.diverged(result.diverged_epoch)
+        if result.status == TrainStatus.STOPPED:  # the epoch callback asked: the pruner
+            return Outcome(Kind.PRUNED)
+        return Outcome(Kind(result.status), objective_value(result, self.spec.objective))  # completed | early_stopped
+
+    def _sweep(self, attempts: list[int]) -> None:
+        """Remove every checkpoint of this line of attempts: it ends here."""
+        self.store.sweep(attempts)
+        if len(attempts) > 1:  # a retry: an earlier attempt's worker may have died on this host
+            sweep_dead_workdirs()
 
     def _epoch_callback(
-        self, trial: optuna.Trial, cfg: C.TrainConfig, ckpt: Path, curve: list[float], deadline: datetime | None
+        self,
+        trial: optuna.Trial,
+        cfg: C.TrainConfig,
+        ckpt: Path,
+        curve: list[float],
+        deadline: datetime | None,
+        stopped: list[Kind],
     ):
+        """The trainer's on_epoch_end: report the epoch, upload its checkpoint, and stop the run
+        where the pruner, a stop signal or the deadline says so, putting the reason in `stopped`."""
         # An enqueued trial (the known recipe, --enqueue) runs to full length: a recipe that learns
         # slowly early must not lose to an early rung (search/warmstart.py).
         prunable = not record.queued(trial)
@@ -176,7 +155,8 @@ class Objective:
             if m.epoch >= cfg.optim.epochs:
                 return False  # the run is over: keep its value rather than prune it
             if prunable and trial.should_prune():
-                return True  # the trial ends here: no checkpoint needed
+                stopped.append(Kind.PRUNED)  # the trial ends here: no checkpoint needed
+                return True
             if not m.checkpointed:  # the trainer writes one every runtime.checkpoint_interval_s
                 return False
             self._upload(trial, ckpt, m.epoch)
@@ -185,10 +165,10 @@ class Objective:
             # (checkpoint_now); one that comes after the trainer decided this epoch's save
             # forces the next epoch's, and the trial stops there.
             if self.stop_requested():
-                raise KeyboardInterrupt
-            if deadline is not None and budget.now() >= deadline:
-                raise budget.TimeUp
-            return False
+                stopped.append(Kind.INTERRUPTED)
+            elif deadline is not None and budget.now() >= deadline:
+                stopped.append(Kind.PAUSED)
+            return bool(stopped)
 
         return on_epoch_end
 
@@ -232,7 +212,7 @@ class Objective:
         curve = record.curve(previous)[:epoch] if previous is not None else []
         trial.set_user_attr(CURVE_ATTR, curve)
         # The epochs taken over, for the pruner, which compares whole curves. Only those: the retry
-        # inherits no reports (study.retry_callback), since the epochs after the checkpoint run again.
+        # inherits no reports (storages.retry_callback), since the epochs after the checkpoint run again.
         for step, value in enumerate(curve, 1):
             trial.report(value, step)
         return curve

@@ -14,7 +14,7 @@ import time
 import optuna
 
 from stl_tune.search.optuna_compat import CachedStorage
-from stl_tune.search.trials import fail_stale_trials
+from stl_tune.search.storages import fail_stale_trials
 from stl_tune.search.urls import error_line
 
 log = logging.getLogger(__name__)

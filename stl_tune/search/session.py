@@ -40,13 +40,14 @@ from stl_tune.search import optuna_compat as compat
 from stl_tune.search.fmt import numbers, plural
 from stl_tune.search.live import EpochLog, View
 from stl_tune.search.objective import Objective
+from stl_tune.search.outcome import Reason, fail_reason, requeue_dead
 from stl_tune.search.probe import cost_note
-from stl_tune.search.record import ARTIFACTS_ATTR, N_TRIALS_ATTR, Reason
+from stl_tune.search.record import ARTIFACTS_ATTR, N_TRIALS_ATTR
 from stl_tune.search.settings import ARTIFACTS_ENV
 from stl_tune.search.space import StudySpec, default_study_file, load_study_file
-from stl_tune.search.storages import open_storage
+from stl_tune.search.storages import MAX_RETRY, open_storage
 from stl_tune.search.study import create_or_load_study, load_study, resolve_study_name
-from stl_tune.search.trials import MAX_RETRY, requeue_dead, tally
+from stl_tune.search.trials import tally
 from stl_tune.search.urls import sqlite_file, storage_arg, storage_url
 from stl_tune.search.workers import POLL_S, Interrupted, Stop, work
 
@@ -348,7 +349,7 @@ def _stopped(study: optuna.Study, e: KeyboardInterrupt) -> str:
 
 def _trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """One line per trial this worker ran (surplus claims say nothing)."""
-    reason = record.fail_reason(trial)
+    reason = fail_reason(trial)
     if reason == Reason.SURPLUS:
         return
     epochs = trial.user_attrs.get(record.EPOCHS_RUN_ATTR)

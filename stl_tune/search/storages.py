@@ -4,7 +4,8 @@ one-line StudyError that shows no password.
 SQLite: write-ahead log and a long busy timeout, for several local workers; the file and its folder
 are made on demand, once (a lock), and never by a reader. A database server: pooled connections
 tested before use, and calls that wait out a restart (search/reconnect.py). grpc://: Optuna's
-storage proxy. Workers get Optuna's heartbeat, whose stale trials are re-queued (search/trials.py).
+storage proxy. Workers get Optuna's heartbeat: a trial whose heartbeat went silent is failed
+(fail_stale_trials) and re-queued (retry_callback).
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ from urllib.parse import urlsplit
 import optuna
 import sqlalchemy
 from filelock import FileLock, Timeout
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from stl_tune.errors import StudyError
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.optuna_compat import experimental_ok
 from stl_tune.search.reconnect import ReconnectingRDBStorage
 from stl_tune.search.settings import GRACE_ENV, GRACE_PERIOD_S, HEARTBEAT_ENV, HEARTBEAT_INTERVAL_S
-from stl_tune.search.space import StudyError
-from stl_tune.search.trials import retry_callback
 from stl_tune.search.urls import error_line, mask_url, sqlite_file, storage_url
 
 SQLITE_TIMEOUT_S = 60  # wait this long for another worker's write lock instead of failing
+MAX_RETRY = 3  # re-runs of a trial whose worker died, as a new trial with the same params
 
 
 def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
@@ -137,3 +138,19 @@ def describe(storage: BaseStorage) -> str:
         return mask_url(url)
     address = compat.grpc_address(storage)
     return f"grpc://{address[0]}:{address[1]}" if address else type(storage).__name__
+
+
+# ------------------------------------------------------------------------------- stale trials
+def retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """What happens to a trial whose worker died or was interrupted: a new trial with the same
+    params and user attrs, that resumes from the dead one's checkpoint. Its intermediate values
+    are not inherited: the dead trial may have reported epochs past its last checkpoint, which the
+    retry trains (and reports) again; the objective reports the epochs up to the checkpoint."""
+    return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and, through the storage's retry callback, re-queue) the study's RUNNING trials whose
+    heartbeat is older than the grace period."""
+    with experimental_ok():
+        optuna.storages.fail_stale_trials(study)

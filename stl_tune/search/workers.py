@@ -1,4 +1,4 @@
-"""The worker loop: ask for a trial, verify the claim, run it, tell the outcome, stop cleanly.
+"""The worker loop: ask for a trial, verify the claim, run it, settle its outcome, stop cleanly.
 
 Exactly N finished trials (COMPLETE or PRUNED) across any number of processes and hosts:
   1. Before asking for a trial, a worker counts the study: it stops once N trials have finished,
@@ -14,21 +14,23 @@ Exactly N finished trials (COMPLETE or PRUNED) across any number of processes an
   and would have been surplus. Conversely a surplus verdict needs N live trials ahead of it, so
   the budget is never left short: the loop in (1) starts new trials until N have finished, also
   after failures (which never count), and the same rules hold on a re-run of the same command.
-A DataError in a trial (the data, not the trial) stops the worker with its line at once; the trial
-is queued again, as an interrupted one is. Failures (errors, divergence) do not count towards N; when the last `max_failures` trials to end
-since a worker started all failed, the study is hopeless and the worker stops with that message.
+How each trial ended is an Outcome, which search/outcome.py settles (records, tells Optuna, queues
+the retry). A data error in a trial (the data, not the trial) stops the worker with its line at
+once; the trial is queued again, as an interrupted one is. Failures (errors, divergence) do not
+count towards N; when the last `max_failures` trials to end since a worker started all failed, the
+study is hopeless and the worker stops with that message.
 
 Dead workers: each RUNNING trial has a heartbeat (storages.open_storage); a trial silent for the grace
 period is failed and re-queued as WAITING by the storage's retry callback, and the objective
-resumes it from its last checkpoint (search/trials.py). Optuna checks for stale trials only when
+resumes it from its last checkpoint (search/storages.py). Optuna checks for stale trials only when
 asked, so this loop checks before every trial and while it waits; otherwise the last live workers
 could wait forever on a dead one's RUNNING trial. A worker that was only frozen (SIGSTOP, a closed
 laptop lid, a long pause) and wakes to find its trial failed by another drops it with one line and
 goes on: the retry carries the trial from its checkpoint.
 
 Ctrl-C / SIGTERM: the first lets the epoch under way finish, has the trainer checkpoint it (the
-objective's stop_requested) and stops the trial there; the worker fails it with fail_reason
-interrupted and re-queues it, so the next run resumes at that epoch, then exits. A second signal
+objective's stop_requested) and stops the trial there, an interrupted outcome: the trial is failed
+with fail_reason interrupted and re-queued, so the next run resumes at that epoch, then exits. A second signal
 stops at once (the retry resumes from the last checkpoint), as does the first while no trial trains.
 The loop asks and tells itself rather than through Study.optimize, so that neither a stopped nor a
 stale trial is logged by Optuna as a failure.
@@ -38,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import signal
 import threading
 import time
@@ -47,14 +48,15 @@ from datetime import datetime
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from stl_tune.errors import DataError, UserError
+from stl_tune.errors import UserError
 from stl_tune.search import optuna_compat as compat
-from stl_tune.search import record
-from stl_tune.search.budget import TimeUp, stop_reason
-from stl_tune.search.record import QUEUED_ONLY_ATTR, Reason, Status
-from stl_tune.search.trials import Tally, count_states, fail_stale_trials, is_surplus, requeue_stopped, tally
+from stl_tune.search.budget import stop_reason
+from stl_tune.search.outcome import Kind, Outcome, caught, outcome_of, settle
+from stl_tune.search.record import QUEUED_ONLY_ATTR
+from stl_tune.search.storages import fail_stale_trials
+from stl_tune.search.trials import Tally, count_states, is_surplus, tally
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_S = 1.0  # a waiting worker's first pause between looks at the study ...
@@ -68,8 +70,8 @@ class StudyStopped(UserError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """A stop signal ended the worker's trial, which is told FAIL (Reason.INTERRUPTED) and re-queued
-    (up to trials.MAX_RETRY times): `trial` as told, for the worker's line on where it stopped."""
+    """A stop signal ended the worker's trial, which is settled as interrupted and re-queued (up to
+    storages.MAX_RETRY times): `trial` as told, for the worker's line on where it stopped."""
 
     def __init__(self, trial: FrozenTrial) -> None:
         super().__init__()
@@ -125,7 +127,7 @@ class Stop:
 
 def work(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
+    objective: Callable[[optuna.Trial], Any],
     n_trials: int,
     *,
     max_failures: int = 5,
@@ -187,48 +189,23 @@ def _wait_for_a_change(study: optuna.Study, seen: Tally, stop: Stop, poll_s: flo
 
 
 def _run_trial(
-    study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int, stop: Stop
+    study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_trials: int, stop: Stop
 ) -> FrozenTrial | None:
-    """Ask for one trial, run it with a heartbeat, tell its outcome; the trial as told, or None for
-    one that another worker failed as stale meanwhile. Raises Interrupted after re-queueing the
-    trial on a stop signal."""
+    """Ask for one trial, run it with a heartbeat and settle its outcome (search/outcome.py); the
+    trial as told, or None for one that another worker failed as stale meanwhile. Raises
+    Interrupted on a stop signal and the DataError of a data error, each once its trial is
+    re-queued."""
     trial = compat.ask(study)
-    state, value, interrupted, stale, data_error = TrialState.FAIL, None, False, False, None
     with compat.heartbeat(study, trial):
         try:
             with stop.interruptible(soft=True):  # a first signal ends the trial at its epoch's end
-                if is_surplus(study, trial, n_trials):
-                    record.end(trial, Status.SURPLUS, Reason.SURPLUS)
-                else:
-                    value = objective(trial)
-                    # NaN (a diverged run, with its fail_reason set) is a FAIL, as Optuna would record it
-                    state = TrialState.COMPLETE if value is not None and math.isfinite(value) else TrialState.FAIL
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-        except optuna.exceptions.UpdateFinishedTrialError:
-            stale = True  # failed by another worker: told below, which finds it finished already
-        except KeyboardInterrupt:
-            interrupted = True
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # stale meanwhile
-                trial.set_user_attr(record.FAIL_REASON_ATTR, Reason.INTERRUPTED)  # also before the objective began
-        except TimeUp:  # the objective recorded Reason.TIME_BUDGET: it resumes on the next run
-            pass
-        except DataError as e:  # the objective recorded Reason.DATA: queued again below, then the run stops
-            data_error = e
-        except Exception:  # the objective recorded its fail_reason; the callbacks print it
-            log.debug("trial %d raised", trial.number, exc_info=True)
-    try:
-        told = study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
-    except optuna.exceptions.UpdateFinishedTrialError:  # a tell re-run after a lost reply that the
-        told = compat.frozen(trial)  # server had saved (search/reconnect.py): it is told already
-    requeue_stopped(study, told)
-    if interrupted:
+                surplus = is_surplus(study, trial, n_trials)
+                outcome = Outcome(Kind.SURPLUS) if surplus else outcome_of(objective, trial)
+        except KeyboardInterrupt as e:  # a signal before the objective began
+            outcome = caught(e)
+    told = settle(study, trial, outcome)
+    if outcome.kind == Kind.INTERRUPTED and told is not None:
         raise Interrupted(told)
-    if data_error is not None:  # every trial would fail the same way: stop with the data's one line
-        raise data_error
-    if stale or told.state != state:
-        # Our heartbeats missed the grace period (this process was frozen, or its disk or network
-        # stalled) and another worker failed the trial and queued its retry, which carries on.
-        log.warning("trial %d was failed by another worker while this one was paused; its retry goes on", told.number)
-        return None
+    if outcome.kind == Kind.DATA_ERROR:  # every trial would fail the same way: stop with the data's one line
+        raise outcome.error
     return told
