@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from stl_tune.search.space import ParamSpec, StudySpec
+from stl_tune.search.spec.space import ParamSpec, StudySpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search_quality import SEED_EPOCHS  # noqa: E402
@@ -97,7 +97,7 @@ class Table:
 
     @property
     def space(self) -> list[ParamSpec]:
-        """The search space, as the project's study files declare it (search/space.py)."""
+        """The search space, as the project's study files declare it (search/spec/space.py)."""
         return self.spec.params
 
     def nearest(self, params: dict[str, Any]) -> int:

@@ -171,7 +171,7 @@ STORAGES = ("sqlite", "postgresql")
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The storage matrix, as Optuna's optuna/testing/storages.py has one: a test that takes this
     fixture runs once on a new SQLite file and once on a new PostgreSQL database (the session's
-    server), the two storages whose code differs below the workers (search/storages.py)."""
+    server), the two storages whose code differs below the workers (search/storage/storages.py)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/study.db"
     return request.getfixturevalue("postgres_url")

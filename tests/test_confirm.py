@@ -9,13 +9,13 @@ import pytest
 from optuna.trial import TrialState
 
 from stl_tune import config
-from stl_tune.search import confirm as CF
 from stl_tune.search import create_or_load_study, load_study, mask_url, open_storage, record, resolve_study_name
-from stl_tune.search.export import write_export
-from stl_tune.search.objective import Objective
-from stl_tune.search.space import StudyError, StudySpec
-from stl_tune.search.trials import tally
-from stl_tune.search.workers import work
+from stl_tune.search.spec.space import StudyError, StudySpec
+from stl_tune.search.state import confirm as CF
+from stl_tune.search.state.export import write_export
+from stl_tune.search.state.trials import tally
+from stl_tune.search.worker.objective import Objective
+from stl_tune.search.worker.workers import work
 from stl_tune.train import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # in-process trainings

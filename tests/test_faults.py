@@ -18,9 +18,9 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.search import create_or_load_study, open_storage
-from stl_tune.search.objective import Objective
-from stl_tune.search.space import StudySpec
-from stl_tune.search.workers import work
+from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.worker.objective import Objective
+from stl_tune.search.worker.workers import work
 
 STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]  # the installed console script
 pytestmark = pytest.mark.usefixtures("single_thread")  # in-process trainings
@@ -187,7 +187,7 @@ def test_confirm_survives_a_killed_worker(storage_url, tmp_path, tiny_study, wor
     """`stl-tune confirm` on 2 workers, one killed mid-confirmation: `confirm` re-queues its trial at
     once, the retry resumes from its checkpoint with the same config and seed, and the candidate's
     mean is over all its seeds."""
-    from stl_tune.search import confirm as CF
+    from stl_tune.search.state import confirm as CF
 
     url, artifacts = storage_url, tmp_path / "artifacts"
     spec = StudySpec.from_dict(yaml.safe_load(_study_file(tmp_path, tiny_study, epochs=12).read_text()))
@@ -242,8 +242,8 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_ur
     next run, without a budget, resumes them and finishes exactly N."""
     from stl_tune import config
     from stl_tune.search import record
-    from stl_tune.search.export import write_export
-    from stl_tune.search.trials import tally
+    from stl_tune.search.state.export import write_export
+    from stl_tune.search.state.trials import tally
 
     url, artifacts = storage_url, tmp_path / "artifacts"
     study_file = _study_file(tmp_path, tiny_study, epochs=12)
@@ -451,7 +451,7 @@ def _a_transaction_is_open(url: str) -> bool:
 
     import sqlalchemy
 
-    from stl_tune.search.urls import sqlite_file
+    from stl_tune.search.storage.urls import sqlite_file
 
     db = sqlite_file(url)
     if db is not None:

@@ -21,12 +21,14 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from stl_tune.cli import app
-from stl_tune.search import create_or_load_study, open_storage, probe
-from stl_tune.search.eta import EpochsRun, estimate
-from stl_tune.search.live import EpochLog, View
+from stl_tune.search import create_or_load_study, open_storage
 from stl_tune.search.record import ENQUEUED_ATTR, N_TRIALS_ATTR
-from stl_tune.search.space import StudySpec
-from stl_tune.search.trials import tally
+from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.state.trials import tally
+from stl_tune.search.views.eta import EpochsRun, estimate
+from stl_tune.search.views.live import View
+from stl_tune.search.worker import probe
+from stl_tune.search.worker.epochlog import EpochLog
 from stl_tune.train import EpochMetrics
 
 STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]

@@ -14,9 +14,9 @@ from optuna.trial import TrialState
 
 from stl_tune import config as C
 from stl_tune.search import create_or_load_study, open_storage
-from stl_tune.search.objective import Objective
-from stl_tune.search.space import StudySpec
-from stl_tune.search.workers import work
+from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.worker.objective import Objective
+from stl_tune.search.worker.workers import work
 from stl_tune.train import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # in-process trainings
@@ -159,7 +159,7 @@ def test_a_stop_after_the_epochs_save_was_decided_stops_at_the_next_epoch_with_i
 
 
 def test_last5_objective_is_the_mean_of_the_last_five_epochs():
-    from stl_tune.search.objective import objective_value
+    from stl_tune.search.worker.objective import objective_value
     from stl_tune.train import TrainResult
 
     accs = [0.2, 0.9, 0.5, 0.6, 0.7, 0.8, 0.6]  # a lucky epoch 2 does not make the value

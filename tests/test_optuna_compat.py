@@ -53,7 +53,7 @@ def test_heartbeat_keeps_a_trial_alive_and_its_absence_fails_it(storage_url):
 
 
 def test_retry_history_names_the_retried_trials(study):
-    from stl_tune.search.storages import retry_callback
+    from stl_tune.search.storage.storages import retry_callback
 
     first = study.ask()
     assert compat.retry_history(compat.frozen(first)) == []
@@ -99,7 +99,7 @@ def test_study_id_and_the_trial_table_count_a_study(study):
     study.tell(study.ask(), 0.5)
     storage = compat.storage_of(study)
     assert compat.study_id(study) == storage.get_study_id_from_name(study.study_name)
-    t = compat.TrialModel
+    t = compat.trial_model()
     query = (
         sqlalchemy.select(t.state, sqlalchemy.func.count())
         .where(t.study_id == compat.study_id(study))

@@ -1,4 +1,4 @@
-"""A trial's outcome as one value: settle() does what the table in search/outcome.py says for every
+"""A trial's outcome as one value: settle() does what the table in search/state/outcome.py says for every
 kind, and caught() names what a run raised."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from stl_tune.errors import DataError
 from stl_tune.search import optuna_compat as compat
-from stl_tune.search.outcome import (
+from stl_tune.search.state.outcome import (
     MEANINGS,
     NOT_AN_ERROR,
     RESUMABLE,
@@ -69,10 +69,10 @@ def test_a_trial_failed_by_another_worker_is_left_to_its_retry(caplog):
     compat.storage_of(study).set_trial_state_values(compat.trial_id(trial), TrialState.FAIL)
     swept: list[str] = []
     for kind in (Kind.COMPLETED, Kind.INTERRUPTED, Kind.STALE):
-        with caplog.at_level(logging.WARNING, logger="stl_tune.search.outcome"):
+        with caplog.at_level(logging.WARNING, logger="stl_tune.search.state.outcome"):
             assert settle(study, trial, _outcome(kind, swept)) is None
     assert swept == [] and study.get_trials(states=(TrialState.WAITING,)) == []  # its checkpoints kept
-    assert len([r for r in caplog.records if r.name == "stl_tune.search.outcome"]) == 3  # one line each
+    assert len([r for r in caplog.records if r.name == "stl_tune.search.state.outcome"]) == 3  # one line each
 
 
 def test_caught_names_what_a_run_raised():

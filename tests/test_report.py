@@ -280,8 +280,8 @@ def test_missing_storage_is_not_created(tmp_path):
 def test_page_says_how_the_known_recipe_did_the_warm_start_the_budgets_and_what_to_run_next(tmp_path):
     from datetime import timedelta
 
-    from stl_tune.search import budget
     from stl_tune.search.record import COPIED_ATTR, ENQUEUED_ATTR, KNOWN_RECIPE, N_TRIALS_ATTR
+    from stl_tune.search.state import budget
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = make_study(

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from stl_tune import config
-from stl_tune.search.space import StudyError, StudySpec, load_study_file, suggest_config
+from stl_tune.search.spec.space import StudyError, StudySpec, load_study_file, suggest_config
 
 GOOD = {
     "name": "t",

@@ -7,11 +7,12 @@ import re
 import optuna
 import pytest
 
-from stl_tune.search import plugins, storages
-from stl_tune.search import study as S
 from stl_tune.search.optuna_compat import SharedHyperband
-from stl_tune.search.space import StudyError, StudySpec
-from stl_tune.search.urls import mask_url
+from stl_tune.search.spec import plugins
+from stl_tune.search.spec.space import StudyError, StudySpec
+from stl_tune.search.state import study as S
+from stl_tune.search.storage import storages
+from stl_tune.search.storage.urls import mask_url
 
 
 def make_spec(**changes) -> StudySpec:

@@ -13,8 +13,11 @@ from optuna.trial import TrialState
 
 from stl_tune import config
 from stl_tune.errors import UserError
-from stl_tune.search import budget, create_or_load_study, open_storage, record, warmstart
-from stl_tune.search.space import StudySpec, load_study_file
+from stl_tune.search import create_or_load_study, open_storage, record
+from stl_tune.search.fmt import parse_duration
+from stl_tune.search.spec import warmstart
+from stl_tune.search.spec.space import StudySpec, load_study_file
+from stl_tune.search.state import budget
 
 
 @pytest.fixture
@@ -33,7 +36,7 @@ def test_the_known_recipe_is_trial_0_of_a_new_study_only(storage_url, seed_spec)
     assert warmstart.enqueue_known_recipe(study, seed_spec) is None  # not twice, not into a used study
     trial = study.ask()
     assert trial.number == 0 and trial.user_attrs[record.ENQUEUED_ATTR] == record.KNOWN_RECIPE
-    from stl_tune.search.space import suggest_config
+    from stl_tune.search.spec.space import suggest_config
 
     cfg, defaults = suggest_config(trial, seed_spec), config.from_dict(None, seed_spec.fixed)
     for path in (
@@ -112,7 +115,7 @@ def test_from_study_copies_the_finished_trials_that_fit(storage_url, tiny_study)
     assert (pruned.state, pruned.value, pruned.params["optim.lr"]) == (TrialState.PRUNED, 0.3, 4e-3)
     assert t.state == TrialState.COMPLETE and t.params == {"optim.lr": 2e-3, "model.se": True}
     assert t.intermediate_values == {1: 0.3, 2: 0.5} and t.user_attrs[record.COPIED_ATTR] == "study old, trial 0"
-    from stl_tune.search.trials import is_surplus, tally
+    from stl_tune.search.state.trials import is_surplus, tally
 
     assert tally(new).finished == 0 and tally(new).best.number == 0  # teaches, but is not the new budget's
     assert not is_surplus(new, new.ask(), 1)
@@ -120,13 +123,13 @@ def test_from_study_copies_the_finished_trials_that_fit(storage_url, tiny_study)
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("45m", 2700), ("6h", 21600), ("1h30m", 5400)])
 def test_parse_duration(text, seconds):
-    assert budget.parse_duration(text) == timedelta(seconds=seconds)
+    assert parse_duration(text) == timedelta(seconds=seconds)
 
 
 @pytest.mark.parametrize("text", ["", "6", "0s", "1d", "h", "-5m"])
 def test_bad_durations_are_one_line(text):
     with pytest.raises(UserError, match="--time-budget"):
-        budget.parse_duration(text)
+        parse_duration(text)
 
 
 def test_deadline_in_the_study_stops_new_trials(storage_url, tiny_study):
@@ -202,8 +205,8 @@ def pruning_study(storage_url, tiny_study):
 
 @pytest.mark.usefixtures("single_thread")
 def test_an_enqueued_trial_runs_to_full_length_where_others_are_pruned(tmp_path, pruning_study):
-    from stl_tune.search.objective import Objective
-    from stl_tune.search.workers import work
+    from stl_tune.search.worker.objective import Objective
+    from stl_tune.search.worker.workers import work
 
     spec, study = pruning_study
     warmstart.enqueue(study, spec, config.from_dict(None, spec.fixed), record.KNOWN_RECIPE)
@@ -218,8 +221,8 @@ def test_an_enqueued_trial_runs_to_full_length_where_others_are_pruned(tmp_path,
 def test_a_trial_running_at_the_deadline_pauses_and_resumes_on_the_next_run(
     storage_url, tmp_path, tiny_study, monkeypatch
 ):
-    from stl_tune.search.objective import Objective
-    from stl_tune.search.workers import work
+    from stl_tune.search.worker.objective import Objective
+    from stl_tune.search.worker.workers import work
     from stl_tune.train import train
 
     tiny_study["fixed"]["optim"]["epochs"] = 4

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from stl_tune.cli import app
 from stl_tune.search import create_or_load_study, open_storage
-from stl_tune.search.objective import Objective
-from stl_tune.search.space import StudySpec
-from stl_tune.search.trials import is_surplus, tally
-from stl_tune.search.workers import StudyStopped, work
+from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.state.trials import is_surplus, tally
+from stl_tune.search.worker.objective import Objective
+from stl_tune.search.worker.workers import StudyStopped, work
 
 STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]  # the installed console script
 
@@ -72,8 +72,8 @@ def test_racing_workers_finish_exactly_n_trials(storage_url, worker_env):
         import random, time, optuna
         from optuna.trial import TrialState
         from stl_tune.search import open_storage
-        from stl_tune.search.trials import is_surplus
-        from stl_tune.search.workers import work
+        from stl_tune.search.state.trials import is_surplus
+        from stl_tune.search.worker.workers import work
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage({storage_url!r}, heartbeat=False)
         study = optuna.load_study(study_name={blind!r}, storage=storage)
@@ -192,7 +192,7 @@ def test_run_and_worker_with_the_budget_reached_do_nothing(storage_url, tmp_path
 def test_trial_failed_by_another_worker_is_dropped_with_one_line(storage_url, tmp_path, tiny_study, caplog):
     """What a worker that was frozen past the grace period meets when it wakes: its trial failed
     and re-queued by another. It drops the trial quietly and runs the retry itself."""
-    from stl_tune.search.outcome import Reason, fail_reason, retry
+    from stl_tune.search.state.outcome import Reason, fail_reason, retry
     from stl_tune.train import train
 
     tiny_study["fixed"]["optim"]["epochs"] = 3
@@ -216,7 +216,7 @@ def test_trial_failed_by_another_worker_is_dropped_with_one_line(storage_url, tm
         return train(cfg, cb, **kw)
 
     artifacts = tmp_path / "artifacts"
-    with caplog.at_level("WARNING", logger="stl_tune.search.workers"):
+    with caplog.at_level("WARNING", logger="stl_tune.search.state.outcome"):
         t = work(study, Objective(spec, artifacts, trainer=failed_from_outside_after_epoch_1), 1)
     assert t.finished == 1 and len(calls) == 2
     assert [r.getMessage() for r in caplog.records] == [
@@ -232,14 +232,16 @@ def test_a_spent_time_budget_counts_only_the_trials_that_paused(tmp_path, tiny_s
     """The known recipe never started and one trial paused by the time budget: the stop line says
     one paused trial will resume, not two."""
     from stl_tune import config
-    from stl_tune.search import outcome, record, warmstart
-    from stl_tune.search.outcome import retry
+    from stl_tune.search import record
+    from stl_tune.search.spec import warmstart
+    from stl_tune.search.state import outcome
+    from stl_tune.search.state.outcome import retry
 
     url, spec = f"sqlite:///{tmp_path}/study.db", StudySpec.from_dict(tiny_study)
     study = create_or_load_study(spec, None, open_storage(url))
     paused = study.ask({})
     paused.set_user_attr(record.FAIL_REASON_ATTR, outcome.Reason.TIME_BUDGET)
-    retry(study, study.tell(paused, state=TrialState.FAIL))  # as workers.py re-queues a paused trial
+    retry(study, study.tell(paused, state=TrialState.FAIL))  # as the outcome of a paused trial is settled
     warmstart.enqueue(study, spec, config.from_dict(None, spec.fixed), record.KNOWN_RECIPE)  # never started
     study.set_user_attr(record.N_TRIALS_ATTR, 2)
     study.set_user_attr(record.DEADLINE_ATTR, "2020-01-01T00:00:00+00:00")
@@ -272,7 +274,8 @@ def test_a_spent_time_budget_counts_only_the_trials_that_paused(tmp_path, tiny_s
 @pytest.mark.usefixtures("single_thread")
 def test_a_data_error_in_a_trial_stops_the_run_and_keeps_the_recipe_queued(storage_url, tmp_path, tiny_study):
     from stl_tune.data import DataError
-    from stl_tune.search import record, warmstart
+    from stl_tune.search import record
+    from stl_tune.search.spec import warmstart
 
     def unreadable(cfg, on_epoch_end=None, **kw):  # e.g. a file replaced after the run's data check
         raise DataError(f"{tmp_path / 'cat' / '3.png'}: cannot read this image (truncated)")

@@ -3,7 +3,7 @@ call into the package. Heavy imports (torch, Optuna, SQLAlchemy) happen inside t
 `stl-tune --help` stays fast.
 
     train.py    train, evaluate, predict, data fake
-    search.py   run, worker, confirm (each a call into stl_tune/search/session.py)
+    search.py   run, worker, confirm (each a call into stl_tune/search/worker/session.py)
     inspect.py  status, export, report
     serve.py    dashboard, proxy
     options.py  the options of more than one command, defined once

@@ -43,7 +43,8 @@ def _fmt(v: Any) -> str:
 
 def _trial_row(t: FrozenTrial, retries: dict[int, int]) -> list[str]:
     """A trial's row; retries: {trial number: the number of its retry}."""
-    from stl_tune.search import outcome, record, retry_history
+    from stl_tune.search import record, retry_history
+    from stl_tune.search.state import outcome
 
     epochs = t.user_attrs.get(record.EPOCHS_RUN_ATTR, len(t.intermediate_values))  # live trials: reports so far
     seconds = t.user_attrs.get(record.SECONDS_ATTR, t.duration.total_seconds() if t.duration else None)

@@ -16,7 +16,6 @@ import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._heartbeat import get_heartbeat_thread
-from optuna.storages._rdb.models import TrialModel as TrialModel  # the trial table: reconnect.py counts it
 from optuna.trial import FrozenTrial
 
 
@@ -31,8 +30,16 @@ def experimental_ok() -> Iterator[None]:
 
 
 # The storage that Optuna itself wraps around an RDBStorage (optuna.storages.get_storage): a trial
-# cache for the process. stl-tune's gRPC proxy subclasses it to add heartbeats (search/proxy.py).
+# cache for the process. stl-tune's gRPC proxy subclasses it to add heartbeats (search/storage/proxy.py).
 CachedStorage = _CachedStorage
+
+
+def trial_model() -> type:
+    """The ORM class of Optuna's trial table, which storage/reconnect.py counts. Imported here on first use:
+    it pulls in SQLAlchemy, which reading a study file does without."""
+    from optuna.storages._rdb.models import TrialModel
+
+    return TrialModel
 
 
 def study_id(study: optuna.Study) -> int:

@@ -1,11 +1,11 @@
 """A trial's record: the user attributes stl-tune keeps on trials and on studies, and the small
 readers over them. The values of a trial's status and fail reason, and what writes them, are
-search/outcome.py's.
+search/state/outcome.py's.
 
 Every other module names an attribute through this one (tests/test_structure.py finds none written
 as a literal elsewhere). A leaf: it imports nothing of stl-tune, so that any module can use it.
 
-Trial user attributes (search/objective.py writes them while a trial runs, unless said otherwise):
+Trial user attributes (search/worker/objective.py writes them while a trial runs, unless said otherwise):
   config              the fully resolved TrainConfig (config.to_dict); export reads it back
   curve               validation accuracy per epoch, updated every epoch (running and pruned trials too)
   epochs_run, seconds, compile_seconds (part of seconds), param_count, device: from the TrainResult
@@ -14,18 +14,18 @@ Trial user attributes (search/objective.py writes them while a trial runs, unles
   checkpoint          {"artifact_id", "epoch"} of the latest checkpoint while a retry may need it, else None
   resumed_from_epoch  epochs taken over from a previous attempt's checkpoint (0: a fresh start)
   epoch_seconds       wall time of each epoch this attempt ran, less compiling (a retry shows its predecessor's
-                      until its first epoch ends): the live view's pace and time left (search/eta.py)
+                      until its first epoch ends): the live view's pace and time left (search/views/eta.py)
   worker              host:pid of the process that ran the trial (worker_id)
-  enqueued            where a queued trial's config came from (search/warmstart.py, search/confirm.py)
-  copied_from         "study NAME, trial N" of a trial copied by --from-study (search/warmstart.py)
-  candidate           a confirmation's search trial number (search/confirm.py)
+  enqueued            where a queued trial's config came from (search/spec/warmstart.py, search/state/confirm.py)
+  copied_from         "study NAME, trial N" of a trial copied by --from-study (search/spec/warmstart.py)
+  candidate           a confirmation's search trial number (search/state/confirm.py)
 A retry (outcome.retry) inherits its predecessor's user attributes; the objective resets those
 of an outcome when it starts (outcome.start).
 
 Study user attributes:
-  spec                StudySpec.to_dict() of the study file it was created with (search/study.py)
+  spec                StudySpec.to_dict() of the study file it was created with (search/state/study.py)
   n_trials            the trial budget, set by `stl-tune run --trials` (or by confirm: K x S)
-  deadline, patience_trials, patience_from: the budgets of the last run (search/budget.py)
+  deadline, patience_trials, patience_from: the budgets of the last run (search/state/budget.py)
   artifacts           the checkpoint folder the run chose, for workers of the same host
   confirmed           {"N": {"mean", "std", "values", "seeds"}} of `stl-tune confirm` (on the search)
   queued_only         on a confirm study: workers run queued trials only, never sampled ones

@@ -6,7 +6,7 @@ every epoch (the pruner may stop the run there), keeps the trainer's latest resu
 that a retried trial (its worker died or was interrupted) resumes where the previous attempt last
 saved, records in the trial's user attributes all it takes to reproduce and compare the trial
 (search/record.py lists them), and returns how the trial ended: an Outcome, which the worker loop
-settles (search/outcome.py).
+settles (search/state/outcome.py).
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from optuna.artifacts import download_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from stl_tune import config as C
-from stl_tune.search import budget, record
 from stl_tune.search import optuna_compat as compat
-from stl_tune.search.checkpoints import CheckpointStore, local_workdir, sweep_dead_workdirs
-from stl_tune.search.outcome import Kind, Outcome, caught, start
+from stl_tune.search import record
 from stl_tune.search.record import CHECKPOINT_ATTR, CURVE_ATTR
-from stl_tune.search.space import StudySpec, suggest_config
+from stl_tune.search.spec.space import StudySpec, suggest_config
+from stl_tune.search.state import budget
+from stl_tune.search.state.outcome import Kind, Outcome, caught, start
+from stl_tune.search.worker.checkpoints import CheckpointStore, local_workdir, sweep_dead_workdirs
 from stl_tune.train import EpochMetrics, TrainResult, TrainStatus, train
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ Trainer = Callable[..., TrainResult]
 
 
 class Objective:
-    """`work(study, Objective(spec, artifacts), n_trials)` (search/workers.py): runs a trial and
+    """`work(study, Objective(spec, artifacts), n_trials)` (search/worker/workers.py): runs a trial and
     returns its Outcome, whose value is the TrainResult field spec.objective (best_val_acc by
     default).
 
@@ -90,7 +91,7 @@ class Objective:
         try:
             start(trial, self.worker)  # a retry inherits its predecessor's outcome: reset it
             outcome = self._run(trial, ckpt, attempts)
-        except (Exception, KeyboardInterrupt) as e:  # a stop signal, or an error (search/outcome.py)
+        except (Exception, KeyboardInterrupt) as e:  # a stop signal, or an error (search/state/outcome.py)
             outcome = caught(e)
         finally:
             ckpt.unlink(missing_ok=True)
@@ -141,7 +142,7 @@ class Objective:
         """The trainer's on_epoch_end: report the epoch, upload its checkpoint, and stop the run
         where the pruner, a stop signal or the deadline says so, putting the reason in `stopped`."""
         # An enqueued trial (the known recipe, --enqueue) runs to full length: a recipe that learns
-        # slowly early must not lose to an early rung (search/warmstart.py).
+        # slowly early must not lose to an early rung (search/spec/warmstart.py).
         prunable = not record.queued(trial)
         seconds: list[float] = []
 

@@ -1,5 +1,5 @@
 """The sampler and the pruner of a study, built from its spec's plug-in options (the registries of
-the names a study file may use are in search/space.py, which checks them)."""
+the names a study file may use are in search/spec/space.py, which checks them)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 
 from stl_tune.search.optuna_compat import experimental_ok
-from stl_tune.search.space import PRUNERS, SAMPLERS, StudyError, StudySpec
+from stl_tune.search.spec.space import PRUNERS, SAMPLERS, StudyError, StudySpec
 
 
 def make_sampler(spec: StudySpec, worker: int = 0) -> optuna.samplers.BaseSampler:

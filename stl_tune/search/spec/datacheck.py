@@ -15,7 +15,7 @@ from rich.console import Console
 
 from stl_tune import config
 from stl_tune.config import TrainConfig
-from stl_tune.search.space import StudyError, StudySpec
+from stl_tune.search.spec.space import StudyError, StudySpec
 
 
 def prepare(spec: StudySpec, data_dir: Path | None, source: str) -> str:

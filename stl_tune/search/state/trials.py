@@ -1,8 +1,8 @@
 """Study state: what the trials of a study say.
 
 Counting (tally, count_states), the best trial (ranked, better) and the exact budget's claim check
-(is_surplus). How each trial ended, and its retry, is search/outcome.py's; failing the trials whose
-heartbeat went silent, search/storages.py's.
+(is_surplus). How each trial ended, and its retry, is search/state/outcome.py's; failing the trials whose
+heartbeat went silent, search/storage/storages.py's.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.search import record
-from stl_tune.search.outcome import NOT_AN_ERROR, Reason, fail_reason
-from stl_tune.search.reconnect import database_of
+from stl_tune.search.state.outcome import NOT_AN_ERROR, Reason, fail_reason
+from stl_tune.search.storage.reconnect import database_of
 
 T = TypeVar("T")
 
@@ -116,7 +116,7 @@ def count_states(study: optuna.Study) -> Counter[TrialState]:
 
 
 def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
-    """Step (2) of search/workers.py's module doc: are N trials ahead of this one finished or in flight?"""
+    """Step (2) of search/worker/workers.py's module doc: are N trials ahead of this one finished or in flight?"""
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
     ahead = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number and record.counts(t)]
     return len(ahead) >= n_trials

@@ -7,21 +7,19 @@
   here refreshes it (`stl-tune run`'s launcher after each poll, or a thread of a `stl-tune worker`
   started on its own).
 - Otherwise (a log file, a scheduler's capture): plain lines, no control characters. Each worker
-  writes its trials' progress itself (EpochLog: one line per epoch at most every LOG_EVERY_S, from
-  the trainer's epoch callback, so a log costs the database nothing), and the study's line with
-  the time left comes when the count of finished trials changes.
+  writes its trials' progress itself (search/worker/epochlog.py), and the study's line with the time left
+  comes when the count of finished trials changes.
+The time left is search/views/eta.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -31,19 +29,12 @@ from rich.table import Table
 from rich.text import Text
 
 from stl_tune.search import record
-from stl_tune.search.budget import stop_reason
-from stl_tune.search.eta import estimate, study_epochs, trial_pace
-from stl_tune.search.fmt import secs
+from stl_tune.search.fmt import secs, short_params
 from stl_tune.search.record import SPEC_ATTR
-from stl_tune.search.space import StudySpec
-from stl_tune.search.trials import Tally, tally
+from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.state.trials import Tally, tally
+from stl_tune.search.views.eta import left_or_stopped, study_epochs, trial_pace
 
-if TYPE_CHECKING:
-    from stl_tune.config import TrainConfig
-    from stl_tune.search.objective import Objective, Trainer
-    from stl_tune.train import EpochMetrics
-
-LOG_EVERY_S = 5.0  # a trial's progress line in a log, at most this often
 MAX_ROWS = 10  # running trials listed in the table; the rest are counted in one more row
 
 log = logging.getLogger(__name__)
@@ -169,75 +160,6 @@ class View:
         return f"{len(record.curve(tr))}/{total if total is not None else '?'}"
 
 
-class EpochLog:
-    """Progress lines of the trials this process runs, for a log: a trial's first epoch, then one
-    line per epoch at most every `every` seconds, written from the trainer's epoch callback:
-
-        work(study, EpochLog(console).around(Objective(spec, artifacts)), n_trials)
-    """
-
-    def __init__(self, console: Console, every: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic):
-        self.console, self.every, self.clock = console, every, clock
-        self._trial: optuna.Trial
-        self._last = -math.inf  # clock at the current trial's last line
-
-    def around(self, objective: Objective) -> Callable[[optuna.Trial], float]:
-        """`objective`, its trainer writing the lines of the trial it runs."""
-        objective.trainer = self._trainer(objective.trainer)
-
-        def run(trial: optuna.Trial) -> float:
-            self._trial, self._last = trial, -math.inf
-            return objective(trial)
-
-        return run
-
-    def _trainer(self, trainer: Trainer) -> Trainer:
-        """`trainer` (stl_tune.train.train's signature), writing a line after its epoch callbacks."""
-
-        def run(cfg: TrainConfig, on_epoch_end: Callable[[EpochMetrics], bool | None] | None = None, **kw: Any):
-            def callback(m: EpochMetrics) -> bool | None:
-                stop = on_epoch_end(m) if on_epoch_end is not None else None
-                self._line(cfg, m)
-                return stop
-
-            return trainer(cfg, callback, **kw)
-
-        return run
-
-    def _line(self, cfg: TrainConfig, m: EpochMetrics) -> None:
-        now = self.clock()
-        if now - self._last < self.every:
-            return
-        first, self._last = self._last == -math.inf, now
-        trial = self._trial  # set by around(), the only way in
-        val = f"{m.val_acc:.4f}" if m.val_acc is not None else "-"
-        line = f"trial {trial.number}: epoch {m.epoch}/{cfg.optim.epochs}, val {val}, {secs(m.seconds)} s/epoch"
-        if first:  # its first line says what it tries
-            line += f" ({short_params(trial.params)})"
-        self.console.print(Text(line), soft_wrap=True)  # Text: no markup; soft_wrap: one line at any width
-
-
-def left_or_stopped(
-    study: optuna.Study,
-    trials: list[FrozenTrial],
-    n_trials: int,
-    finished: int,
-    spec: StudySpec | None,
-    detail: bool = False,
-) -> str:
-    """The time left as the view and `stl-tune status` say it: once the time budget or the patience
-    has run out, that no trial starts any more (an estimate of the trials still to start would be
-    time that will not be spent); else the estimate (search/eta.py), with what it rests on when
-    `detail`. `trials`: the study's, read once by the caller."""
-    stopped = stop_reason(study, trials)
-    if stopped is not None:
-        return f"stopped: {stopped}"
-    if spec is None:
-        return "time left: unknown (no study file in the storage)"
-    left = estimate(trials, n_trials, finished, spec)
-    return f"{left} ({left.detail()})" if detail else str(left)
-
-
 def _val(tr: FrozenTrial) -> str:
     curve = record.curve(tr)
     return f"{curve[-1]:.4f}" if curve and curve[-1] is not None else "-"
@@ -246,14 +168,3 @@ def _val(tr: FrozenTrial) -> str:
 def _pace(tr: FrozenTrial) -> str:
     pace = trial_pace(tr)
     return secs(pace) if pace is not None else "-"
-
-
-def short_params(params: Mapping[str, Any]) -> str:
-    """'width=64 se=True optim=adamw lr_adamw=0.0012': a parameter by the last part of its name
-    (the section for a `name`), numbers to 3 significant digits."""
-    parts = []
-    for key, value in params.items():
-        section, _, field = key.rpartition(".")
-        label = section if field == "name" and section else field
-        parts.append(f"{label}={value:.3g}" if isinstance(value, float) else f"{label}={value}")
-    return " ".join(parts)

@@ -1,7 +1,7 @@
 """How a trial ended, as one value, and the one function that acts on it.
 
-The objective (search/objective.py) returns an Outcome for the trial it ran, the worker loop
-(search/workers.py) makes one for a surplus claim and for a stop signal outside the objective, and
+The objective (search/worker/objective.py) returns an Outcome for the trial it ran, the worker loop
+(search/worker/workers.py) makes one for a surplus claim and for a stop signal outside the objective, and
 settle() acts on it, in this order: the trial's status and fail reason recorded in its user attrs;
 the checkpoints of its line of attempts kept for a retry, or swept; Optuna told; the retry queued
 where one is due. A trial whose worker died is settled by requeue_dead (a process of this host) or
@@ -23,7 +23,7 @@ the table MEANINGS, and nowhere else:
     stale          (another worker failed and re-queued the trial: nothing is recorded or told here)
 
 A completed trial whose value is not a finite number (NaN, None) is told FAIL, as Optuna itself
-records one. A retried trial keeps its checkpoints, which the retry resumes (search/objective.py);
+records one. A retried trial keeps its checkpoints, which the retry resumes (search/worker/objective.py);
 every other ending sweeps those of its whole line of attempts. The statuses and fail reasons are
 named here only (tests/test_structure.py finds none written as a literal elsewhere).
 """
@@ -45,7 +45,7 @@ from optuna.trial import FrozenTrial, TrialState
 from stl_tune.errors import DataError
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search import record
-from stl_tune.search.storages import retry_callback
+from stl_tune.search.storage.storages import retry_callback
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def settle(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> Frozen
     try:
         told = study.tell(trial, value, state=state, skip_if_finished=True)
     except optuna.exceptions.UpdateFinishedTrialError:  # a tell re-run after a lost reply that the
-        told = compat.frozen(trial)  # server had saved (search/reconnect.py): it is told already
+        told = compat.frozen(trial)  # server had saved (search/storage/reconnect.py): it is told already
     if stale or told.state != state:
         # Our heartbeats missed the grace period (this process was frozen, or its disk or network
         # stalled) and another worker failed the trial and queued its retry, which carries on.

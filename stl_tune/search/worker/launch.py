@@ -1,12 +1,12 @@
 """Worker processes on one host: GPU slots, launching `stl-tune worker --launched` children, reaping
 the ones that die (their trials are re-queued at once), relaying their output under the live view
-(search/live.py).
+(search/views/live.py).
 
 Each child sees only its GPU (CUDA_VISIBLE_DEVICES, set before it imports torch) and gets an equal
 share of the CPU cores for torch's threads. Children run in their own session, so a terminal's
 Ctrl-C reaches only the launching process, which forwards it once; a second Ctrl-C kills them and
-re-queues their trials. What a child runs is search/session.py's worker loop in its process
-(search/workers.py); what runs before any child starts, search/session.py too.
+re-queues their trials. What a child runs is search/worker/session.py's worker loop in its process
+(search/worker/workers.py); what runs before any child starts, search/worker/session.py too.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from rich.text import Text
 
 from stl_tune.errors import UserError
 from stl_tune.search import optuna_compat as compat
-from stl_tune.search.budget import stop_reason
 from stl_tune.search.fmt import numbers, plural
-from stl_tune.search.live import View
-from stl_tune.search.outcome import requeue_dead
 from stl_tune.search.settings import STORAGE_ENV
-from stl_tune.search.storages import describe
-from stl_tune.search.trials import tally
-from stl_tune.search.workers import POLL_S, STOP_SIGNALS
+from stl_tune.search.state.budget import stop_reason
+from stl_tune.search.state.outcome import requeue_dead
+from stl_tune.search.state.trials import tally
+from stl_tune.search.storage.storages import describe
+from stl_tune.search.views.live import View
+from stl_tune.search.worker.workers import POLL_S, STOP_SIGNALS
 
 
 def check_device(device: str, slots: list[str | None]) -> None:

@@ -1,6 +1,6 @@
 """Studies: created exactly once, with their study file's spec stored in them, and loaded again
-with it (workers joining, status, export). Storages are search/storages.py, samplers and pruners
-search/plugins.py.
+with it (workers joining, status, export). Storages are search/storage/storages.py, samplers and pruners
+search/spec/plugins.py.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import optuna
 from optuna.storages import BaseStorage
 
 from stl_tune.search.optuna_compat import experimental_ok
-from stl_tune.search.plugins import make_pruner, make_sampler
 from stl_tune.search.record import SPEC_ATTR
-from stl_tune.search.space import StudyError, StudySpec
-from stl_tune.search.storages import describe, open_storage
+from stl_tune.search.spec.plugins import make_pruner, make_sampler
+from stl_tune.search.spec.space import StudyError, StudySpec
+from stl_tune.search.storage.storages import describe, open_storage
 
 CONFIRM_SUFFIX = ".confirm"  # NAME.confirm: the study of `stl-tune confirm` for search NAME
 

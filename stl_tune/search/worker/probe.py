@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from stl_tune import config
 from stl_tune.config import TrainConfig
 from stl_tune.search.fmt import duration, secs
-from stl_tune.search.space import StudySpec
+from stl_tune.search.spec.space import StudySpec
 
 COST_NOTE_S = 600  # the start-up check speaks when one trial would take longer than this here
 

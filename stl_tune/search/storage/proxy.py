@@ -14,8 +14,8 @@ import time
 import optuna
 
 from stl_tune.search.optuna_compat import CachedStorage
-from stl_tune.search.storages import fail_stale_trials
-from stl_tune.search.urls import error_line
+from stl_tune.search.storage.storages import fail_stale_trials
+from stl_tune.search.storage.urls import error_line
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The time a study has left, from the storage alone (the live view and `stl-tune status` show it).
+"""The time a study has left, from the storage alone, and the line on it that the live view and
+`stl-tune status` show (left_or_stopped):
 
     (epochs the trials still to run are expected to train) x (seconds per epoch) / (trials running)
 
@@ -13,7 +14,7 @@
 Not counted: model building and data loading at a trial's start, failures, trials that stop early
 on their own (eval.patience).
 
-What one trial costs on this host before any has run is search/probe.py; how the figures read, search/fmt.py.
+What one trial costs on this host before any has run is search/worker/probe.py; how the figures read, search/fmt.py.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune import config
 from stl_tune.search import record
 from stl_tune.search.fmt import duration, secs
-from stl_tune.search.space import HYPERBAND, PRUNERS, StudySpec
+from stl_tune.search.spec.space import HYPERBAND, PRUNERS, StudySpec
+from stl_tune.search.state.budget import stop_reason
 
 
 # ----------------------------------------------------------------------------- epochs per trial
@@ -169,3 +172,24 @@ def estimate(trials: Iterable[FrozenTrial], n_trials: int, finished: int, spec: 
         work += left * (trial_pace(t) or pace)
     result.seconds = work / max(1, len(running))
     return result
+
+
+def left_or_stopped(
+    study: optuna.Study,
+    trials: list[FrozenTrial],
+    n_trials: int,
+    finished: int,
+    spec: StudySpec | None,
+    detail: bool = False,
+) -> str:
+    """The time left as the view and `stl-tune status` say it: once the time budget or the patience
+    has run out, that no trial starts any more (an estimate of the trials still to start would be
+    time that will not be spent); else the estimate (search/views/eta.py), with what it rests on when
+    `detail`. `trials`: the study's, read once by the caller."""
+    stopped = stop_reason(study, trials)
+    if stopped is not None:
+        return f"stopped: {stopped}"
+    if spec is None:
+        return "time left: unknown (no study file in the storage)"
+    left = estimate(trials, n_trials, finished, spec)
+    return f"{left} ({left.detail()})" if detail else str(left)

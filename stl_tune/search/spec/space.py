@@ -20,7 +20,7 @@ A study file (YAML) declares:
 What is checked on loading (StudySpec.from_dict): every key, path and plug-in option; `fixed` as a
 whole config (config.validate); each bound or choice of a parameter against the config's type and
 range, with `fixed` and the defaults around it (config.coerce + config.validate); the conditions.
-Against the data, once it is in place, search/datacheck.py checks the batch sizes.
+Against the data, once it is in place, search/spec/datacheck.py checks the batch sizes.
 Not checked: two searched values that config.validate refuses together (each is checked against
 `fixed` alone; such a trial fails with that reason), whether a configuration fits in device memory
 or trains without diverging, and whether every image file decodes (a bad training or validation
@@ -41,7 +41,7 @@ import optuna
 from stl_tune import config
 from stl_tune.config import ConfigError, TrainConfig
 from stl_tune.errors import StudyError, UserError
-from stl_tune.search import budget
+from stl_tune.search.fmt import parse_duration
 from stl_tune.search.optuna_compat import SharedHyperband
 
 # Plug-in registries: the names a study file may use. GP, QMC and CMA-ES samplers need scipy or
@@ -63,7 +63,7 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "tpe": {"seed": 0, "multivariate": True, "group": True, "constant_liar": True},
     "random": {"seed": 0},
 }
-# What a trial's value is, from its per-epoch validation accuracies (search/objective.py):
+# What a trial's value is, from its per-epoch validation accuracies (search/worker/objective.py):
 # best_val_acc: the best epoch; val_acc: the last epoch; last5_val_acc: the mean of the last 5
 # epochs, which rewards a config that is good, not one lucky epoch on a small validation split.
 OBJECTIVES = ("best_val_acc", "val_acc", "last5_val_acc")
@@ -134,7 +134,7 @@ class StudySpec:
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
     objective: str = "best_val_acc"
     direction: str = "maximize"
-    time_budget: str | None = None  # e.g. "6h" (search/budget.py); a run's --time-budget replaces it
+    time_budget: str | None = None  # e.g. "6h" (fmt.parse_duration); a run's --time-budget replaces it
 
     def to_dict(self) -> dict[str, Any]:
         """The study file's form (dotted `fixed`, resolved sampler/pruner options); JSON-safe."""
@@ -194,7 +194,7 @@ class _Validator:
         time_budget = d.get("time_budget")
         if time_budget is not None:
             try:
-                budget.parse_duration(str(time_budget))
+                parse_duration(str(time_budget))
             except UserError as e:
                 raise self.fail("time_budget", str(e).replace("--time-budget ", "")) from None
         fixed, base = self.fixed(d.get("fixed") or {})

@@ -9,29 +9,14 @@ resume from that epoch on the next run.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from stl_tune.errors import UserError
 from stl_tune.search.record import DEADLINE_ATTR, PATIENCE_ATTR, PATIENCE_FROM_ATTR, counts
-from stl_tune.search.trials import better
-
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """'90s', '45m', '6h', '1h30m' -> a timedelta; a UserError for anything else."""
-    m = _DURATION.match(text.strip().lower())
-    if not text.strip() or m is None or not any(m.groups()):
-        raise UserError(f"--time-budget {text!r}: give hours, minutes or seconds, e.g. 90s, 45m, 6h or 1h30m")
-    h, mins, s = (int(g or 0) for g in m.groups())
-    if h * 3600 + mins * 60 + s == 0:
-        raise UserError(f"--time-budget {text!r} must be longer than 0")
-    return timedelta(hours=h, minutes=mins, seconds=s)
+from stl_tune.search.state.trials import better
 
 
 def now() -> datetime:

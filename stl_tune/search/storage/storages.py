@@ -1,9 +1,9 @@
-"""Opening a storage: the Optuna storage behind a URL (search/urls.py), made for many workers, or a
+"""Opening a storage: the Optuna storage behind a URL (search/storage/urls.py), made for many workers, or a
 one-line StudyError that shows no password.
 
 SQLite: write-ahead log and a long busy timeout, for several local workers; the file and its folder
 are made on demand, once (a lock), and never by a reader. A database server: pooled connections
-tested before use, and calls that wait out a restart (search/reconnect.py). grpc://: Optuna's
+tested before use, and calls that wait out a restart (search/storage/reconnect.py). grpc://: Optuna's
 storage proxy. Workers get Optuna's heartbeat: a trial whose heartbeat went silent is failed
 (fail_stale_trials) and re-queued (retry_callback).
 """
@@ -24,9 +24,9 @@ from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCal
 from stl_tune.errors import StudyError
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.optuna_compat import experimental_ok
-from stl_tune.search.reconnect import ReconnectingRDBStorage
 from stl_tune.search.settings import GRACE_ENV, GRACE_PERIOD_S, HEARTBEAT_ENV, HEARTBEAT_INTERVAL_S
-from stl_tune.search.urls import error_line, mask_url, sqlite_file, storage_url
+from stl_tune.search.storage.reconnect import ReconnectingRDBStorage
+from stl_tune.search.storage.urls import error_line, mask_url, sqlite_file, storage_url
 
 SQLITE_TIMEOUT_S = 60  # wait this long for another worker's write lock instead of failing
 MAX_RETRY = 3  # re-runs of a trial whose worker died, as a new trial with the same params
@@ -84,7 +84,7 @@ def open_storage(
                 sqlalchemy.event.listen(sqlalchemy.Engine, "connect", _sqlite_wal)
             engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
         else:  # a server: test pooled connections so a database restart does not kill workers
-            engine_kwargs = {"pool_pre_ping": True}  # ... and wait out a restart (search/reconnect.py)
+            engine_kwargs = {"pool_pre_ping": True}  # ... and wait out a restart (search/storage/reconnect.py)
         with lock, experimental_ok():  # heartbeats and their retry are "experimental"
             beat: dict[str, Any] = {}
             if heartbeat:

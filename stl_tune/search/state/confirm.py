@@ -31,10 +31,10 @@ from stl_tune.search.record import (
     N_TRIALS_ATTR,
     QUEUED_ONLY_ATTR,
 )
-from stl_tune.search.space import ParamSpec, StudyError, StudySpec
-from stl_tune.search.study import CONFIRM_SUFFIX as SUFFIX
-from stl_tune.search.study import create_or_load_study
-from stl_tune.search.trials import best_first, ranked
+from stl_tune.search.spec.space import ParamSpec, StudyError, StudySpec
+from stl_tune.search.state.study import CONFIRM_SUFFIX as SUFFIX
+from stl_tune.search.state.study import create_or_load_study
+from stl_tune.search.state.trials import best_first, ranked
 
 
 def new_seeds(spec: StudySpec, n: int) -> list[int]:

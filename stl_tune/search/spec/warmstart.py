@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from stl_tune import config
 from stl_tune.config import TrainConfig
 from stl_tune.search.record import COPIED_ATTR, ENQUEUED_ATTR, KNOWN_RECIPE
-from stl_tune.search.space import ParamSpec, StudyError, StudySpec
+from stl_tune.search.spec.space import ParamSpec, StudyError, StudySpec
 
 
 def params_of(cfg: TrainConfig, spec: StudySpec) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from stl_tune.search import optuna_compat as compat
-from stl_tune.search.urls import error_line
+from stl_tune.search.storage.urls import error_line
 
 RECONNECT_S = 120  # a restart or fail-over takes seconds; past this the server is down and the call fails
 _PAUSES_S = (0.1, 2.0)  # first and longest pause between attempts
@@ -96,7 +96,7 @@ class ReconnectingRDBStorage(RDBStorage):
     def count_states(self, study_id: int) -> Counter[TrialState]:
         """The study's trials per state, counted by the database: one GROUP BY over the trial rows
         (no params, attrs or reports)."""
-        trial = compat.TrialModel
+        trial = compat.trial_model()
         query = (
             sqlalchemy.select(trial.state, sqlalchemy.func.count())
             .where(trial.study_id == study_id)

@@ -2,17 +2,17 @@
 trial, then the workers of this host, launched as processes or run in this process.
 
 Before any trial, in this order (the one place for such steps):
-  1. the options and files are checked (the storage URL first, search/urls.py; slots, the time
+  1. the options and files are checked (the storage URL first, search/storage/urls.py; slots, the time
      budget, --enqueue files), before the study exists or changes;
   2. the data: fetched once, every folder image decoded once (an unreadable one is one line here),
-     checked against the study, described (search/datacheck.py);
+     checked against the study, described (search/spec/datacheck.py);
   3. the study: created or loaded, its budget stored; a met budget ends the command here;
   4. the artifacts folder (artifacts_dir), stored in the study for this host's later workers;
-  5. on a host without a GPU, what one trial costs here (search/probe.py; run and worker only);
+  5. on a host without a GPU, what one trial costs here (search/worker/probe.py; run and worker only);
   6. the trials of this host's dead workers re-queued (requeue_dead_here).
-Then the workers: one process per slot under the live view (search/launch.py), or the worker loop in
-this process (work_here, search/workers.py). A worker with one slot works here; so does a process
-that search/launch.py started (`stl-tune worker --launched`), which leaves steps 2, 5 and 6 and the
+Then the workers: one process per slot under the live view (search/worker/launch.py), or the worker loop in
+this process (work_here, search/worker/workers.py). A worker with one slot works here; so does a process
+that search/worker/launch.py started (`stl-tune worker --launched`), which leaves steps 2, 5 and 6 and the
 live view to the process that launched it.
 
 Every entry point returns the command's exit code.
@@ -34,22 +34,26 @@ from rich.table import Table
 
 from stl_tune import config
 from stl_tune.errors import UserError
-from stl_tune.search import budget, datacheck, launch, record, warmstart
-from stl_tune.search import confirm as CF
 from stl_tune.search import optuna_compat as compat
-from stl_tune.search.fmt import numbers, plural
-from stl_tune.search.live import EpochLog, View
-from stl_tune.search.objective import Objective
-from stl_tune.search.outcome import Reason, fail_reason, requeue_dead
-from stl_tune.search.probe import cost_note
+from stl_tune.search import record
+from stl_tune.search.fmt import numbers, parse_duration, plural
 from stl_tune.search.record import ARTIFACTS_ATTR, N_TRIALS_ATTR
 from stl_tune.search.settings import ARTIFACTS_ENV
-from stl_tune.search.space import StudySpec, default_study_file, load_study_file
-from stl_tune.search.storages import MAX_RETRY, open_storage
-from stl_tune.search.study import create_or_load_study, load_study, resolve_study_name
-from stl_tune.search.trials import tally
-from stl_tune.search.urls import sqlite_file, storage_arg, storage_url
-from stl_tune.search.workers import POLL_S, Interrupted, Stop, work
+from stl_tune.search.spec import datacheck, warmstart
+from stl_tune.search.spec.space import StudySpec, default_study_file, load_study_file
+from stl_tune.search.state import budget
+from stl_tune.search.state import confirm as CF
+from stl_tune.search.state.outcome import Reason, fail_reason, requeue_dead
+from stl_tune.search.state.study import create_or_load_study, load_study, resolve_study_name
+from stl_tune.search.state.trials import tally
+from stl_tune.search.storage.storages import MAX_RETRY, open_storage
+from stl_tune.search.storage.urls import sqlite_file, storage_arg, storage_url
+from stl_tune.search.views.live import View
+from stl_tune.search.worker import launch
+from stl_tune.search.worker.epochlog import EpochLog
+from stl_tune.search.worker.objective import Objective
+from stl_tune.search.worker.probe import cost_note
+from stl_tune.search.worker.workers import POLL_S, Interrupted, Stop, work
 
 say = functools.partial(print, flush=True)  # a line of the command's output
 
@@ -97,7 +101,7 @@ def run(
     slots = options.slots()
     launch.check_device(str(spec.fixed.get("runtime.device", "auto")), slots)
     duration = time_budget or spec.time_budget
-    deadline = budget.parse_duration(duration) if duration else None
+    deadline = parse_duration(duration) if duration else None
     queued = [config.load(path) for path in enqueue]  # a bad file is refused before anything is made
     say(datacheck.prepare(spec, options.data_dir, str(study_file)))
     store = open_storage(url, heartbeat=False)
@@ -161,7 +165,7 @@ def worker(
 
 def confirm(name: str | None, storage: str | None, top: int, seeds: int, options: WorkerOptions) -> int:
     """`stl-tune confirm`: re-train the search's best `top` trials with `seeds` new seeds on this
-    host's workers, then print and store their mean ± std (search/confirm.py)."""
+    host's workers, then print and store their mean ± std (search/state/confirm.py)."""
     quiet_optuna()
     url = storage_url(storage)
     search, spec = load_study(name, open_storage(url, heartbeat=False, create=False))
@@ -293,8 +297,8 @@ def work_here(
 ) -> int:
     """The worker loop in this process, with a heartbeat per trial, until the budget is met.
 
-    launched: started by search/launch.py, which did the steps before any trial and shows the
-    live view. epoch_lines: write a line per epoch (at most every live.LOG_EVERY_S); None: when
+    launched: started by search/worker/launch.py, which did the steps before any trial and shows the
+    live view. epoch_lines: write a line per epoch (at most every epochlog.LOG_EVERY_S); None: when
     this process writes to no terminal."""
     import torch
 

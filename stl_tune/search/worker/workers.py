@@ -14,7 +14,7 @@ Exactly N finished trials (COMPLETE or PRUNED) across any number of processes an
   and would have been surplus. Conversely a surplus verdict needs N live trials ahead of it, so
   the budget is never left short: the loop in (1) starts new trials until N have finished, also
   after failures (which never count), and the same rules hold on a re-run of the same command.
-How each trial ended is an Outcome, which search/outcome.py settles (records, tells Optuna, queues
+How each trial ended is an Outcome, which search/state/outcome.py settles (records, tells Optuna, queues
 the retry). A data error in a trial (the data, not the trial) stops the worker with its line at
 once; the trial is queued again, as an interrupted one is. Failures (errors, divergence) do not
 count towards N; when the last `max_failures` trials to end since a worker started all failed, the
@@ -22,7 +22,7 @@ study is hopeless and the worker stops with that message.
 
 Dead workers: each RUNNING trial has a heartbeat (storages.open_storage); a trial silent for the grace
 period is failed and re-queued as WAITING by the storage's retry callback, and the objective
-resumes it from its last checkpoint (search/storages.py). Optuna checks for stale trials only when
+resumes it from its last checkpoint (search/storage/storages.py). Optuna checks for stale trials only when
 asked, so this loop checks before every trial and while it waits; otherwise the last live workers
 could wait forever on a dead one's RUNNING trial. A worker that was only frozen (SIGSTOP, a closed
 laptop lid, a long pause) and wakes to find its trial failed by another drops it with one line and
@@ -52,11 +52,11 @@ from optuna.trial import FrozenTrial
 
 from stl_tune.errors import UserError
 from stl_tune.search import optuna_compat as compat
-from stl_tune.search.budget import stop_reason
-from stl_tune.search.outcome import Kind, Outcome, caught, outcome_of, settle
 from stl_tune.search.record import QUEUED_ONLY_ATTR
-from stl_tune.search.storages import fail_stale_trials
-from stl_tune.search.trials import Tally, count_states, is_surplus, tally
+from stl_tune.search.state.budget import stop_reason
+from stl_tune.search.state.outcome import Kind, Outcome, caught, outcome_of, settle
+from stl_tune.search.state.trials import Tally, count_states, is_surplus, tally
+from stl_tune.search.storage.storages import fail_stale_trials
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_S = 1.0  # a waiting worker's first pause between looks at the study ...
@@ -136,7 +136,7 @@ def work(
     stop: Stop | None = None,
 ) -> Tally:
     """Run trials in this process until the study has `n_trials` finished ones (see module doc), or
-    its time budget or patience runs out (search/budget.py: budget.stop_reason says which).
+    its time budget or patience runs out (search/state/budget.py: budget.stop_reason says which).
     callbacks: as study.optimize's, called with each trial this worker ran to its end.
     stop: the objective's stop_requested, to stop a trial at an epoch's end on a first signal.
 
@@ -191,7 +191,7 @@ def _wait_for_a_change(study: optuna.Study, seen: Tally, stop: Stop, poll_s: flo
 def _run_trial(
     study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_trials: int, stop: Stop
 ) -> FrozenTrial | None:
-    """Ask for one trial, run it with a heartbeat and settle its outcome (search/outcome.py); the
+    """Ask for one trial, run it with a heartbeat and settle its outcome (search/state/outcome.py); the
     trial as told, or None for one that another worker failed as stale meanwhile. Raises
     Interrupted on a stop signal and the DataError of a data error, each once its trial is
     re-queued."""

@@ -1,0 +1,13 @@
+"""What runs trials, and the steps of `stl-tune run`, `worker` and `confirm` around them.
+
+A layer of the search package: its modules import from this layer and the ones below it only
+(stl_tune/search/__init__.py lists the layers).
+
+    objective    the one bridge between Optuna and the trainer
+    checkpoints  the artifact store of resume checkpoints
+    workers      the worker loop
+    epochlog     a worker's log lines
+    probe        what one trial costs on this host's CPU
+    launch       worker processes on one host
+    session      what run, worker and confirm do below the command line
+"""
