@@ -1,5 +1,5 @@
 """Rich progress bars: one for a training run, driven by the trainer's on_epoch_end callback, and
-one for decoding many images (stl_tune/data.py's prepare, evaluate, predict).
+one for decoding many images (stl_tune/data's prepare, evaluate, predict).
 
 The trainer knows nothing about terminals: the command line wraps its call in the bar,
 
@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 EpochMetrics = Any
 
 # Fewer images than this get no bar: they decode in a few seconds at most (0.7-2.6 ms per image
-# measured on the 2-core dev VM, see stl_tune/data.py's read_images).
+# measured on the 2-core dev VM, see stl_tune/data/decode.py's read_images).
 IMAGE_PROGRESS_MIN = 1000
 
 

@@ -225,7 +225,7 @@ def no_download(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(url)
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(data, "download_and_extract_archive", offline)
+    monkeypatch.setattr(data.stl10, "download_and_extract_archive", offline)
     return calls
 
 

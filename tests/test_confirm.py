@@ -133,7 +133,7 @@ def test_confirm_command_trains_on_the_data_the_search_used(
     def offline(*args, **kwargs):
         raise OSError("no network")
 
-    monkeypatch.setattr("stl_tune.data.download_and_extract_archive", offline)
+    monkeypatch.setattr("stl_tune.data.stl10.download_and_extract_archive", offline)
     r = CliRunner().invoke(app, [*args, "--data-dir", str(tmp_path / "missing"), "--name", "tiny", "--top", "2"])
     assert r.exit_code == 2 and "downloading it failed (OSError: no network)" in r.output  # before anything is queued
     assert len(load_study("tiny.confirm", open_storage(url))[0].trials) == 1

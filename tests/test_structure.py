@@ -252,7 +252,7 @@ def test_the_docs_list_the_tree():
     for path in sorted(PACKAGE.iterdir()):
         if path.suffix == ".py" and path.name != "__init__.py" or (path / "__init__.py").is_file():
             assert f"\n  {path.name}{'/' if path.is_dir() else ''} " in layout, f"README's layout: {path.name}"
-    packages = ["cli", "search", *(f"search/{layer}" for layer in SEARCH_LAYERS)]
+    packages = ["cli", "data", "search", *(f"search/{layer}" for layer in SEARCH_LAYERS)]
     assert sorted(p.name for p in (PACKAGE / "search").iterdir() if (p / "__init__.py").is_file()) == sorted(
         SEARCH_LAYERS
     )
