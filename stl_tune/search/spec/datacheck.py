@@ -77,10 +77,7 @@ def _largest_batch(spec: StudySpec, base: TrainConfig) -> tuple[int, str]:
     for p in spec.params:
         if p.path != "optim.batch_size":
             continue
-        if p.kind == "categorical":
-            value, fix = max(p.choices), f"drop the larger search_space.{p.name}.choices"
-        else:  # Optuna draws low + k * step, never above high
-            step = p.step or 1
-            value, fix = p.low + (p.high - p.low) // step * step, f"lower search_space.{p.name}.high"
-        largest = max(largest, (value, fix), key=lambda v: v[0])
+        categorical = p.kind == "categorical"
+        fix = f"drop the larger search_space.{p.name}.choices" if categorical else f"lower search_space.{p.name}.high"
+        largest = max(largest, (p.largest(), fix), key=lambda v: v[0])
     return largest

@@ -100,6 +100,29 @@ class ParamSpec:
             return trial.suggest_int(self.name, self.low, self.high, step=self.step or 1, log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
 
+    def contains(self, value: Any) -> bool:
+        """Whether suggest() can return `value`: one of the choices, or a number in [low, high] on
+        the step's grid (low + k * step) where there is a step."""
+        if self.kind == "categorical":
+            return value in (self.choices or [])
+        if isinstance(value, bool) or not isinstance(value, int | float) or not self.low <= value <= self.high:
+            return False
+        return self.step is None or abs((value - self.low) / self.step - round((value - self.low) / self.step)) < 1e-9
+
+    def clamp(self, value: Any) -> Any:
+        """`value` if the range holds it, else the nearest bound (a categorical: its first choice)."""
+        if self.kind == "categorical":
+            return value if value in (self.choices or []) else self.choices[0]
+        return min(max(value, self.low), self.high)
+
+    def largest(self) -> Any:
+        """The largest value suggest() can return: the largest choice, or the last point of the
+        step's grid at or below high (Optuna draws low + k * step, never above high)."""
+        if self.kind == "categorical":
+            return max(self.choices)
+        step = self.step or (1 if self.kind == "int" else None)
+        return self.high if step is None else self.low + (self.high - self.low) // step * step
+
     def distribution(self) -> optuna.distributions.BaseDistribution:
         """The Optuna distribution that suggest() draws from (for trials added from elsewhere)."""
         if self.kind == "categorical":
@@ -338,7 +361,7 @@ class _Validator:
                         f"never holds: {path} is fixed to {config.get(base, path)!r} "
                         "(a condition may only use paths set above it or fixed)",
                     )
-            elif not any(self.reachable(q, v) for q in setters for v in typed[path]):
+            elif not any(q.contains(v) for q in setters for v in typed[path]):
                 raise self.fail(k, f"none of {values!r} can be suggested for {path}")
         p.when = typed
         for q in earlier:  # one path, several entries: their conditions must exclude each other
@@ -346,12 +369,6 @@ class _Validator:
                 raise self.fail(
                     key, f"sets {p.path} like {q.name}; give both a `when` on one path with disjoint values"
                 )
-
-    @staticmethod
-    def reachable(q: ParamSpec, v: Any) -> bool:
-        if q.kind == "categorical":
-            return v in (q.choices or [])
-        return q.low <= v <= q.high
 
     @staticmethod
     def exclusive(a: dict | None, b: dict | None) -> bool:

@@ -27,16 +27,8 @@ def params_of(cfg: TrainConfig, spec: StudySpec) -> dict[str, Any]:
     """{parameter name: value} for each parameter of the space that applies to `cfg` and whose
     value in `cfg` lies inside the parameter's range; the others are left to the sampler."""
     return {
-        p.name: config.get(cfg, p.path) for p in spec.params if p.applies(cfg) and _inside(p, config.get(cfg, p.path))
+        p.name: config.get(cfg, p.path) for p in spec.params if p.applies(cfg) and p.contains(config.get(cfg, p.path))
     }
-
-
-def _inside(p: ParamSpec, value: Any) -> bool:
-    if p.kind == "categorical":
-        return value in (p.choices or [])
-    if isinstance(value, bool) or not isinstance(value, int | float) or not p.low <= value <= p.high:
-        return False
-    return p.step is None or abs((value - p.low) / p.step - round((value - p.low) / p.step)) < 1e-9
 
 
 @dataclass
@@ -115,4 +107,4 @@ def copy_trials(source: optuna.Study, target: optuna.Study, spec: StudySpec) -> 
 
 
 def _fits(t: FrozenTrial, space: dict[str, ParamSpec]) -> bool:
-    return all(name in space and _inside(space[name], value) for name, value in t.params.items())
+    return all(name in space and space[name].contains(value) for name, value in t.params.items())

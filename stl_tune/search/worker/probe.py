@@ -28,12 +28,7 @@ def reference_config(spec: StudySpec) -> TrainConfig:
     for p in spec.params:
         if not p.applies(cfg):
             continue
-        value = config.get(cfg, p.path)
-        if p.kind == "categorical":
-            value = value if value in (p.choices or []) else p.choices[0]
-        else:
-            value = min(max(value, p.low), p.high)
-        config.set_path(cfg, p.path, value)
+        config.set_path(cfg, p.path, p.clamp(config.get(cfg, p.path)))
     return config.validate(cfg)
 
 
