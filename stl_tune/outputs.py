@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from stl_tune import config as C
 from stl_tune.errors import UserError
+from stl_tune.files import atomic_write
 from stl_tune.model import build_model
 from stl_tune.train import TrainResult, TrainStatus, place_model, recipe_of, resolve_device
 
@@ -71,9 +72,8 @@ def _changes(old: C.TrainConfig, new: C.TrainConfig) -> list[str]:
 
 def copy_model(src: Path, dst: Path) -> None:
     """dst becomes a copy of the model file src, atomically: a reader sees the old or the new one."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+    with open(src, "rb") as source, atomic_write(dst) as f:
+        shutil.copyfileobj(source, f)
 
 
 # ------------------------------------------------------------------------------ the model file

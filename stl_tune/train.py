@@ -27,6 +27,7 @@ from stl_tune import config as C
 from stl_tune.augment import augment_images, make_mixer, mixing_active
 from stl_tune.data import Dataset, load_data
 from stl_tune.errors import UserError
+from stl_tune.files import atomic_write
 from stl_tune.model import build_model, param_count
 
 # ------------------------------------------------------------------------------------ results
@@ -301,10 +302,8 @@ def _autocast(cfg: C.TrainConfig, device: torch.device) -> torch.autocast:
 
 def _save_checkpoint(path: Path, state: dict) -> None:
     """Write atomically: a reader (or a resume after kill -9) never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        torch.save(state, f)
 
 
 def _load_checkpoint(path: Path, cfg: C.TrainConfig) -> dict:

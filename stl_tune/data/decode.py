@@ -7,7 +7,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from stl_tune.data.folders import Listing, class_labels, list_classes
 from stl_tune.errors import DataError
+from stl_tune.files import atomic_write
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -117,21 +117,16 @@ def _read_cache(path: Path, n: int, image_size: int) -> Tensor | None:
 
 
 def _write_cache(path: Path, x: Tensor) -> None:
-    """Atomically (a temporary file renamed), so a reader never sees half a file; a cache that
-    cannot be written (read-only, full) only means the next run decodes again."""
-    tmp = None
+    """Atomically (files.atomic_write), so a reader never sees half a file; a cache that cannot be
+    written (read-only, full) only means the next run decodes again."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", suffix=".pt", delete=False) as f:
-            tmp = Path(f.name)
+        with atomic_write(path) as f:
             torch.save({"images": x}, f)
-        os.replace(tmp, path)
         for old in path.parent.glob(path.name.split("-")[0] + "-*.pt"):
             if old != path:
                 old.unlink(missing_ok=True)
     except OSError:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+        pass
 
 
 def decode_folder(d: Path, image_size: int, progress: Console | None = None) -> tuple[Tensor, Tensor, tuple[str, ...]]:

@@ -22,6 +22,7 @@ from typing import BinaryIO
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+from stl_tune.files import atomic_write
 from stl_tune.search.record import alive
 
 PARTIAL = ".partial-"
@@ -42,14 +43,8 @@ class CheckpointStore(FileSystemArtifactStore):
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         final = self._get_filepath(artifact_id)
-        partial = final.with_name(PARTIAL + final.name)
-        try:
-            with open(partial, "wb") as f:
-                shutil.copyfileobj(content_body, f)
-            os.replace(partial, final)
-        except BaseException:  # an error or Ctrl-C mid-copy: leave nothing behind
-            partial.unlink(missing_ok=True)
-            raise
+        with atomic_write(final, partial=final.with_name(PARTIAL + final.name)) as f:
+            shutil.copyfileobj(content_body, f)
 
     def remove(self, artifact_id: str) -> None:
         """Remove an artifact; one already gone is fine (its trial's sweep may have been first)."""
