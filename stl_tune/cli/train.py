@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -85,39 +84,17 @@ def _parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-class _Stop:
-    """Ctrl-C or SIGTERM during a training. The first lets the epoch under way finish, has it
-    checkpointed (checkpoint_now) and stops the run there (on_epoch_end): the trainer's state is
-    whole only between epochs, and keeping the last finished epoch saved instead would mean a
-    checkpoint write after every epoch (~16 bytes per parameter: 180 MB at width 64). A second
-    stops at once (KeyboardInterrupt): the run then resumes from its last checkpoint."""
+@dataclasses.dataclass
+class _Seen:
+    """How far a training got in this process, for its line on a stop."""
 
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-        self.requested = False
-        self.epoch = 0  # the last epoch finished in this process (0: none yet)
-        self.saved: int | None = None  # the last epoch checkpointed in this process
-        self.on_request: Callable[[], None] = lambda: None
+    epoch: int = 0  # the last epoch finished (0: none yet)
+    saved: int | None = None  # the last epoch checkpointed
 
-    def __enter__(self) -> _Stop:
-        self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.on_request()
-
-    def on_epoch_end(self, m: EpochMetrics) -> bool:
+    def on_epoch_end(self, m: EpochMetrics) -> None:
         self.epoch = m.epoch
         if m.checkpointed:
             self.saved = m.epoch
-        return self.requested and m.epoch < self.epochs  # at the last epoch the run just finishes
 
 
 def _train_one(cfg: TrainConfig, out: Path, prepare: Callable[[], None]) -> TrainResult:
@@ -125,6 +102,7 @@ def _train_one(cfg: TrainConfig, out: Path, prepare: Callable[[], None]) -> Trai
     artefacts and say how it went."""
     from stl_tune.outputs import finished_run, write_config, write_outputs
     from stl_tune.progress import EpochProgress
+    from stl_tune.stop import Stop
     from stl_tune.train import TrainStatus
     from stl_tune.train import train as run_training
 
@@ -135,22 +113,30 @@ def _train_one(cfg: TrainConfig, out: Path, prepare: Callable[[], None]) -> Trai
     prepare()
     write_config(out, cfg)
     ckpt = out / "checkpoint.pt"
-    stop = _Stop(cfg.optim.epochs)
+    # Ctrl-C or SIGTERM: the first lets the epoch under way finish, has it checkpointed
+    # (checkpoint_now) and stops the run there (on_epoch_end): the trainer's state is whole only
+    # between epochs, and keeping the last finished epoch saved instead would mean a checkpoint
+    # write after every epoch (~16 bytes per parameter: 180 MB at width 64). A second stops at once
+    # (KeyboardInterrupt): the run then resumes from its last checkpoint.
+    stop, seen = Stop(), _Seen()
+
+    def on_epoch_end(m: EpochMetrics) -> bool:
+        seen.on_epoch_end(m)
+        return stop.requested and m.epoch < cfg.optim.epochs  # at the last epoch the run just finishes
+
     try:
-        with stop, EpochProgress(cfg.optim.epochs, then=stop.on_epoch_end) as bar:
+        with stop, EpochProgress(cfg.optim.epochs, then=on_epoch_end) as bar, stop.interruptible(soft=True):
             stop.on_request = lambda: bar.note("stopping after this epoch, with a checkpoint (Ctrl-C again: at once)")
-            result = run_training(
-                cfg, bar.on_epoch_end, checkpoint=ckpt, evaluate_test=True, checkpoint_now=lambda: stop.requested
-            )
+            result = run_training(cfg, bar.on_epoch_end, checkpoint=ckpt, evaluate_test=True, checkpoint_now=stop)
     except KeyboardInterrupt:
-        saved = stop.saved if stop.saved is not None else ("its last checkpoint" if ckpt.exists() else None)
+        saved = seen.saved if seen.saved is not None else ("its last checkpoint" if ckpt.exists() else None)
         resume = (
             f"resumes from epoch {saved}"
             if isinstance(saved, int)
             else (f"resumes from {saved}" if saved else "starts over")
         )
         typer.echo(
-            f"stopped at once in epoch {stop.epoch + 1} of {cfg.optim.epochs}: the same command (same --out) {resume}"
+            f"stopped at once in epoch {seen.epoch + 1} of {cfg.optim.epochs}: the same command (same --out) {resume}"
         )
         raise typer.Exit(STOPPED_EXIT) from None
     if result.status == TrainStatus.STOPPED:

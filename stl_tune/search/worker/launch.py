@@ -32,7 +32,8 @@ from stl_tune.search.state.outcome import requeue_dead
 from stl_tune.search.state.trials import tally
 from stl_tune.search.storage.storages import describe
 from stl_tune.search.views.live import View
-from stl_tune.search.worker.workers import POLL_S, STOP_SIGNALS
+from stl_tune.search.worker.workers import POLL_S
+from stl_tune.stop import Stop
 
 
 def check_device(device: str, slots: list[str | None]) -> None:
@@ -202,12 +203,10 @@ def launch(
         soft_wrap=True,
     )
 
-    # Signals only set a flag here; the loop below acts on them (forward once, then kill).
-    signals: list[int] = []
-    handlers = {s: signal.signal(s, lambda signum, frame: signals.append(signum)) for s in STOP_SIGNALS}
+    # Signals are only counted here; the loop below acts on them (forward once, then kill).
     forwarded = 0
     reaped: set[int] = set()  # indices of workers whose exit was dealt with
-    try:
+    with Stop() as stop:
         names = {p.pid: f"w{first_index + i}" for i, p in enumerate(procs)}
         with View(study, n_trials, console, names, procs=procs) as view:
             readers = [threading.Thread(target=_relay, args=(p, names[p.pid], console), daemon=True) for p in procs]
@@ -215,7 +214,7 @@ def launch(
                 r.start()
             while any(p.poll() is None for p in procs):
                 time.sleep(POLL_S)
-                if len(signals) > forwarded:
+                if stop.count > forwarded:
                     if forwarded == 0:
                         console.print(
                             "stopping: each worker finishes its epoch, checkpoints it and queues its trial "
@@ -227,16 +226,13 @@ def launch(
                     else:  # the second Ctrl-C: kill; _reap re-queues their trials
                         for p in procs:
                             p.kill()
-                    forwarded = len(signals)
+                    forwarded = stop.count
                 _reap(study, procs, reaped, first_index, console, expected=130 if forwarded else 0)
                 view.refresh()
             _reap(study, procs, reaped, first_index, console, expected=130 if forwarded else 0)
             for r in readers:
                 r.join(timeout=5)
             view.refresh()
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
     t = tally(study)
     best = f"best {t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no result yet"
     console.print(
@@ -244,7 +240,7 @@ def launch(
         f"{t.failed} failed, {t.running} running; {best}",
         soft_wrap=True,
     )
-    if signals:
+    if stop.requested:
         console.print("interrupted: run the same command again to continue")
         return 130
     stopped = stop_reason(study) if t.finished < n_trials else None

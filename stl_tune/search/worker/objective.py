@@ -54,7 +54,7 @@ class Objective:
     cpu: this worker is a CPU slot (`--gpus none`, `--workers N`): a trial's `runtime.device: auto`
     trains on the CPU here even where CUDA is available. The trial's recorded config keeps `auto`,
     so its export trains on the GPU of whoever runs it.
-    stop_requested: True once a first Ctrl-C / SIGTERM asks the trial to stop (workers.Stop): the
+    stop_requested: True once a first Ctrl-C / SIGTERM asks the trial to stop (stl_tune/stop.py): the
     trainer checkpoints the epoch under way, which is uploaded, and the trial ends there as
     interrupted, so its retry resumes at that epoch.
     """

@@ -53,7 +53,8 @@ from stl_tune.search.worker import launch
 from stl_tune.search.worker.epochlog import EpochLog
 from stl_tune.search.worker.objective import Objective
 from stl_tune.search.worker.probe import cost_note
-from stl_tune.search.worker.workers import POLL_S, Interrupted, Stop, work
+from stl_tune.search.worker.workers import POLL_S, Interrupted, work
+from stl_tune.stop import Stop
 
 say = functools.partial(print, flush=True)  # a line of the command's output
 

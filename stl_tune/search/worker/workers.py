@@ -38,12 +38,9 @@ stale trial is logged by Optuna as a failure.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -57,8 +54,8 @@ from stl_tune.search.state.budget import stop_reason
 from stl_tune.search.state.outcome import Kind, Outcome, caught, outcome_of, settle
 from stl_tune.search.state.trials import Tally, count_states, is_surplus, tally
 from stl_tune.search.storage.storages import fail_stale_trials
+from stl_tune.stop import Stop
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_S = 1.0  # a waiting worker's first pause between looks at the study ...
 MAX_POLL_S = 10.0  # ... doubled while nothing changes, up to this (docs/BENCHMARKS.md, "Database load")
 
@@ -76,53 +73,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, trial: FrozenTrial) -> None:
         super().__init__()
         self.trial = trial
-
-
-class Stop:
-    """While active, SIGINT/SIGTERM raise KeyboardInterrupt only inside `interruptible()` (a
-    trial's own work, or waiting): never inside Optuna's ask/tell, so no trial is left half-made or
-    RUNNING without a heartbeat. A signal outside is remembered and acted on at the next chance.
-    Inside `interruptible(soft=True)` (a trial training) the first signal only sets `requested`,
-    which the objective reads at the epoch's end (Objective's stop_requested); a second raises."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.armed = False
-        self.soft = False
-        self._raised = False
-        self._previous: dict[int, Any] = {}
-
-    def __call__(self) -> bool:
-        """Whether a stop was asked for: the objective's stop_requested."""
-        return self.requested
-
-    def __enter__(self) -> Stop:
-        if threading.current_thread() is threading.main_thread():  # signals only reach main
-            self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._raised:
-            return  # a stop is being acted on
-        first = not self.requested
-        self.requested = True
-        if self.armed and not (first and self.soft):
-            self._raised = True
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def interruptible(self, soft: bool = False) -> Iterator[None]:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.armed, self.soft = True, soft
-        try:
-            yield
-        finally:
-            self.armed = self.soft = False
 
 
 def work(
