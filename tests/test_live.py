@@ -361,3 +361,11 @@ def test_no_time_left_is_told_once_the_time_budget_is_spent(tmp_path):
     assert r.exit_code == 0, r.output
     assert "2/6 finished; stopped: time budget spent at 2020-01-01 00:00:00 UTC" in r.output
     assert " left" not in r.output.replace("time budget: spent", ""), r.output  # no "about 32 min left"
+
+
+def test_the_best_trial_reads_the_same_in_every_view():
+    from stl_tune.search.fmt import best_line
+
+    trial = optuna.trial.create_trial(value=0.81234, params={}, distributions={})
+    assert best_line(trial) == f"best 0.8123 (trial {trial.number})"
+    assert best_line(None) == "no complete trial yet"

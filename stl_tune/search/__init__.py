@@ -45,6 +45,7 @@ _EXPORTS = {  # name: the module that defines it
     "confirmed_ranking": "state.confirm",
     "left_or_stopped": "views.eta",
     "duration": "fmt",
+    "best_line": "fmt",
     "write_export": "state.export",
     "experimental_ok": "optuna_compat",
     "retry_history": "optuna_compat",

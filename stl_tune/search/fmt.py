@@ -1,5 +1,5 @@
-"""How numbers read in stl-tune's output: seconds, durations, counts and a trial's parameters, the
-same in the live view, `stl-tune status`, the report and the workers' lines; and a duration as the
+"""How numbers read in stl-tune's output: seconds, durations, counts, a trial's parameters and the
+best trial, the same in the live view, `stl-tune status`, the report and the workers' lines; and a duration as the
 user writes one (--time-budget, a study file's time_budget)."""
 
 from __future__ import annotations
@@ -7,9 +7,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stl_tune.errors import UserError
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -30,6 +33,12 @@ def duration(seconds: float) -> str:
         h, m = divmod(round(minutes), 60)
         return f"{h} h {m} min" if m else f"{h} h"
     return f"{seconds / 86400:.1f} days"
+
+
+def best_line(trial: FrozenTrial | None) -> str:
+    """The best trial (trials.ranked's first), as the live view, the run's last line and the report
+    say it: 'best 0.8123 (trial 7)', or 'no complete trial yet'."""
+    return f"best {trial.value:.4f} (trial {trial.number})" if trial is not None else "no complete trial yet"
 
 
 def plural(n: int, noun: str) -> str:

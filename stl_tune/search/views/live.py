@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from stl_tune.search import record
-from stl_tune.search.fmt import secs, short_params
+from stl_tune.search.fmt import best_line, secs, short_params
 from stl_tune.search.record import SPEC_ATTR
 from stl_tune.search.spec.space import StudySpec
 from stl_tune.search.state.trials import Tally, tally
@@ -140,10 +140,9 @@ class View:
 
     def line(self, t: Tally, left: str | None = None) -> str:
         """The study in one line: counts, best trial and, given one, the time left (left_or_stopped)."""
-        best = f"best {t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no result yet"
         line = (
             f"study {self.study.study_name}: {t.finished}/{self.n_trials} finished ({t.pruned} pruned), "
-            f"{t.failed} failed, {t.waiting} queued; {best}"
+            f"{t.failed} failed, {t.waiting} queued; {best_line(t.best)}"
         )
         return line if left is None else f"{line}; {left}"
 

@@ -25,7 +25,7 @@ from rich.text import Text
 
 from stl_tune.errors import UserError
 from stl_tune.search import optuna_compat as compat
-from stl_tune.search.fmt import numbers, plural
+from stl_tune.search.fmt import best_line, numbers, plural
 from stl_tune.search.settings import STORAGE_ENV
 from stl_tune.search.state.budget import stop_reason
 from stl_tune.search.state.outcome import requeue_dead
@@ -234,10 +234,9 @@ def launch(
                 r.join(timeout=5)
             view.refresh()
     t = tally(study)
-    best = f"best {t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no result yet"
     console.print(
         f"{t.finished}/{n_trials} trials finished ({t.complete} complete, {t.pruned} pruned), "
-        f"{t.failed} failed, {t.running} running; {best}",
+        f"{t.failed} failed, {t.running} running; {best_line(t.best)}",
         soft_wrap=True,
     )
     if stop.requested:
