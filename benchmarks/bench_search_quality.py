@@ -62,7 +62,7 @@ from stl_tune import config
 from stl_tune.search import StudySpec, create_or_load_study, open_storage, record
 from stl_tune.search.record import DEADLINE_ATTR, EPOCHS_RUN_ATTR, N_TRIALS_ATTR
 from stl_tune.search.spec import warmstart
-from stl_tune.search.state.budget import now
+from stl_tune.search.state.limits import now
 
 ROOT = Path(__file__).resolve().parents[1]
 STL_TUNE = str(Path(sys.executable).with_name("stl-tune"))

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from stl_tune import config
 from stl_tune.cli import app
-from stl_tune.cli import inspect as search_cli
+from stl_tune.cli import views as search_cli
+from stl_tune.errors import StudyError
 from stl_tune.search import create_or_load_study, open_storage
-from stl_tune.search.spec.space import StudyError, StudySpec
+from stl_tune.search.spec.space import StudySpec
 from stl_tune.search.state.export import final_config, pick_trial, write_export
 
 SPEC = {"name": "ex", "search_space": {"model.width": {"type": "int", "low": 4, "high": 8}}}

@@ -374,7 +374,7 @@ def test_ctrl_c_finishes_the_epoch_and_checkpoints_it_for_the_retry(
     from typer.testing import CliRunner
 
     from stl_tune.cli import app
-    from stl_tune.cli import inspect as cli_inspect
+    from stl_tune.cli import views as cli_views
 
     name, url = "soft", storage_url
     tiny_study["fixed"]["runtime"]["checkpoint_interval_s"] = 3600
@@ -409,7 +409,7 @@ def test_ctrl_c_finishes_the_epoch_and_checkpoints_it_for_the_retry(
     stopped, retry = study.trials[int(m[1])], study.trials[int(m[4])]
     assert stopped.user_attrs["checkpoint"]["epoch"] == len(stopped.user_attrs["curve"]) == int(m[2])
     assert retry.state == TrialState.WAITING and retry.system_attrs["retry_history"] == [stopped.number]
-    monkeypatch.setattr(cli_inspect.console, "width", 240)  # each note on one line
+    monkeypatch.setattr(cli_views.console, "width", 240)  # each note on one line
     r = CliRunner().invoke(app, ["status", "--name", name, "--storage", url])
     assert f"stopped (interrupted), resumes as trial {retry.number}" in r.output, r.output
     assert f"retry of trial {stopped.number}" in r.output and "FAIL" not in r.output, r.output

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from stl_tune import config
-from stl_tune.search.spec.space import ParamSpec, StudyError, StudySpec, load_study_file, suggest_config
+from stl_tune.errors import StudyError
+from stl_tune.search.spec.space import ParamSpec, StudySpec, load_study_file, suggest_config
 
 GOOD = {
     "name": "t",

@@ -7,9 +7,10 @@ import re
 import optuna
 import pytest
 
+from stl_tune.errors import StudyError
 from stl_tune.search.optuna_compat import SharedHyperband
 from stl_tune.search.spec import plugins
-from stl_tune.search.spec.space import StudyError, StudySpec
+from stl_tune.search.spec.space import StudySpec
 from stl_tune.search.state import study as S
 from stl_tune.search.storage import storages
 from stl_tune.search.storage.urls import mask_url

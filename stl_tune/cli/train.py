@@ -64,12 +64,12 @@ def train(
     cfg = C.load(config, overrides)
     out = out or Path("runs") / (config.stem if config is not None else "default")
     # The data is checked (every folder image decoded) once, before the first run that trains.
-    prepare = functools.cache(lambda: typer.echo(f"data: {data.prepare(cfg.data, Console())}"))
+    ready_data = functools.cache(lambda: typer.echo(f"data: {data.prepare(cfg.data, Console())}"))
     if seeds is None:
-        if _train_one(cfg, out, prepare).status == TrainStatus.DIVERGED:
+        if _train_one(cfg, out, ready_data).status == TrainStatus.DIVERGED:
             raise typer.Exit(1)
         return
-    _train_seeds(cfg, out, _parse_seeds(seeds), prepare)
+    _train_seeds(cfg, out, _parse_seeds(seeds), ready_data)
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -97,7 +97,7 @@ class _Seen:
             self.saved = m.epoch
 
 
-def _train_one(cfg: TrainConfig, out: Path, prepare: Callable[[], None]) -> TrainResult:
+def _train_one(cfg: TrainConfig, out: Path, ready_data: Callable[[], None]) -> TrainResult:
     """Train `cfg` into `out` (resuming a run there; a finished one is only shown), write its
     artefacts and say how it went."""
     from stl_tune.outputs import finished_run, write_config, write_outputs
@@ -110,7 +110,7 @@ def _train_one(cfg: TrainConfig, out: Path, prepare: Callable[[], None]) -> Trai
     if done is not None:
         typer.echo(f"{out} holds a finished run: {_scores(done)} (a new --out trains again)")
         return done
-    prepare()
+    ready_data()
     write_config(out, cfg)
     ckpt = out / "checkpoint.pt"
     # Ctrl-C or SIGTERM: the first lets the epoch under way finish, has it checkpointed
@@ -161,7 +161,7 @@ def _scores(r: TrainResult) -> str:
     return f"{r.status} after {r.epochs_run} epochs: best val {val}, test {test}"
 
 
-def _train_seeds(cfg: TrainConfig, out: Path, seeds: list[int], prepare: Callable[[], None]) -> None:
+def _train_seeds(cfg: TrainConfig, out: Path, seeds: list[int], ready_data: Callable[[], None]) -> None:
     """`train --seeds`: each seed into out/seed-N/; out/model.pt, the first finished seed's model
     until the ensemble of the finished seeds (two or more) replaces it; out/summary.json. When
     every seed had finished before, the summary is shown as it is."""
@@ -173,7 +173,7 @@ def _train_seeds(cfg: TrainConfig, out: Path, seeds: list[int], prepare: Callabl
     results: dict[int, TrainResult] = {}
     for seed in seeds:
         typer.echo(f"seed {seed}: {out / f'seed-{seed}'}")
-        results[seed] = _train_one(dataclasses.replace(cfg, seed=seed), out / f"seed-{seed}", prepare)
+        results[seed] = _train_one(dataclasses.replace(cfg, seed=seed), out / f"seed-{seed}", ready_data)
         if results[seed].status.finished and not (out / "model.pt").exists():
             copy_model(out / f"seed-{seed}" / "model.pt", out / "model.pt")
     trained = any(r.model is not None for r in results.values())  # a finished run read back has none

@@ -16,15 +16,15 @@ database code:
     fmt           how numbers, durations and parameters read in the output
     storage/      where a study lives: URLs, storages, a server's reconnects, the gRPC proxy
     spec/         what a study searches: the study file, plug-ins, the data check, warm starts
-    state/        what a study holds: the study, its trials, outcomes, budgets, confirmation, export
+    state/        what a study holds: the study, its trials, outcomes, limits, confirmation, export
     views/        how a study is shown: the live view, the time left
     worker/       what runs trials: the objective, the worker loop, launching, the commands' steps
 """
 
 import importlib
 
-_EXPORTS = {  # name: the module that defines it
-    "StudyError": "spec.space",
+_EXPORTS = {  # name: the module that defines it, a module of this package unless named in full
+    "StudyError": "stl_tune.errors",
     "StudySpec": "spec.space",
     "load_study_file": "spec.space",
     "open_storage": "storage.storages",
@@ -38,9 +38,9 @@ _EXPORTS = {  # name: the module that defines it
     "Tally": "state.trials",
     "tally": "state.trials",
     "ranked": "state.trials",
-    "deadline": "state.budget",
-    "time_left": "state.budget",
-    "trials_since_best": "state.budget",
+    "deadline": "state.limits",
+    "time_left": "state.limits",
+    "trials_since_best": "state.limits",
     "best_confirmed": "state.confirm",
     "confirmed_ranking": "state.confirm",
     "left_or_stopped": "views.eta",
@@ -55,7 +55,13 @@ _EXPORTS = {  # name: the module that defines it
 __all__ = sorted(_EXPORTS)
 
 
+def module_of(name: str) -> str:
+    """The full name of the module that defines the export `name`."""
+    module = _EXPORTS[name]
+    return module if module.startswith("stl_tune.") else f"{__name__}.{module}"
+
+
 def __getattr__(name: str):
     if name in _EXPORTS:  # PEP 562: a lazy module attribute
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        return getattr(importlib.import_module(module_of(name)), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,7 +25,7 @@ of an outcome when it starts (outcome.start).
 Study user attributes:
   spec                StudySpec.to_dict() of the study file it was created with (search/state/study.py)
   n_trials            the trial budget, set by `stl-tune run --trials` (or by confirm: K x S)
-  deadline, patience_trials, patience_from: the budgets of the last run (search/state/budget.py)
+  deadline, patience_trials, patience_from: the limits of the last run (search/state/limits.py)
   artifacts           the checkpoint folder the run chose, for workers of the same host
   confirmed           {"N": {"mean", "std", "values", "seeds"}} of `stl-tune confirm` (on the search)
   queued_only         on a confirm study: workers run queued trials only, never sampled ones

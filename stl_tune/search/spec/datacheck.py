@@ -15,10 +15,11 @@ from rich.console import Console
 
 from stl_tune import config
 from stl_tune.config import TrainConfig
-from stl_tune.search.spec.space import StudyError, StudySpec
+from stl_tune.errors import StudyError
+from stl_tune.search.spec.space import StudySpec
 
 
-def prepare(spec: StudySpec, data_dir: Path | None, source: str) -> str:
+def ready_data(spec: StudySpec, data_dir: Path | None, source: str) -> str:
     """Ready the data here, once, rather than in every worker at the same time (stl_tune.data's
     prepare: STL-10 downloaded when missing; a folder dataset's every image decoded into the decode
     cache, with a progress bar on the console for large folders, so the trials read the cache), check

@@ -7,8 +7,9 @@ from typing import Any
 
 import optuna
 
+from stl_tune.errors import StudyError
 from stl_tune.search.optuna_compat import experimental_ok
-from stl_tune.search.spec.space import PRUNERS, SAMPLERS, StudyError, StudySpec
+from stl_tune.search.spec.space import PRUNERS, SAMPLERS, StudySpec
 
 
 def make_sampler(spec: StudySpec, worker: int = 0) -> optuna.samplers.BaseSampler:

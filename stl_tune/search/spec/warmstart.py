@@ -19,8 +19,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune import config
 from stl_tune.config import TrainConfig
+from stl_tune.errors import StudyError
 from stl_tune.search.record import COPIED_ATTR, ENQUEUED_ATTR, KNOWN_RECIPE
-from stl_tune.search.spec.space import ParamSpec, StudyError, StudySpec
+from stl_tune.search.spec.space import ParamSpec, StudySpec
 
 
 def params_of(cfg: TrainConfig, spec: StudySpec) -> dict[str, Any]:
@@ -39,7 +40,7 @@ class Queued:
     outside: dict[str, Any]  # {path: value} the space does not hold: left to the sampler
     added: bool  # False: a trial with these params exists already, so none was queued
 
-    def describe(self, what: str) -> str:
+    def line(self, what: str) -> str:
         said = (
             f"{what}, run to full length"
             if self.added

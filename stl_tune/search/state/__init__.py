@@ -1,4 +1,4 @@
-"""What a study holds: the study and its trials, how each trial ended, its budgets, and what is
+"""What a study holds: the study and its trials, how each trial ended, its limits, and what is
 read from it afterwards.
 
 A layer of the search package: its modules import from this layer and the ones below it only
@@ -7,7 +7,7 @@ A layer of the search package: its modules import from this layer and the ones b
     study    creating a study once, loading it with its spec
     trials   counts, the best trial, the budget's claim check
     outcome  how a trial ended, as one value, and the one function that settles it
-    budget   the time budget and the patience
+    limits   the time budget and the patience
     confirm  `stl-tune confirm`: the best trials re-trained with new seeds
     export   a trial's config, set up for final training
 """

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune import config
+from stl_tune.errors import StudyError
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.record import (
     CANDIDATE_ATTR,
@@ -31,7 +32,7 @@ from stl_tune.search.record import (
     N_TRIALS_ATTR,
     QUEUED_ONLY_ATTR,
 )
-from stl_tune.search.spec.space import ParamSpec, StudyError, StudySpec
+from stl_tune.search.spec.space import ParamSpec, StudySpec
 from stl_tune.search.state.study import CONFIRM_SUFFIX as SUFFIX
 from stl_tune.search.state.study import create_or_load_study
 from stl_tune.search.state.trials import best_first, ranked
@@ -62,7 +63,7 @@ def confirm_spec(spec: StudySpec, seeds: list[int]) -> StudySpec:
     )
 
 
-def prepare(
+def queue_confirmations(
     search: optuna.Study, spec: StudySpec, top: int, n_seeds: int
 ) -> tuple[optuna.Study, list[FrozenTrial], list[int]]:
     """Create (or load) the confirm study of `search` and queue its trials; (study, candidates, seeds).

@@ -11,8 +11,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune import config
 from stl_tune.config import ConfigError, TrainConfig
+from stl_tune.errors import StudyError
 from stl_tune.search.record import CONFIG_ATTR, CONFIRMED_ATTR, SPEC_ATTR
-from stl_tune.search.spec.space import StudyError
 from stl_tune.search.state.confirm import best_confirmed
 from stl_tune.search.state.trials import ranked
 

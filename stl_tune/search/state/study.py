@@ -8,10 +8,11 @@ from __future__ import annotations
 import optuna
 from optuna.storages import BaseStorage
 
+from stl_tune.errors import StudyError
 from stl_tune.search.optuna_compat import experimental_ok
 from stl_tune.search.record import SPEC_ATTR
 from stl_tune.search.spec.plugins import make_pruner, make_sampler
-from stl_tune.search.spec.space import StudyError, StudySpec
+from stl_tune.search.spec.space import StudySpec
 from stl_tune.search.storage.storages import describe, open_storage
 
 CONFIRM_SUFFIX = ".confirm"  # NAME.confirm: the study of `stl-tune confirm` for search NAME
@@ -43,7 +44,7 @@ def create_or_load_study(
         if study.direction.name.lower() != spec.direction:
             raise StudyError(f"study '{name}' exists with direction {study.direction.name.lower()}")
         study.set_user_attr(SPEC_ATTR, want)
-        with experimental_ok():  # set_metric_names is "experimental" (since Optuna 3.2, as in 4.9 and 5.0)
+        with experimental_ok():  # set_metric_names is "experimental" (since Optuna 3.2; still in 5.0)
             study.set_metric_names([spec.objective])
     elif stored != want:
         diff = [k for k in want if stored.get(k) != want[k]]

@@ -133,7 +133,7 @@ def _grpc_storage(url: str, shown: str) -> BaseStorage:
 
 def describe(storage: BaseStorage) -> str:
     """A printable, password-free name for an open storage."""
-    url = compat.storage_url(storage)
+    url = compat.database_url(storage)
     if url:
         return mask_url(url)
     address = compat.grpc_address(storage)

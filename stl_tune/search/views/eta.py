@@ -33,7 +33,7 @@ from stl_tune import config
 from stl_tune.search import record
 from stl_tune.search.fmt import duration, secs
 from stl_tune.search.spec.space import HYPERBAND, PRUNERS, StudySpec
-from stl_tune.search.state.budget import stop_reason
+from stl_tune.search.state.limits import stop_reason
 
 
 # ----------------------------------------------------------------------------- epochs per trial

@@ -27,7 +27,7 @@ from stl_tune.errors import UserError
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.fmt import best_line, numbers, plural
 from stl_tune.search.settings import STORAGE_ENV
-from stl_tune.search.state.budget import stop_reason
+from stl_tune.search.state.limits import stop_reason
 from stl_tune.search.state.outcome import requeue_dead
 from stl_tune.search.state.trials import tally
 from stl_tune.search.storage.storages import describe

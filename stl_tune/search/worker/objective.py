@@ -30,7 +30,7 @@ from stl_tune.search import optuna_compat as compat
 from stl_tune.search import record
 from stl_tune.search.record import CHECKPOINT_ATTR, CURVE_ATTR
 from stl_tune.search.spec.space import StudySpec, suggest_config
-from stl_tune.search.state import budget
+from stl_tune.search.state import limits
 from stl_tune.search.state.outcome import Kind, Outcome, caught, start
 from stl_tune.search.worker.checkpoints import CheckpointStore, local_workdir, sweep_dead_workdirs
 from stl_tune.train import EpochMetrics, TrainResult, TrainStatus, train
@@ -104,7 +104,7 @@ class Objective:
         cfg = self.config(trial)
         trial.set_user_attr(record.CONFIG_ATTR, C.to_dict(cfg))
         curve = self._resume(trial, ckpt, attempts)
-        deadline = budget.deadline(trial.study.user_attrs)  # read once: a run sets it at its start
+        deadline = limits.deadline(trial.study.user_attrs)  # read once: a run sets it at its start
         if self.cpu and cfg.runtime.device == "auto":
             cfg = C.from_dict(C.to_dict(cfg), {"runtime.device": "cpu"})  # recorded above as auto
         stopped: list[Kind] = []  # why the epoch callback stopped the run, if it did
@@ -112,7 +112,7 @@ class Objective:
             cfg,
             self._epoch_callback(trial, cfg, ckpt, curve, deadline, stopped),
             checkpoint=ckpt,
-            checkpoint_now=lambda: self.stop_requested() or (deadline is not None and budget.now() >= deadline),
+            checkpoint_now=lambda: self.stop_requested() or (deadline is not None and limits.now() >= deadline),
         )
         if stopped and stopped[0] in (Kind.INTERRUPTED, Kind.PAUSED):
             return Outcome(stopped[0])  # at this epoch's checkpoint: the retry resumes there
@@ -167,7 +167,7 @@ class Objective:
             # forces the next epoch's, and the trial stops there.
             if self.stop_requested():
                 stopped.append(Kind.INTERRUPTED)
-            elif deadline is not None and budget.now() >= deadline:
+            elif deadline is not None and limits.now() >= deadline:
                 stopped.append(Kind.PAUSED)
             return bool(stopped)
 

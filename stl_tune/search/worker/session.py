@@ -41,8 +41,8 @@ from stl_tune.search.record import ARTIFACTS_ATTR, N_TRIALS_ATTR
 from stl_tune.search.settings import ARTIFACTS_ENV
 from stl_tune.search.spec import datacheck, warmstart
 from stl_tune.search.spec.space import StudySpec, default_study_file, load_study_file
-from stl_tune.search.state import budget
 from stl_tune.search.state import confirm as CF
+from stl_tune.search.state import limits
 from stl_tune.search.state.outcome import Reason, fail_reason, requeue_dead
 from stl_tune.search.state.study import create_or_load_study, load_study, resolve_study_name
 from stl_tune.search.state.trials import tally
@@ -94,7 +94,7 @@ def run(
     patience: int | None,
     from_study: str | None,
 ) -> int:
-    """`stl-tune run`: create or continue a study, warm-start it, set its budgets, run its workers."""
+    """`stl-tune run`: create or continue a study, warm-start it, set its limits, run its workers."""
     quiet_optuna()
     url = storage_url(storage)  # checked first: a typo there is the same line as from `status`
     study_file = study_file if study_file is not None else default_study_file()
@@ -104,7 +104,7 @@ def run(
     duration = time_budget or spec.time_budget
     deadline = parse_duration(duration) if duration else None
     queued = [config.load(path) for path in enqueue]  # a bad file is refused before anything is made
-    say(datacheck.prepare(spec, options.data_dir, str(study_file)))
+    say(datacheck.ready_data(spec, options.data_dir, str(study_file)))
     store = open_storage(url, heartbeat=False)
     name = name or spec.name
     n_trials = n_trials or _stored_budget(store, name)
@@ -117,14 +117,14 @@ def run(
         return 0
     recipe = warmstart.enqueue_known_recipe(study, spec)
     if recipe is not None:
-        say(recipe.describe("trial 0 is the known recipe (the config defaults)"))
+        say(recipe.line("trial 0 is the known recipe (the config defaults)"))
     if from_study is not None:
         copied, skipped, before = warmstart.copy_trials(load_study(from_study, store)[0], study, spec)
         again = f", {before} copied before" if before else ""
         say(f"copied {copied} finished trials of study '{from_study}' ({skipped} did not fit this space{again})")
     for path, cfg in zip(enqueue, queued):
-        say(warmstart.enqueue(study, spec, cfg, str(path)).describe(f"queued {path}"))
-    at = budget.set_budgets(study, deadline, patience)
+        say(warmstart.enqueue(study, spec, cfg, str(path)).line(f"queued {path}"))
+    at = limits.set_limits(study, deadline, patience)
     if at is not None:
         say(f"time budget: no trial starts after {at:%Y-%m-%d %H:%M:%S} UTC")
     artifacts = artifacts_dir(options.artifacts, url, study)
@@ -157,7 +157,7 @@ def worker(
         if _done(study, n_trials):
             return 0
         launch.check_device(str(spec.fixed.get("runtime.device", "auto")), slots)
-        say(datacheck.prepare(spec, options.data_dir, f"study '{study.study_name}'"))
+        say(datacheck.ready_data(spec, options.data_dir, f"study '{study.study_name}'"))
         artifacts = artifacts_dir(options.artifacts, url, study)
         _say_cost(spec, study, slots, options, launch.threads_per_worker(len(slots)))
         return _launch(study, url, slots, n_trials, options, artifacts, options.data_dir, first_index=index)
@@ -173,8 +173,8 @@ def confirm(name: str | None, storage: str | None, top: int, seeds: int, options
     slots = options.slots()
     # The data the search trained on: its best trial's recorded data.dir, unless --data-dir says otherwise.
     data_dir = options.data_dir or CF.searched_data_dir(search)
-    say(datacheck.prepare(spec, data_dir, f"study '{search.study_name}'"))  # before the confirm study exists
-    study, candidates, seed_list = CF.prepare(search, spec, top, seeds)
+    say(datacheck.ready_data(spec, data_dir, f"study '{search.study_name}'"))  # before the confirm study exists
+    study, candidates, seed_list = CF.queue_confirmations(search, spec, top, seeds)
     n_trials = len(candidates) * len(seed_list)
     code = 0
     if tally(study).finished < n_trials:  # else: confirmed already, by an identical call
@@ -309,7 +309,7 @@ def work_here(
         return 0
     launch.check_device(str(spec.fixed.get("runtime.device", "auto")), slots)
     if not launched:
-        say(datacheck.prepare(spec, options.data_dir, f"study '{study.study_name}'"))
+        say(datacheck.ready_data(spec, options.data_dir, f"study '{study.study_name}'"))
         _say_cost(spec, study, slots, options, torch.get_num_threads())
         requeue_dead_here(study)  # of an earlier run on this host: no need to wait for the heartbeat
     overrides = {"data.dir": str(options.data_dir)} if options.data_dir is not None else {}
@@ -330,7 +330,7 @@ def work_here(
     except KeyboardInterrupt as e:  # click would print "Aborted!" and exit 1
         print(_stopped(study, e), file=sys.stderr, flush=True)
         return 130
-    stopped = budget.stop_reason(study) if t.finished < n_trials else None
+    stopped = limits.stop_reason(study) if t.finished < n_trials else None
     say(
         f"study {study.study_name}: {t.finished}/{n_trials} trials finished"
         + (f"; stopped: {stopped}" if stopped else "")

@@ -50,7 +50,7 @@ from optuna.trial import FrozenTrial
 from stl_tune.errors import UserError
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.record import QUEUED_ONLY_ATTR
-from stl_tune.search.state.budget import stop_reason
+from stl_tune.search.state.limits import stop_reason
 from stl_tune.search.state.outcome import Kind, Outcome, caught, outcome_of, settle
 from stl_tune.search.state.trials import Tally, count_states, is_surplus, tally
 from stl_tune.search.storage.storages import fail_stale_trials
@@ -86,7 +86,7 @@ def work(
     stop: Stop | None = None,
 ) -> Tally:
     """Run trials in this process until the study has `n_trials` finished ones (see module doc), or
-    its time budget or patience runs out (search/state/budget.py: budget.stop_reason says which).
+    its time budget or patience runs out (search/state/limits.py: limits.stop_reason says which).
     callbacks: as study.optimize's, called with each trial this worker ran to its end.
     stop: the objective's stop_requested, to stop a trial at an epoch's end on a first signal.
 

@@ -1,4 +1,5 @@
-"""Budgets besides the trial count: a time budget (a deadline) and patience in trials.
+"""A run's limits besides its trial budget (the number of trials, search/worker/workers.py): a time budget (a
+deadline) and patience in trials. "Budget" alone is the trial count everywhere else.
 
 Both live in the study's user attrs, so every worker on every host, including one that joins
 later, obeys the same ones: each `stl-tune run` sets both anew (`--time-budget 6h`: a deadline 6 h
@@ -23,7 +24,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def set_budgets(study: optuna.Study, time_budget: timedelta | None, patience: int | None) -> datetime | None:
+def set_limits(study: optuna.Study, time_budget: timedelta | None, patience: int | None) -> datetime | None:
     """What `stl-tune run` does at its start: store the deadline `time_budget` from now and the
     patience, or clear them (a run without them has none); returns the deadline.
 
