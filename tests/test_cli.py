@@ -94,7 +94,7 @@ def test_train_seeds_writes_each_seed_the_spread_and_the_ensemble(fake_dir, tmp_
         "ema.decay=0.9",
     ]
     base = ["train", "--data-dir", str(fake_dir), "--out", str(out), *TINY, *learn]
-    # one seed: no ensemble yet, and OUT/model.pt is that seed's model (the README's next command works)
+    # one seed: no ensemble yet, and OUT/model.pt is that seed's model (docs/COMMANDS.md's evaluate command works)
     first = runner.invoke(app, [*base, "--seeds", "0"])
     assert first.exit_code == 0, first.output
     assert (out / "model.pt").read_bytes() == (out / "seed-0" / "model.pt").read_bytes()

@@ -23,6 +23,10 @@ from stl_tune.search.worker.objective import Objective
 from stl_tune.search.worker.workers import work
 
 STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]  # the installed console script
+# A run whose dead worker's trial must be re-queued at once, not by the heartbeat, ends within DONE_S
+# seconds (several times what it takes alone: the suite runs in parallel on few cores), while the
+# heartbeat would wait GRACE_S.
+DONE_S, GRACE_S = 240, "600"
 pytestmark = pytest.mark.usefixtures("single_thread")  # in-process trainings
 
 
@@ -135,12 +139,12 @@ def _check_resumed(study: optuna.Study, victim: FrozenTrial) -> None:
 
 @pytest.mark.slow
 def test_run_requeues_a_killed_workers_trial_at_once(storage_url, tmp_path, tiny_study, worker_env):
-    """Without waiting for the heartbeat's grace period (120 s here: the run's timeout is shorter)."""
+    """Without waiting for the heartbeat's grace period (GRACE_S here: the run's timeout is shorter)."""
     n, name, url, artifacts = 2, "reap", storage_url, tmp_path / "artifacts"
     cmd = _run_cmd(_study_file(tmp_path, tiny_study, epochs=12), name, n, 2, url, artifacts)
     run = subprocess.Popen(
         cmd,
-        env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"},
+        env={**worker_env, "STL_TUNE_GRACE_PERIOD": GRACE_S},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -148,7 +152,7 @@ def test_run_requeues_a_killed_workers_trial_at_once(storage_url, tmp_path, tiny
     victim = _wait_for_checkpoint(url, name, [run])
     pid = int(victim.user_attrs["worker"].rpartition(":")[2])
     os.kill(pid, signal.SIGKILL)
-    out, _ = run.communicate(timeout=90)
+    out, _ = run.communicate(timeout=DONE_S)
     assert run.returncode == 0, out
     assert re.search(rf"worker w\d \(pid {pid}\) died \(signal 9\); trial {victim.number} queued to resume", out), out
     assert "Traceback" not in out
@@ -166,14 +170,14 @@ def test_rerun_requeues_the_trial_of_a_dead_run_on_this_host(storage_url, tmp_pa
     re-queues the orphaned RUNNING trial at once instead of waiting out the grace period."""
     n, name, url, artifacts = 1, "orphan", storage_url, tmp_path / "artifacts"
     cmd = _run_cmd(_study_file(tmp_path, tiny_study, epochs=12), name, n, 1, url, artifacts)
-    env = {**worker_env, "STL_TUNE_GRACE_PERIOD": "120"}
+    env = {**worker_env, "STL_TUNE_GRACE_PERIOD": GRACE_S}
     run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     victim = _wait_for_checkpoint(url, name, [run])
     run.kill()  # the parent first: it would re-queue its child's trial itself
     run.wait()
     os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
 
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=DONE_S)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"queued trial {victim.number} of dead workers on this host to resume" in again.stdout
     assert ": 1 trial, 1 worker (CPU)," in again.stdout
@@ -211,7 +215,7 @@ def test_confirm_survives_a_killed_worker(storage_url, tmp_path, tiny_study, wor
     ]
     proc = subprocess.Popen(
         cmd,
-        env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"},
+        env={**worker_env, "STL_TUNE_GRACE_PERIOD": GRACE_S},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -219,7 +223,7 @@ def test_confirm_survives_a_killed_worker(storage_url, tmp_path, tiny_study, wor
     victim = _wait_for_checkpoint(url, "tiny.confirm", [proc])
     pid = int(victim.user_attrs["worker"].rpartition(":")[2])
     os.kill(pid, signal.SIGKILL)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=DONE_S)
     assert proc.returncode == 0, out
     assert re.search(rf"worker w\d \(pid {pid}\) died \(signal 9\); trial {victim.number} queued to resume", out), out
 
@@ -259,7 +263,7 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_ur
     cmd = [*_run_cmd(study_file, "new", n, 2, url, artifacts), "--from-study", "old", "--enqueue", str(best)]
     run = subprocess.Popen(
         [*cmd, "--time-budget", "40s"],
-        env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"},
+        env={**worker_env, "STL_TUNE_GRACE_PERIOD": GRACE_S},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
