@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import warnings
 from datetime import datetime
 from typing import Any
 
@@ -194,8 +195,11 @@ class PriorBandSearcher:
     again at once (the real run is over). A diverged trial is told a crash."""
 
     def __init__(self, table: Table, repeat: int):
-        import neps
         import torch
+
+        with warnings.catch_warnings():  # NePS imports linear_operator, whose torch.jit.script warns: not ours to fix
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+            import neps
 
         # PriorBand draws from NumPy's and torch's global generators (np.random.choice, torch.rand):
         # seeded here, as the simulator builds each searcher just before its search.

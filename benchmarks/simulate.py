@@ -132,9 +132,16 @@ class Table:
     def load(cls, path: str | Path, configs: int | None = None) -> Table:
         """The table in `path`; with `configs`, its first configs only (numbers 0..configs-1), so a
         measurement on a table still being built can be repeated on the finished one."""
-        lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        try:
+            lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        except OSError as e:
+            raise SystemExit(f"{path}: {e.strerror}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise SystemExit(f"{path}: not a curve table (JSON lines of build_curve_table.py)") from None
         if not lines:
             raise SystemExit(f"{path}: empty")
+        if not all(isinstance(line, dict) for line in lines):
+            raise SystemExit(f"{path}: not a curve table (JSON lines of build_curve_table.py)")
         rows = [r for r in lines[1:] if configs is None or r["config"] < configs]
         return cls(lines[0], rows, str(path))
 
@@ -556,16 +563,28 @@ def _register_peers() -> None:
         import sim_peers  # noqa: F401
 
 
+def positive_int(text: str) -> int:
+    """argparse's type for a count: 0 or less is an error, not the default."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: must be 1 or more")
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--table", type=Path, help=f"a curve table [quick: {QUICK_TABLE.relative_to(ROOT)}]")
-    ap.add_argument("--configs", type=int, help="the table's first N configs only [all that have every seed]")
+    ap.add_argument("--configs", type=positive_int, help="the table's first N configs only [all that have every seed]")
     ap.add_argument("--quick", action="store_true", help="the tiny committed table, 3 repeats: checks it works")
-    ap.add_argument("--methods", help="comma list [every registered method but the candidates]")
-    ap.add_argument("--workers", type=int, default=2, help="asynchronous workers per search [2]")
-    ap.add_argument("--repeats", type=int, help="repeats per method [50; quick: 3]")
-    ap.add_argument("--budget", type=int, help="training epochs per search [10 x the table's epochs]")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count(), help="processes, over repeats [all cores]")
+    ap.add_argument(
+        "--methods",
+        help=f"comma list of {', '.join(METHODS)} and sim_peers.py's peers "
+        f"[all but the candidates {', '.join(CANDIDATES)}]",
+    )
+    ap.add_argument("--workers", type=positive_int, default=2, help="asynchronous workers per search [2]")
+    ap.add_argument("--repeats", type=positive_int, help="repeats per method [50; quick: 3]")
+    ap.add_argument("--budget", type=positive_int, help="training epochs per search [10 x the table's epochs]")
+    ap.add_argument("--jobs", type=positive_int, default=os.cpu_count(), help="processes, over repeats [all cores]")
     ap.add_argument("--plot", type=Path, help="write the plot to this PNG")
     ap.add_argument("--out", type=Path, help="write the table: .md (markdown) or .json (every search)")
     args = ap.parse_args()
@@ -589,12 +608,13 @@ def main() -> None:
         flush=True,
     )
     t0 = time.perf_counter()
-    searches = run_all(table, methods, repeats, args.workers, budget, max(1, min(args.jobs, repeats)))
+    jobs = min(args.jobs, repeats)
+    searches = run_all(table, methods, repeats, args.workers, budget, jobs)
     wall = time.perf_counter() - t0
     rows = summarize(searches)
     text = markdown(rows)
     print(text)
-    print(f"simulation wall time {wall:.1f} s ({args.jobs} processes)")
+    print(f"simulation wall time {wall:.1f} s ({jobs} processes)")
     if args.out:
         if args.out.suffix == ".json":
             payload = {

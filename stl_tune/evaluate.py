@@ -66,6 +66,11 @@ def folder_images(
 ) -> tuple[Tensor, Tensor, tuple[str, ...], str, str]:
     """The images to score in a folder dataset: uint8 [N,3,S,S], int64 labels, class names (sorted
     folder names), the layout ("split" | "class") and which images, in words."""
+    if (Path(root) / data.stl10.STL10.base_folder).is_dir():  # else "needs at least 2 class sub-folders, found 1"
+        raise DataError(
+            f"{root} holds STL-10's binaries, not a folder dataset ({root}/<class>/ or {root}/test/<class>/): "
+            "a model's STL-10 test accuracy is in the metrics.json or summary.json that train and ensemble wrote"
+        )
     # stl_tune.data's own layout detection and reader: a folder means here what it means to `train`
     splits = data.folder_splits(root)
     x, y, classes = data.decode_folder(splits.get("all") or splits["test"], image_size, progress)

@@ -274,6 +274,18 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path):
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["train"], ["ensemble"], ["evaluate", "--model", "m.pt", "--data-dir", "d"], ["report"]],
+)
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a short path: the error box wraps at 80 columns
+    Path("afile").write_text("keep me")
+    result = runner.invoke(app, [*command, "--out", "afile"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "dir 'afile' is a file" in result.output and Path("afile").read_text() == "keep me"
+
+
 def test_malformed_yaml_and_missing_data(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim: [1,\n")

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.search import create_or_load_study, open_storage
 from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.worker.keep import is_kept
 from stl_tune.search.worker.objective import Objective
 from stl_tune.search.worker.workers import work
 
@@ -102,7 +103,8 @@ def test_killed_worker_trial_resumes_from_its_checkpoint(storage_url, tmp_path, 
     assert epoch >= 1 and retry.user_attrs["resumed_from_epoch"] == epoch
     assert retry.user_attrs["curve"][:epoch] == killed.user_attrs["curve"][:epoch]  # the curve continues
     assert len(retry.user_attrs["curve"]) == retry.user_attrs["epochs_run"] == 12
-    assert not any(artifacts.iterdir())  # not even a partial upload the kill cut short
+    # not even a partial upload the kill cut short
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
     assert not list(tmp_path.glob(f"stl-tune-{pid}-*"))  # nor the dead worker's local checkpoint copy
 
 
@@ -161,7 +163,7 @@ def test_run_requeues_a_killed_workers_trial_at_once(storage_url, tmp_path, tiny
     study = optuna.load_study(study_name=name, storage=url)
     assert len(_finished(study)) == n
     _check_resumed(study, victim)
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
 @pytest.mark.slow
@@ -235,7 +237,7 @@ def test_confirm_survives_a_killed_worker(storage_url, tmp_path, tiny_study, wor
     summary = CF.summarize(study, search)[str(search.best_trial.number)]
     assert summary["seeds"] == [1, 2] and len(summary["values"]) == 2
     assert f"{summary['mean']:.4f} ± {summary['std']:.4f} (n=2) (best)" in out
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
 @pytest.mark.slow
@@ -309,7 +311,7 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_ur
             retry.params == stopped.params
             and retry.user_attrs["resumed_from_epoch"] == stopped.user_attrs["checkpoint"]["epoch"]
         )
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
 @pytest.mark.slow
@@ -366,7 +368,7 @@ def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(storage_url, tmp_path, 
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     resumed = [t.user_attrs["resumed_from_epoch"] for t in _finished(study)]
     assert max(resumed) >= 1  # the trial we waited for went on from its checkpoint
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
 @pytest.mark.slow
@@ -523,4 +525,4 @@ def test_frozen_worker_wakes_drops_its_stale_trial_and_goes_on(storage_url, tmp_
     assert len(_finished(study)) == n
     (retry,) = [t for t in study.trials if t.system_attrs.get("retry_history") == [victim.number]]
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 1
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]

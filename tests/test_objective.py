@@ -14,7 +14,9 @@ from optuna.trial import TrialState
 
 from stl_tune import config as C
 from stl_tune.search import create_or_load_study, open_storage
+from stl_tune.search import optuna_compat as compat
 from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.worker.keep import is_kept
 from stl_tune.search.worker.objective import Objective
 from stl_tune.search.worker.workers import work
 from stl_tune.train import train
@@ -49,7 +51,14 @@ def test_trial_records_config_curve_and_result(setup, fake_data, tmp_path):
     assert t.user_attrs["status"] == "completed" and t.user_attrs["fail_reason"] is None
     assert t.user_attrs["param_count"] > 0 and t.user_attrs["seconds"] > 0
     assert t.user_attrs["device"] == "cpu" and t.user_attrs["resumed_from_epoch"] == 0
-    assert t.user_attrs["checkpoint"] is None and not any(artifacts.iterdir())  # nothing left to resume
+    assert t.user_attrs["checkpoint"] is None  # nothing left to resume: what is left is kept for an ensemble
+    tid = compat.trial_id(t)
+    assert sorted(f.name for f in artifacts.iterdir()) == [f"ensemble-{tid}-model", f"ensemble-{tid}-predictions"]
+    assert t.user_attrs["kept"] == {
+        "predictions": f"ensemble-{tid}-predictions",
+        "model": f"ensemble-{tid}-model",
+        "value": t.value,
+    }
 
 
 def test_pruned_trial_keeps_its_curve_and_no_checkpoint(storage_url, tmp_path, tiny_study):
@@ -64,7 +73,7 @@ def test_pruned_trial_keeps_its_curve_and_no_checkpoint(storage_url, tmp_path, t
     assert t.state == TrialState.PRUNED
     assert t.user_attrs["status"] == "pruned" and t.user_attrs["epochs_run"] == 1
     assert len(t.user_attrs["curve"]) == 1
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
 def test_failing_trial_is_recorded_and_the_worker_goes_on(setup):
@@ -130,7 +139,7 @@ def test_interrupted_trial_resumes_from_its_checkpoint_exactly(setup, tiny_study
     assert resumed.user_attrs["curve"] == reference.user_attrs["curve"]  # exact resume
     assert resumed.intermediate_values == reference.intermediate_values  # each epoch reported once
     assert resumed.value == reference.value
-    assert not any(artifacts.iterdir())  # the finished trial's checkpoint was removed
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]  # the finished trial's checkpoint was removed
 
 
 def test_a_stop_after_the_epochs_save_was_decided_stops_at_the_next_epoch_with_its_checkpoint(setup, tiny_study):

@@ -254,3 +254,21 @@ def test_quick_mode_runs_end_to_end(tmp_path):
     result = json.loads(out.read_text())
     assert {r["method"] for r in result["rows"]} == {"stl-tune", "random"} and len(result["searches"]) == 4
     assert png.stat().st_size > 0
+
+
+@pytest.mark.parametrize("content", [None, "not json\n", "[1, 2]\n"])
+def test_a_missing_or_foreign_table_is_one_line(tmp_path, content):
+    path = tmp_path / "t.jsonl"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as e:
+        sim.Table.load(path)
+    assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("flag", ["--workers", "--repeats", "--budget", "--jobs", "--configs"])
+def test_a_count_of_zero_is_refused_not_taken_as_the_default(monkeypatch, capsys, flag):
+    monkeypatch.setattr(sys, "argv", ["simulate.py", "--quick", "--methods", "stl-tune", flag, "0"])
+    with pytest.raises(SystemExit) as e:
+        sim.main()
+    assert e.value.code == 2 and f"argument {flag}: 0: must be 1 or more" in capsys.readouterr().err

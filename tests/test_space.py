@@ -156,6 +156,8 @@ BAD = [
     ),
     ("empty space", lambda d: d.update(search_space={}), ["search_space", "at least one"]),
     ("unknown objective", lambda d: d.update(objective="test_acc"), ["objective", "best_val_acc"]),
+    ("keep_models negative", lambda d: d.update(keep_models=-1), ["keep_models", "whole number >= 0, got -1"]),
+    ("keep_models not a number", lambda d: d.update(keep_models="5"), ["keep_models", "got '5'"]),
     (
         "train_on_val fixed",
         lambda d: d["fixed"].update({"data.train_on_val": True}),
@@ -206,6 +208,11 @@ def test_good_file_round_trips_and_defaults_its_name(tmp_path):
     assert spec.pruner == {"name": "hyperband", "max_resource": 3}  # max_resource = fixed epochs
     assert spec.sampler["name"] == "tpe" and spec.sampler["seed"] == 0
     assert StudySpec.from_dict(spec.to_dict()).to_dict() == spec.to_dict()
+    # keep_models: the default is left out of the stored form (a study stored before it existed
+    # still matches its file); another value is kept
+    assert spec.keep_models == 5 and "keep_models" not in spec.to_dict()
+    other = StudySpec.from_dict({**spec.to_dict(), "keep_models": 0})
+    assert other.keep_models == 0 and StudySpec.from_dict(other.to_dict()).keep_models == 0
 
 
 def test_suggest_config_honours_fixed_and_conditions():

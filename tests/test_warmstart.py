@@ -18,6 +18,7 @@ from stl_tune.search.fmt import parse_duration
 from stl_tune.search.spec import warmstart
 from stl_tune.search.spec.space import StudySpec, load_study_file
 from stl_tune.search.state import limits
+from stl_tune.search.worker.keep import is_kept
 
 
 @pytest.fixture
@@ -255,7 +256,7 @@ def test_a_trial_running_at_the_deadline_pauses_and_resumes_on_the_next_run(
     resumed = study.trials[1]
     assert resumed.state == TrialState.COMPLETE and resumed.user_attrs["resumed_from_epoch"] == 2
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 2
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ def train(
     out: Annotated[
         Path | None,
         typer.Option(
+            file_okay=False,
             help="Output folder; an unfinished run there resumes, a finished one is shown.",
             show_default="runs/<config name>",
         ),
@@ -182,7 +183,9 @@ def _train_seeds(cfg: TrainConfig, out: Path, seeds: list[int], ready_data: Call
     written = trained or old is None or old.get("seeds") != seeds
     if written:
         members = [seed for seed, r in results.items() if r.status.finished]
-        s = write_seed_summary(out, results, _ensemble(cfg, out, members) if len(members) > 1 else None)
+        dirs = [f"seed-{seed}" for seed in members]
+        ensemble = _ensemble(dataclasses.replace(cfg, seed=members[-1]), out, dirs) if len(members) > 1 else None
+        s = write_seed_summary(out, results, ensemble)
     else:
         s = old
     if s["finished"]:
@@ -203,24 +206,27 @@ def _train_seeds(cfg: TrainConfig, out: Path, seeds: list[int], ready_data: Call
         raise typer.Exit(1)
 
 
-def _ensemble(cfg: TrainConfig, out: Path, members: list[int]) -> dict:
-    """out/ensemble.pt of the seeds' models, scored on the test split (its softmax averaged, flip
-    TTA as for one model); out/model.pt becomes a copy of it. The summary's "ensemble" entry."""
+def _ensemble(cfg: TrainConfig, out: Path, members: list[str], weights: list[float] | None = None) -> dict:
+    """out/ensemble.pt of the models in the folders `members` of `out` (their softmax averaged,
+    weighted by `weights`, None: equally; flip TTA as for one model), scored on the test split of
+    cfg.data; out/model.pt becomes a copy of it. The summary's "ensemble" entry. `train --seeds`
+    and `stl-tune ensemble` (cli/ensemble.py) write theirs with it."""
     from stl_tune import data
     from stl_tune.evaluate import score
     from stl_tune.outputs import copy_model, load_model, save_ensemble
     from stl_tune.train import resolve_device
 
     path = out / "ensemble.pt"
-    save_ensemble(path, [out / f"seed-{seed}" / "model.pt" for seed in members])
+    save_ensemble(path, [out / m / "model.pt" for m in members], weights)
     device = resolve_device(cfg.runtime.device)
     model = load_model(path, device)
-    ds = data.load_data(cfg.data, members[-1], device, with_test=True)  # the last seed's: cached in this process
+    ds = data.load_data(cfg.data, cfg.seed, device, with_test=True)  # the last run's split: cached in this process
     s = score(model, ds.test_x, ds.test_y.cpu(), device)
     copy_model(path, out / "model.pt")
     return {
         "file": path.name,
-        "members": [f"seed-{seed}" for seed in members],
+        "members": list(members),
+        **({"weights": model.weights} if weights is not None else {}),
         "test_acc": s.accuracy,
         "per_class_acc": s.per_class_acc,
         "confusion": s.confusion,
@@ -240,7 +246,9 @@ def evaluate(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Folder for metrics.json and confusion.png.", show_default="beside the model: eval-<data dir name>/"
+            file_okay=False,
+            help="Folder for metrics.json and confusion.png.",
+            show_default="beside the model: eval-<data dir name>/",
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",

@@ -140,6 +140,7 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
             f"time budget: {'spent' if spent else duration(budget_left.total_seconds()) + ' left'}"
             f" (deadline {deadline(study.user_attrs):%Y-%m-%d %H:%M:%S} UTC)"
         )
+    _kept_line(study, spec.keep_models, storage)
     ranking = ranked(trials, study.direction)
     if not ranking:
         console.print("No complete trial yet.")
@@ -173,6 +174,16 @@ def status(name: NameOpt = None, storage: StorageOpt = None) -> None:
     )
 
 
+def _kept_line(study, k: int, storage: str | None) -> None:
+    """What the study keeps for an ensemble (search/worker/keep.py), and where."""
+    from stl_tune.search import storage_url
+    from stl_tune.search.worker import keep
+    from stl_tune.search.worker.session import artifacts_dir
+
+    folder = artifacts_dir(None, storage_url(storage), study)
+    console.print(keep.usage(study, folder).line(k, folder), soft_wrap=True)
+
+
 @app.command()
 def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="YAML file to write.")],
@@ -194,13 +205,16 @@ def export(
 
 @app.command()
 def report(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for index.html, the PNG plots and configs/.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", file_okay=False, help="Folder for index.html, the PNG plots and configs/.")
+    ],
     name: NameOpt = None,
     storage: StorageOpt = None,
     runs: Annotated[
         Path | None,
         typer.Option(
-            help="`stl-tune train` output to show as the final training: one run's folder, or a --seeds folder (summary.json)."
+            help="The final training to show: `stl-tune train` output (one run's folder, or a --seeds folder) "
+            "or `stl-tune ensemble` output."
         ),
     ] = None,
 ) -> None:

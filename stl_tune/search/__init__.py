@@ -18,7 +18,8 @@ database code:
     spec/         what a study searches: the study file, plug-ins, the data check, warm starts
     state/        what a study holds: the study, its trials, outcomes, limits, confirmation, export
     views/        how a study is shown: the live view, the time left
-    worker/       what runs trials: the objective, the worker loop, launching, the commands' steps
+    worker/       what runs trials: the objective, what trials keep for an ensemble, the worker loop,
+                  launching, the commands' steps
 """
 
 import importlib

@@ -19,6 +19,9 @@ Trial user attributes (search/worker/objective.py writes them while a trial runs
   enqueued            where a queued trial's config came from (search/spec/warmstart.py, search/state/confirm.py)
   copied_from         "study NAME, trial N" of a trial copied by --from-study (search/spec/warmstart.py)
   candidate           a confirmation's search trial number (search/state/confirm.py)
+  kept                what a completed trial keeps for an ensemble (search/worker/keep.py): {"predictions":
+                      artifact id, "model": artifact id or None, "value"}; its model file is removed
+                      when the trial drops out of the best K, the attr stays (a finished trial's are fixed)
 A retry (outcome.retry) inherits its predecessor's user attributes; the objective resets those
 of an outcome when it starts (outcome.start).
 
@@ -54,6 +57,7 @@ WORKER_ATTR = "worker"
 ENQUEUED_ATTR = "enqueued"
 COPIED_ATTR = "copied_from"
 CANDIDATE_ATTR = "candidate"
+KEPT_ATTR = "kept"
 
 # ------------------------------------------------------------------------------ study attrs
 SPEC_ATTR = "spec"

@@ -17,6 +17,8 @@ A study file (YAML) declares:
     objective:     best_val_acc (default), val_acc (the last epoch's) or last5_val_acc (mean of the last 5)
     direction:     maximize (default) or minimize
     time_budget:   optional, e.g. 6h: `stl-tune run` stops starting trials after it (--time-budget wins)
+    keep_models:   the best K completed trials whose final weights stay in the artifact store for
+                   `stl-tune ensemble` (default 5; 0: none); search/worker/keep.py
 What is checked on loading (StudySpec.from_dict): every key, path and plug-in option; `fixed` as a
 whole config (config.validate); each bound or choice of a parameter against the config's type and
 range, with `fixed` and the defaults around it (config.coerce + config.validate); the conditions.
@@ -68,7 +70,18 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
 # epochs, which rewards a config that is good, not one lucky epoch on a small validation split.
 OBJECTIVES = ("best_val_acc", "val_acc", "last5_val_acc")
 DIRECTIONS = ("maximize", "minimize")
-STUDY_KEYS = ("name", "search_space", "fixed", "sampler", "pruner", "objective", "direction", "time_budget")
+STUDY_KEYS = (
+    "name",
+    "search_space",
+    "fixed",
+    "sampler",
+    "pruner",
+    "objective",
+    "direction",
+    "time_budget",
+    "keep_models",
+)
+KEEP_MODELS = 5  # keep_models' default: the best 5 trials' weights are kept (search/worker/keep.py)
 PARAM_KEYS = ("type", "path", "low", "high", "log", "step", "choices", "when")
 DEFAULT_STUDY_FILE = "studies/seed.yaml"
 NO_TRAIN_ON_VAL = "a search needs the validation split; export sets train_on_val for final training"
@@ -158,6 +171,7 @@ class StudySpec:
     objective: str = "best_val_acc"
     direction: str = "maximize"
     time_budget: str | None = None  # e.g. "6h" (fmt.parse_duration); a run's --time-budget replaces it
+    keep_models: int = KEEP_MODELS  # K: the best K completed trials keep their weights (search/worker/keep.py)
 
     def to_dict(self) -> dict[str, Any]:
         """The study file's form (dotted `fixed`, resolved sampler/pruner options); JSON-safe."""
@@ -170,7 +184,9 @@ class StudySpec:
             "sampler": dict(self.sampler),
             "pruner": dict(self.pruner),
         }
-        return d | ({"time_budget": self.time_budget} if self.time_budget else {})
+        d |= {"time_budget": self.time_budget} if self.time_budget else {}
+        # only when set otherwise: a study stored before the key existed still matches its file
+        return d | ({"keep_models": self.keep_models} if self.keep_models != KEEP_MODELS else {})
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "<study>") -> StudySpec:
@@ -220,6 +236,9 @@ class _Validator:
                 parse_duration(str(time_budget))
             except UserError as e:
                 raise self.fail("time_budget", str(e).replace("--time-budget ", "")) from None
+        keep_models = d.get("keep_models", KEEP_MODELS)
+        if isinstance(keep_models, bool) or not isinstance(keep_models, int) or keep_models < 0:
+            raise self.fail("keep_models", f"must be a whole number >= 0, got {keep_models!r}")
         fixed, base = self.fixed(d.get("fixed") or {})
         params = self.params(d.get("search_space"), fixed, base)
         return StudySpec(
@@ -231,6 +250,7 @@ class _Validator:
             objective=objective,
             direction=direction,
             time_budget=str(time_budget) if time_budget is not None else None,
+            keep_models=keep_models,
         )
 
     def fixed(self, d: Any) -> tuple[dict[str, Any], TrainConfig]:

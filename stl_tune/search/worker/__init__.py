@@ -5,6 +5,8 @@ A layer of the search package: its modules import from this layer and the ones b
 
     objective    the one bridge between Optuna and the trainer
     checkpoints  the artifact store of resume checkpoints
+    keep         what completed trials keep for an ensemble: validation predictions, the best K models
+    ensemble     greedy ensemble selection over those predictions (`stl-tune ensemble`)
     workers      the worker loop
     epochlog     a worker's log lines
     probe        what one trial costs on this host's CPU

@@ -6,7 +6,8 @@ every epoch (the pruner may stop the run there), keeps the trainer's latest resu
 that a retried trial (its worker died or was interrupted) resumes where the previous attempt last
 saved, records in the trial's user attributes all it takes to reproduce and compare the trial
 (search/record.py lists them), and returns how the trial ended: an Outcome, which the worker loop
-settles (search/state/outcome.py).
+settles (search/state/outcome.py). A completed trial keeps its validation predictions, and its
+weights while among the study's best K, for `stl-tune ensemble` (search/worker/keep.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from stl_tune.search.spec.space import StudySpec, curve_value, suggest_config
 from stl_tune.search.state import limits
 from stl_tune.search.state.outcome import Kind, Outcome, caught, start
 from stl_tune.search.worker.checkpoints import CheckpointStore, local_workdir, sweep_dead_workdirs
+from stl_tune.search.worker.keep import Keeper
 from stl_tune.train import EpochMetrics, TrainResult, TrainStatus, train
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class Objective:
         self._tmp = local_workdir()
         self.workdir = Path(self._tmp.name)
         self.worker = record.worker_id()
+        self.keeper = Keeper(artifacts, self.workdir, spec.keep_models)  # what an ensemble needs
 
     def config(self, trial: optuna.Trial) -> C.TrainConfig:
         cfg = suggest_config(trial, self.spec)
@@ -122,7 +125,9 @@ class Objective:
             return Outcome.diverged(result.diverged_epoch)
         if result.status == TrainStatus.STOPPED:  # the epoch callback asked: the pruner
             return Outcome(Kind.PRUNED)
-        return Outcome(Kind(result.status), objective_value(result, self.spec.objective))  # completed | early_stopped
+        value = objective_value(result, self.spec.objective)
+        self.keeper.keep(trial, cfg, result, value)  # a full run (completed | early_stopped): kept for an ensemble
+        return Outcome(Kind(result.status), value)
 
     def _sweep(self, attempts: list[int]) -> None:
         """Remove every checkpoint of this line of attempts: it ends here."""
