@@ -21,7 +21,7 @@ pruned), so every search ends a little past the budget and the table reports wha
   random+asha     random sampling + successive halving at the same rungs (Ray Tune's usual recipe)
   optuna-default  TPESampler() and MedianPruner() with Optuna's defaults
   random          random sampling, no pruning
-  tpe+asha        candidate: stl-tune's TPE and rungs, no warm start, the last epoch's accuracy
+  tpe+asha        candidate: TPE (5 start-up trials) and stl-tune's rungs, no warm start, the last epoch's accuracy
   rung50          candidate: stl-tune with its first rung at 50 of 200 epochs instead of 30
 The untuned recipe (3 training seeds) is the floor. Each search (a sampler seed per repeat) runs as a
 study with 2 `stl-tune worker` processes, then `stl-tune export` -> `stl-tune train --config` -> the
@@ -229,8 +229,8 @@ METHODS = {
         "random sampling, no pruning", {"name": "random"}, {"name": "none"}, "val_acc", warm_start=False
     ),
     "tpe+asha": lambda: Method(
-        "candidate: seed.yaml's TPE and rungs, no warm start, the last epoch's accuracy",
-        dict(seed_file()["sampler"]),
+        "candidate: TPE (5 start-up trials), seed.yaml's rungs, no warm start, the last epoch's accuracy",
+        {"name": "tpe", "n_startup_trials": 5},
         _seed_rungs(),
         "val_acc",
         warm_start=False,

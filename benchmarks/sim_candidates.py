@@ -1,7 +1,7 @@
 """Candidates for stl-tune's default search (issue 22), registered into the curve simulator.
 
-Each candidate is studies/seed.yaml's method (bench_search_quality.py's "stl-tune": the known recipe
-as trial 0, successive halving at seed.yaml's rungs, the last-5 objective) with one thing changed,
+Each candidate is the default search as issue 22 found it (`tpe-sh3`: the known recipe as trial 0,
+TPE, successive halving at 30 and 90 of 200 epochs, the last-5 objective) with one thing changed,
 run through simulate.py's OptunaSearcher, i.e. through the project's own study, plug-in and
 export code; the prior sampler is stl_tune/search/prior.py. Two candidates change what the
 searcher does around Optuna: `smooth3` (the pruner sees the mean of the last 3 epochs) and
@@ -30,19 +30,24 @@ import bench_search_quality as bsq  # noqa: E402
 import simulate  # noqa: E402
 from simulate import Decision, OptunaSearcher, Proposal, Search, Table  # noqa: E402
 
+# seed.yaml's sampler and pruner when issue 22 began (bench_search_quality.py's "stl-tune" then):
+# the candidates change these, so they mean the same whatever seed.yaml holds now.
+TPE_2026_12 = {"name": "tpe", "seed": 0, "n_startup_trials": 5}
+SH_2026_12 = {"name": "successive_halving", "min_resource": 30, "reduction_factor": 3}
+
 
 def _variant(label: str, sampler: dict | None = None, pruner: dict | None = None, **changes: Any):
-    """A factory of seed.yaml's method with its sampler / pruner options changed: merged into
-    seed.yaml's, or in its place when they name another plug-in."""
+    """A factory of the stl-tune method (the known recipe as trial 0, the last-5 objective) with
+    TPE_2026_12 / SH_2026_12's options changed: merged into them, or in their place when they name
+    another plug-in."""
 
     def make() -> bsq.Method:
-        m = bsq.METHODS["stl-tune"]()
         return dataclasses.replace(
-            m,
+            bsq.METHODS["stl-tune"](),
             label=f"candidate: {label}",
-            sampler=dict(sampler) if sampler and "name" in sampler else {**m.sampler, **(sampler or {})},
-            pruner=dict(pruner) if pruner and "name" in pruner else {**m.pruner, **(pruner or {})},
-            **changes,
+            sampler=dict(sampler) if sampler and "name" in sampler else {**TPE_2026_12, **(sampler or {})},
+            pruner=dict(pruner) if pruner and "name" in pruner else {**SH_2026_12, **(pruner or {})},
+            **{"objective": "last5_val_acc", **changes},
         )
 
     return make
@@ -50,6 +55,7 @@ def _variant(label: str, sampler: dict | None = None, pruner: dict | None = None
 
 PRIOR = {"name": "prior"}
 VARIANTS = {
+    "tpe-sh3": _variant("seed.yaml's sampler and pruner when issue 22 began (TPE, successive halving 30/90)"),
     # the prior sampler (search/prior.py) in place of TPE
     "prior": _variant("PriorBand sampler (uniform 1/2, confidence 1/2)", PRIOR),
     "prior-c75": _variant("PriorBand sampler, confidence 0.75", {**PRIOR, "confidence": 0.75}),
@@ -61,18 +67,41 @@ VARIANTS = {
         "PriorBand sampler, confidence 0.75, uniform share to TPE after 10 trials",
         {**PRIOR, "confidence": 0.75, "tpe_after": 10},
     ),
+    "prior-u75-c75": _variant(
+        "PriorBand sampler, uniform 3/4, confidence 0.75", {**PRIOR, "uniform": 0.75, "confidence": 0.75}
+    ),
+    "prior-rf4": _variant(
+        "PriorBand sampler, successive halving's reduction factor 4", {**PRIOR, "eta": 4}, {"reduction_factor": 4}
+    ),
+    "prior-u75-rf4": _variant(
+        "PriorBand sampler, uniform 3/4, confidence 0.75, reduction factor 4",
+        {**PRIOR, "uniform": 0.75, "confidence": 0.75, "eta": 4},
+        {"reduction_factor": 4},
+    ),
+    "prior-c75-rf4": _variant(
+        "PriorBand sampler, confidence 0.75, reduction factor 4",
+        {**PRIOR, "confidence": 0.75, "eta": 4},
+        {"reduction_factor": 4},
+    ),
+    "random-sh-rf4": _variant("random sampling, reduction factor 4", {"name": "random"}, {"reduction_factor": 4}),
+    "random-sh": _variant("random sampling in place of TPE", {"name": "random"}),
     # TPE's start-up
     "tpe-startup10": _variant("TPE with 10 random start-up trials", {"n_startup_trials": 10}),
+    "tpe-startup20": _variant("TPE with 20 random start-up trials", {"n_startup_trials": 20}),
     "tpe-startup2": _variant("TPE with 2 random start-up trials", {"n_startup_trials": 2}),
     # rung decisions
     "sh-bootstrap2": _variant("successive halving, bootstrap_count 2", pruner={"bootstrap_count": 2}),
     "sh-rf2": _variant("successive halving, reduction factor 2", pruner={"reduction_factor": 2}),
+    "sh-rf4": _variant("successive halving, reduction factor 4", pruner={"reduction_factor": 4}),
     "sh-rung20": _variant("successive halving, first rung at 20 of 200 epochs", pruner={"min_resource": 20}),
     "hyperband-shared": _variant(
         "Hyperband (sampler sees every bracket) from 30 of 200 epochs",
         pruner={"name": "hyperband_shared", "min_resource": 30, "reduction_factor": 3},
     ),
     "no-pruning": _variant("TPE, no pruning", pruner={"name": "none"}),
+    # the trial's value, which the sampler learns from and the pick ranks by
+    "obj-last": _variant("the last epoch's accuracy as the objective", objective="val_acc"),
+    "obj-best": _variant("the best epoch's accuracy as the objective", objective="best_val_acc"),
 }
 
 
@@ -152,11 +181,11 @@ def register() -> None:
     for key, make in VARIANTS.items():
         bsq.METHODS[key] = make
         simulate.METHODS[key] = lambda table, repeat, key=key: OptunaSearcher(table, key, repeat)
-    simulate.METHODS["smooth3"] = lambda table, repeat: Smoothed(table, "stl-tune", repeat, 3)
+    simulate.METHODS["smooth3"] = lambda table, repeat: Smoothed(table, "tpe-sh3", repeat, 3)
     simulate.METHODS["prior-smooth3"] = lambda table, repeat: Smoothed(table, "prior", repeat, 3)
-    simulate.METHODS["reeval3"] = lambda table, repeat: ReEvaluate(table, "stl-tune", repeat, 3)
-    simulate.METHODS["reeval3-new"] = lambda table, repeat: ReEvaluate(table, "stl-tune", repeat, 3, first=False)
-    simulate.METHODS["reeval2"] = lambda table, repeat: ReEvaluate(table, "stl-tune", repeat, 2)
+    simulate.METHODS["reeval3"] = lambda table, repeat: ReEvaluate(table, "tpe-sh3", repeat, 3)
+    simulate.METHODS["reeval3-new"] = lambda table, repeat: ReEvaluate(table, "tpe-sh3", repeat, 3, first=False)
+    simulate.METHODS["reeval2"] = lambda table, repeat: ReEvaluate(table, "tpe-sh3", repeat, 2)
     simulate.CANDIDATES = (
         *simulate.CANDIDATES,
         *VARIANTS,

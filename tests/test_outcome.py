@@ -16,6 +16,7 @@ from stl_tune.search.state.outcome import (
     MEANINGS,
     NOT_AN_ERROR,
     RESUMABLE,
+    RETRIED,
     Kind,
     Outcome,
     Reason,
@@ -51,6 +52,7 @@ def test_settle_records_tells_retries_and_sweeps_as_the_table_says(kind):
         assert retries[0].user_attrs["checkpoint"]["epoch"] == 1
     else:  # the line of attempts ends: its checkpoints go
         assert swept == ["swept"] and told.user_attrs["checkpoint"] is None
+    assert (fail_reason(told) in RETRIED) == meaning.retried
     assert (fail_reason(told) in RESUMABLE) == (meaning.retried and not meaning.failure)
     assert (fail_reason(told) in NOT_AN_ERROR) == (not meaning.failure)
 

@@ -298,3 +298,38 @@ def test_a_data_error_in_a_trial_stops_the_run_and_keeps_the_recipe_queued(stora
     assert done.number == retry.number and done.params == first.params
     assert done.user_attrs[record.ENQUEUED_ATTR] == record.KNOWN_RECIPE
     assert done.user_attrs["epochs_run"] == tiny_study["fixed"]["optim"]["epochs"]
+
+
+def test_a_confirm_worker_stays_for_the_retry_of_a_trial_that_just_died(storage_url):
+    """A dead worker's trial is failed, then its retry queued (outcome.requeue_dead): a confirm
+    study's worker with nothing left to run between the two stays for the retry and runs it (it
+    left, and the run ended with the retry queued and no worker, when the parallel suite made the
+    gap long enough to see)."""
+    import threading
+    import time
+
+    from stl_tune.search import record
+    from stl_tune.search.state.outcome import Reason, retry
+
+    study = optuna.create_study(storage=storage_url, study_name="confirm")
+    study.set_user_attr(record.QUEUED_ONLY_ATTR, True)
+    for x in (0.1, 0.2):
+        study.enqueue_trial({"x": x})
+    study.tell(study.ask(), 0.5)  # one confirmation done ...
+    dying = study.ask()  # ... the other on a worker that dies
+    done = {}
+
+    def worker():
+        done["tally"] = work(study, lambda t: t.suggest_float("x", 0, 1), 2, poll_s=0.05)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    storage = study._storage
+    time.sleep(0.3)  # the worker waits on the running trial
+    storage.set_trial_user_attr(dying._trial_id, record.FAIL_REASON_ATTR, Reason.DIED)
+    storage.set_trial_state_values(dying._trial_id, TrialState.FAIL)
+    time.sleep(0.5)  # the gap, widened: the worker has seen the failed trial and nothing queued
+    retry(study, storage.get_trial(dying._trial_id))
+    thread.join(timeout=60)
+    assert not thread.is_alive() and done["tally"].finished == 2
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]

@@ -115,6 +115,8 @@ MEANINGS: dict[Kind, Meaning] = {
     Kind.DIED: Meaning(TrialState.FAIL, Status.DIED, Reason.DIED, retried=True, failure=True),
     Kind.STALE: Meaning(None, None),
 }
+# fail reasons of trials retried from their checkpoint (stopped, or their worker died)
+RETRIED = tuple(m.reason for m in MEANINGS.values() if m.reason is not None and m.retried)
 # fail reasons of trials stopped rather than failed: each is retried, from its checkpoint
 RESUMABLE = tuple(m.reason for m in MEANINGS.values() if m.reason is not None and m.retried and not m.failure)
 # fail reasons that say nothing about the study's configs (None: the trial did not fail)

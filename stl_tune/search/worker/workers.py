@@ -45,13 +45,13 @@ from datetime import datetime
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.errors import UserError
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.record import QUEUED_ONLY_ATTR
 from stl_tune.search.state.limits import stop_reason
-from stl_tune.search.state.outcome import Kind, Outcome, caught, outcome_of, settle
+from stl_tune.search.state.outcome import RETRIED, Kind, Outcome, caught, fail_reason, outcome_of, settle
 from stl_tune.search.state.trials import Tally, count_states, is_surplus, tally
 from stl_tune.search.storage.storages import fail_stale_trials
 from stl_tune.stop import Stop
@@ -96,6 +96,7 @@ def work(
     """
     started = datetime.now()  # Optuna's timestamps are local time too
     queued_only = bool(study.user_attrs.get(QUEUED_ONLY_ATTR))  # a confirm study: never sample a trial
+    waited_for: set[int] = set()  # failed trials whose retry this worker has waited for once
     stop = stop if stop is not None else Stop()
     with stop:
         while not stop.requested:
@@ -110,7 +111,15 @@ def work(
                 )
             fail_stale_trials(study)  # before ask(), as Study.optimize does: retries come first
             if queued_only and t.waiting == 0 and t.running == 0:
-                return t  # every queued trial has ended (a failed one is reported, not replaced)
+                due = _retries_due(trials) - waited_for
+                if not due:
+                    return t  # every queued trial has ended (a failed one is reported, not replaced)
+                # Whoever fails a dead worker's (or a stopped) trial queues its retry right after:
+                # between the two this worker would see nothing left to run and leave the retry to
+                # no one. It waits for it once, at most MAX_POLL_S (none comes after MAX_RETRY).
+                waited_for |= due
+                _wait_for_a_change(study, t, stop, poll_s, within=MAX_POLL_S)
+                continue
             if t.finished + t.running >= n_trials or (queued_only and t.waiting == 0):
                 _wait_for_a_change(study, t, stop, poll_s)
                 continue
@@ -122,20 +131,32 @@ def work(
         raise KeyboardInterrupt
 
 
-def _wait_for_a_change(study: optuna.Study, seen: Tally, stop: Stop, poll_s: float) -> None:
+def _wait_for_a_change(
+    study: optuna.Study, seen: Tally, stop: Stop, poll_s: float, within: float | None = None
+) -> None:
     """Sleep until a trial of the study changes state after the tally `seen` (one ends, a retry is
-    queued, another worker claims one), failing stale trials meanwhile; the caller then tallies
-    anew. Each look is one count by the database (trials.count_states), and the pause doubles from
-    poll_s up to MAX_POLL_S while nothing changes: idle workers at the end of a long search cost the
-    database little, and notice a change within MAX_POLL_S."""
-    pause = poll_s
+    queued, another worker claims one), failing stale trials meanwhile, or until `within` seconds
+    have passed; the caller then tallies anew. Each look is one count by the database
+    (trials.count_states), and the pause doubles from poll_s up to MAX_POLL_S while nothing changes:
+    idle workers at the end of a long search cost the database little, and notice a change within
+    MAX_POLL_S."""
+    pause, until = poll_s, None if within is None else time.monotonic() + within
     while True:
         with stop.interruptible():
-            time.sleep(pause)
+            time.sleep(pause if until is None else max(0.0, min(pause, until - time.monotonic())))
         fail_stale_trials(study)
-        if count_states(study) != seen.states:
+        if count_states(study) != seen.states or (until is not None and time.monotonic() >= until):
             return
         pause = min(2 * pause, max(poll_s, MAX_POLL_S))
+
+
+def _retries_due(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of the failed trials that are retried (their worker died, or they were stopped: see
+    outcome.MEANINGS) and have no retry queued yet."""
+    retried = {history[-1] for t in trials if (history := compat.retry_history(t))}
+    return {
+        t.number for t in trials if t.state == TrialState.FAIL and fail_reason(t) in RETRIED and t.number not in retried
+    }
 
 
 def _run_trial(
