@@ -5,7 +5,7 @@ Data, scale and searches are benchmarks/bench_search_quality.py's (imported, not
 Fashion-MNIST, train = --per-class images per class, test = all 10,000 test photos, 28 px;
 studies/seed.yaml's space, sampler, pruner and objective at --epochs epochs per trial, --budget
 training epochs per search, 2 CPU workers; the known recipe as trial 0. Each search keeps what
-`stl-tune ensemble` needs (search/keep.py: every completed trial's validation predictions and the
+`stl-tune ensemble` needs (search/worker/keep.py: every completed trial's validation predictions and the
 best keep_models = 5 trial models).
 
 Rows, every one on the same searches (sampler seeds 0, 10, 20, ...), scored on the test set:

@@ -8,7 +8,7 @@ seconds and the TEST accuracy of its final model. The test score is for the simu
 scoring only: nothing a search reads ever sees it.
 
 Configs: the known recipe at the benchmark's scale first, then --configs - 1 draws of Optuna's
-RandomSampler (seed 0) through the project's own space code (search/space.py's suggest_config),
+RandomSampler (seed 0) through the project's own space code (search/spec/space.py's suggest_config),
 on the scale bench_search_quality.py's `scaled_study` gives (same data, same epochs).
 
 The table is one JSON-lines file: a header line (data set, scale, command, dates), then a line
@@ -40,7 +40,7 @@ from rich.console import Console
 
 from stl_tune import config, data
 from stl_tune.errors import DataError
-from stl_tune.search.space import StudySpec, suggest_config
+from stl_tune.search.spec.space import StudySpec, suggest_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search_quality import ROOT, scaled_recipe, scaled_study, write_fashion  # noqa: E402
@@ -54,7 +54,7 @@ def draw_configs(base: dict[str, Any], n: int) -> tuple[StudySpec, list[tuple[di
                                source="curve table")  # fmt: skip
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     recipe = scaled_recipe(base)
-    from stl_tune.search.warmstart import params_of
+    from stl_tune.search.spec.warmstart import params_of
 
     out = [(params_of(recipe, spec), recipe)]
     while len(out) < n:

@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stl_tune.search.space import curve_value
-from stl_tune.search.trials import ranked
+from stl_tune.search.spec.space import curve_value
+from stl_tune.search.state.trials import ranked
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -39,7 +39,7 @@ import optuna
 import simulate
 from simulate import Decision, Proposal, Table
 
-from stl_tune.search.space import ParamSpec, suggest_config
+from stl_tune.search.spec.space import ParamSpec, suggest_config
 
 METRIC = "val_acc"
 EPOCH = "epoch"

@@ -45,10 +45,12 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import TrialState
 
-from stl_tune.search import record, warmstart
-from stl_tune.search.export import pick_trial
-from stl_tune.search.space import ParamSpec, StudyError, StudySpec, curve_value, suggest_config
-from stl_tune.search.study import create_or_load_study, load_study
+from stl_tune.errors import StudyError
+from stl_tune.search import record
+from stl_tune.search.spec import warmstart
+from stl_tune.search.spec.space import ParamSpec, StudySpec, curve_value, suggest_config
+from stl_tune.search.state.export import pick_trial
+from stl_tune.search.state.study import create_or_load_study, load_study
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -148,7 +150,7 @@ class Table:
 
     @property
     def space(self) -> list[ParamSpec]:
-        """The search space, as the project's study files declare it (search/space.py)."""
+        """The search space, as the project's study files declare it (search/spec/space.py)."""
         return self.spec.params
 
     def nearest(self, params: dict[str, Any]) -> int:
@@ -344,11 +346,11 @@ def simulate(table: Table, searcher: Searcher, method: str, repeat: int, workers
 class OptunaSearcher:
     """A bench_search_quality.py method (its METHODS: sampler, pruner, objective, warm start) on
     the table's scale, through the project's own code: the study built as `stl-tune run` builds
-    it (search/study.py, plugins.py), the known recipe queued as trial 0 (search/warmstart.py) and
+    it (search/state/study.py, plugins.py), the known recipe queued as trial 0 (search/spec/warmstart.py) and
     never pruned, one sampler per busy worker (worker k samples with seed + k, as `stl-tune worker`
     does) on one in-memory storage, each epoch reported with trial.report / should_prune as
-    search/objective.py does, the value from space.curve_value as the objective computes it, the
-    final pick as `stl-tune export` picks (search/export.py's pick_trial)."""
+    search/worker/objective.py does, the value from space.curve_value as the objective computes it, the
+    final pick as `stl-tune export` picks (search/state/export.py's pick_trial)."""
 
     def __init__(self, table: Table, key: str, repeat: int):
         method = bsq.METHODS[key]()

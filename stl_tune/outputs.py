@@ -16,10 +16,9 @@ from torch import Tensor, nn
 
 from stl_tune import config as C
 from stl_tune.errors import UserError
+from stl_tune.files import atomic_write
 from stl_tune.model import build_model
-from stl_tune.train import TrainResult, place_model, recipe_of, resolve_device
-
-FINISHED = ("completed", "early_stopped")  # TrainResult.status of a run that has nothing left to do
+from stl_tune.train import TrainResult, TrainStatus, place_model, recipe_of, resolve_device
 
 
 def write_config(out: Path, cfg: C.TrainConfig) -> Path:
@@ -36,7 +35,7 @@ def write_outputs(out: Path, cfg: C.TrainConfig, result: TrainResult) -> list[Pa
     paths = [write_config(out, cfg), out / "metrics.json", out / "curves.png"]
     paths[1].write_text(json.dumps(result.to_json(), indent=2))
     plot_curves(result.history, paths[2], result.test_acc)
-    if result.model is not None and result.status != "diverged":
+    if result.model is not None and result.status != TrainStatus.DIVERGED:
         paths.append(out / "model.pt")
         save_model(paths[-1], cfg, result.classes, result.model)
     return paths
@@ -62,7 +61,7 @@ def finished_run(out: Path, cfg: C.TrainConfig) -> TrainResult | None:
         result = TrainResult(**json.loads((out / "metrics.json").read_text()))
     except (OSError, ValueError, TypeError):  # none yet, or unreadable: the run is not finished
         return None
-    return result if result.status in FINISHED else None
+    return result if result.status.finished else None
 
 
 def _changes(old: C.TrainConfig, new: C.TrainConfig) -> list[str]:
@@ -73,9 +72,8 @@ def _changes(old: C.TrainConfig, new: C.TrainConfig) -> list[str]:
 
 def copy_model(src: Path, dst: Path) -> None:
     """dst becomes a copy of the model file src, atomically: a reader sees the old or the new one."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+    with open(src, "rb") as source, atomic_write(dst) as f:
+        shutil.copyfileobj(source, f)
 
 
 # ------------------------------------------------------------------------------ the model file

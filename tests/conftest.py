@@ -189,7 +189,7 @@ STORAGES = ("sqlite", "postgresql")
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The storage matrix, as Optuna's optuna/testing/storages.py has one: a test that takes this
     fixture runs once on a new SQLite file and once on a new PostgreSQL database (the session's
-    server), the two storages whose code differs below the workers (search/storages.py)."""
+    server), the two storages whose code differs below the workers (search/storage/storages.py)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/study.db"
     return request.getfixturevalue("postgres_url")
@@ -243,7 +243,7 @@ def no_download(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(url)
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(data, "download_and_extract_archive", offline)
+    monkeypatch.setattr(data.stl10, "download_and_extract_archive", offline)
     return calls
 
 

@@ -15,7 +15,7 @@ import pytest
 from browser import free_port
 
 from stl_tune.search import create_or_load_study
-from stl_tune.search.space import StudySpec
+from stl_tune.search.spec.space import StudySpec
 
 SPEC = {"name": "dash", "search_space": {"model.width": {"type": "int", "low": 4, "high": 8}}}
 

@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 import stl_tune
 from stl_tune.cli import app
 from stl_tune.data import read_stl10_split
+from stl_tune.errors import StudyError
 from stl_tune.outputs import Ensemble
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search import record
-from stl_tune.search.ensemble import greedy_selection, select
-from stl_tune.search.keep import MODEL, PREDICTIONS, Keeper, Kept, artifact_id, kept
-from stl_tune.search.space import StudyError
+from stl_tune.search.worker.ensemble import greedy_selection, select
+from stl_tune.search.worker.keep import MODEL, PREDICTIONS, Keeper, Kept, artifact_id, kept
 
 runner = CliRunner()
 

@@ -18,10 +18,10 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.search import create_or_load_study, open_storage
-from stl_tune.search.keep import is_kept
-from stl_tune.search.objective import Objective
-from stl_tune.search.space import StudySpec
-from stl_tune.search.workers import work
+from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.worker.keep import is_kept
+from stl_tune.search.worker.objective import Objective
+from stl_tune.search.worker.workers import work
 
 STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]  # the installed console script
 # A run whose dead worker's trial must be re-queued at once, not by the heartbeat, ends within DONE_S
@@ -193,7 +193,7 @@ def test_confirm_survives_a_killed_worker(storage_url, tmp_path, tiny_study, wor
     """`stl-tune confirm` on 2 workers, one killed mid-confirmation: `confirm` re-queues its trial at
     once, the retry resumes from its checkpoint with the same config and seed, and the candidate's
     mean is over all its seeds."""
-    from stl_tune.search import confirm as CF
+    from stl_tune.search.state import confirm as CF
 
     url, artifacts = storage_url, tmp_path / "artifacts"
     spec = StudySpec.from_dict(yaml.safe_load(_study_file(tmp_path, tiny_study, epochs=12).read_text()))
@@ -248,8 +248,8 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_ur
     next run, without a budget, resumes them and finishes exactly N."""
     from stl_tune import config
     from stl_tune.search import record
-    from stl_tune.search.export import write_export
-    from stl_tune.search.trials import tally
+    from stl_tune.search.state.export import write_export
+    from stl_tune.search.state.trials import tally
 
     url, artifacts = storage_url, tmp_path / "artifacts"
     study_file = _study_file(tmp_path, tiny_study, epochs=12)
@@ -380,7 +380,7 @@ def test_ctrl_c_finishes_the_epoch_and_checkpoints_it_for_the_retry(
     from typer.testing import CliRunner
 
     from stl_tune.cli import app
-    from stl_tune.cli import inspect as cli_inspect
+    from stl_tune.cli import views as cli_views
 
     name, url = "soft", storage_url
     tiny_study["fixed"]["runtime"]["checkpoint_interval_s"] = 3600
@@ -415,7 +415,7 @@ def test_ctrl_c_finishes_the_epoch_and_checkpoints_it_for_the_retry(
     stopped, retry = study.trials[int(m[1])], study.trials[int(m[4])]
     assert stopped.user_attrs["checkpoint"]["epoch"] == len(stopped.user_attrs["curve"]) == int(m[2])
     assert retry.state == TrialState.WAITING and retry.system_attrs["retry_history"] == [stopped.number]
-    monkeypatch.setattr(cli_inspect.console, "width", 240)  # each note on one line
+    monkeypatch.setattr(cli_views.console, "width", 240)  # each note on one line
     r = CliRunner().invoke(app, ["status", "--name", name, "--storage", url])
     assert f"stopped (interrupted), resumes as trial {retry.number}" in r.output, r.output
     assert f"retry of trial {stopped.number}" in r.output and "FAIL" not in r.output, r.output
@@ -457,7 +457,7 @@ def _a_transaction_is_open(url: str) -> bool:
 
     import sqlalchemy
 
-    from stl_tune.search.urls import sqlite_file
+    from stl_tune.search.storage.urls import sqlite_file
 
     db = sqlite_file(url)
     if db is not None:

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from stl_tune import config
-from stl_tune.search.space import StudyError, StudySpec, load_study_file, suggest_config
+from stl_tune.errors import StudyError
+from stl_tune.search.spec.space import ParamSpec, StudySpec, load_study_file, suggest_config
 
 GOOD = {
     "name": "t",
@@ -121,6 +122,11 @@ BAD = [
         "when never holds",
         lambda d: ss(d)["model.width"].update(when={"model.se": [False]}),
         ["search_space.model.width.when.model.se", "never holds"],
+    ),
+    (
+        "when off the step's grid",  # model.width draws 4, 6 or 8: a condition on 5 never holds
+        lambda d: ss(d).update({"model.se": {"type": "categorical", "choices": [True], "when": {"model.width": [5]}}}),
+        ["search_space.model.se.when.model.width", "none of [5] can be suggested for model.width"],
     ),
     (
         "when on a later param",
@@ -237,3 +243,17 @@ def test_suggest_config_starts_from_defaults():
     cfg = suggest_config(optuna.create_study().ask(), StudySpec.from_dict(d))
     assert cfg.seed == 7 and cfg.augment.mix_epochs == 5 and cfg.optim.epochs == 3
     assert cfg.data == config.TrainConfig().data  # neither fixed nor searched: the defaults
+
+
+def test_a_param_knows_what_it_holds_its_nearest_value_and_its_largest():
+    """The one answer to "is this value inside the space" (warm starts, `when` conditions), to
+    "the nearest one that is" (the probe's reference config) and to "the largest" (the data check)."""
+    lr = ParamSpec("optim.lr", "float", low=1e-4, high=1e-2, log=True)
+    batch = ParamSpec("optim.batch_size", "int", low=32, high=200, step=64)  # draws 32, 96 or 160
+    width = ParamSpec("model.width", "int", low=16, high=64)
+    se = ParamSpec("model.se", "categorical", choices=[False, True])
+    assert lr.contains(1e-3) and not lr.contains(0.1) and not lr.contains(True) and not lr.contains("1e-3")
+    assert batch.contains(96) and not batch.contains(64) and width.contains(40)
+    assert se.contains(True) and not se.contains("yes")
+    assert (lr.clamp(0.1), lr.clamp(1e-3), batch.clamp(8), se.clamp("yes")) == (1e-2, 1e-3, 32, False)
+    assert (lr.largest(), batch.largest(), width.largest(), se.largest()) == (1e-2, 160, 64, True)

@@ -1,5 +1,5 @@
 """`stl-tune ensemble`: the final model as an ensemble of a search's trials, chosen by greedy
-selection on their validation predictions (search/ensemble.py), in the output layout of
+selection on their validation predictions (search/worker/ensemble.py), in the output layout of
 `train --seeds`: a folder per member, ensemble.pt (weighted), model.pt (a copy of it) and
 summary.json, which `report --runs`, `evaluate` and `predict` take."""
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
     from stl_tune.config import TrainConfig
-    from stl_tune.search.keep import Kept
+    from stl_tune.search.worker.keep import Kept
     from stl_tune.train import TrainResult
 
 app = typer.Typer(no_args_is_help=True)
@@ -57,11 +57,12 @@ def ensemble(
     from stl_tune import config as C
     from stl_tune import data
     from stl_tune.cli.train import _ensemble, _train_one  # the seeds' ensemble and one resumable training
-    from stl_tune.outputs import FINISHED, run_entry, write_summary
-    from stl_tune.search import keep, load_study, open_storage, record, storage_url
-    from stl_tune.search.ensemble import select
-    from stl_tune.search.export import final_config
-    from stl_tune.search.session import artifacts_dir
+    from stl_tune.outputs import run_entry, write_summary
+    from stl_tune.search import load_study, open_storage, record, storage_url
+    from stl_tune.search.state.export import final_config
+    from stl_tune.search.worker import keep
+    from stl_tune.search.worker.ensemble import select
+    from stl_tune.search.worker.session import artifacts_dir
 
     url = storage_url(storage)
     study, spec = load_study(name, open_storage(url, heartbeat=False, create=False))
@@ -104,7 +105,7 @@ def ensemble(
             prepare()
             result = _trial_model(k, cfg, out / folder)
         runs.append(run_entry(cfg.seed, folder, result) | {"trial": k.trial.number, "weight": weight})
-        if result.status in FINISHED:  # else diverged: no model
+        if result.status.finished:  # else diverged: no model
             dirs.append(folder)
     if not dirs:
         raise typer.Exit(1)
@@ -122,7 +123,7 @@ def ensemble(
 
 
 def _trial_model(k: Kept, cfg: TrainConfig, out: Path) -> TrainResult:
-    """A kept trial model (search/keep.py) as out/model.pt, scored on the test split; what the
+    """A kept trial model (search/worker/keep.py) as out/model.pt, scored on the test split; what the
     trial recorded, as a TrainResult."""
     from stl_tune import data
     from stl_tune.evaluate import score
