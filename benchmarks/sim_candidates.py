@@ -3,7 +3,7 @@
 Each candidate is the default search as issue 22 found it (`tpe-sh3`: the known recipe as trial 0,
 TPE, successive halving at 30 and 90 of 200 epochs, the last-5 objective) with one thing changed,
 run through simulate.py's OptunaSearcher, i.e. through the project's own study, plug-in and
-export code; the prior sampler is stl_tune/search/prior.py. Two candidates change what the
+export code; the prior sampler is stl_tune/search/spec/prior.py. Two candidates change what the
 searcher does around Optuna: `smooth3` (the pruner sees the mean of the last 3 epochs) and
 `reeval3` (the top 3 are re-trained once with another seed inside the budget, the pick by mean).
 
@@ -56,7 +56,7 @@ def _variant(label: str, sampler: dict | None = None, pruner: dict | None = None
 PRIOR = {"name": "prior"}
 VARIANTS = {
     "tpe-sh3": _variant("seed.yaml's sampler and pruner when issue 22 began (TPE, successive halving 30/90)"),
-    # the prior sampler (search/prior.py) in place of TPE
+    # the prior sampler (search/spec/prior.py) in place of TPE
     "prior": _variant("PriorBand sampler (uniform 1/2, confidence 1/2)", PRIOR),
     "prior-c75": _variant("PriorBand sampler, confidence 0.75", {**PRIOR, "confidence": 0.75}),
     "prior-u25-c75": _variant(
