@@ -76,9 +76,9 @@ def run_one(cfg_dict: dict, seed: int) -> dict[str, Any]:
     r = train(cfg, evaluate_test=True)
     return {
         "status": r.status,  # completed | diverged
-        "val": [h["val_acc"] for h in r.history],
+        "val": [round(h["val_acc"], 5) for h in r.history],  # a count over the validation images: 5 digits are exact
         "seconds": [round(h["seconds"], 3) for h in r.history],
-        "test": r.test_acc,
+        "test": None if r.test_acc is None else round(r.test_acc, 5),
     }
 
 
@@ -161,6 +161,7 @@ def main() -> None:
                 c, s = pending.pop(fut)
                 cfg = config.to_dict(configs[c][1])
                 cfg["data"].pop("dir")  # this host's path: the header names the data set
+                cfg["seed"] = s
                 run = {"config": c, "seed": s, "params": configs[c][0], **fut.result(), "cfg": cfg}
                 f.write(json.dumps(run) + "\n")
                 f.flush()

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from stl_tune import data
 from stl_tune.data import DataError
 from stl_tune.outputs import load_model
-from stl_tune.train import confusion_matrix, per_class_accuracy, predict, resolve_device
+from stl_tune.train import accuracy, confusion_matrix, per_class_accuracy, predict, resolve_device
 
 
 @dataclass
@@ -58,7 +58,7 @@ def score(model: nn.Module, x: Tensor, y: Tensor, device: torch.device) -> Score
     images `x` with labels `y` in the model's class order."""
     pred = predict(model, x.to(device), model.config, device).cpu()
     cm = confusion_matrix(pred, y, len(model.classes))
-    return Scores((pred == y).float().mean().item(), cm.tolist(), per_class_accuracy(cm))
+    return Scores(accuracy(pred, y), cm.tolist(), per_class_accuracy(cm))
 
 
 def folder_images(

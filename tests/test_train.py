@@ -269,8 +269,27 @@ def test_train_on_val_and_test_scoring(data_dir):
     assert 0 <= result.test_acc <= 1
     cm = torch.tensor(result.confusion)
     assert cm.shape == (10, 10) and cm.sum().item() == 100  # 10 test images per class
-    assert result.per_class_acc == pytest.approx((cm.diag() / cm.sum(1)).tolist())
-    assert result.test_acc == pytest.approx(cm.diag().sum().item() / 100)
+    assert result.per_class_acc == [hits / 10 for hits in cm.diag().tolist()]  # exact: counts divided in Python
+    assert result.test_acc == cm.diag().sum().item() / 100
+
+
+def test_accuracy_is_a_count_over_n_not_a_float32_mean():
+    """Outside Optuna clients show a trial's value as stored: 0.42, not float32's 0.41999998688697815."""
+    pred, target = torch.zeros(50, dtype=torch.long), torch.tensor([0] * 21 + [1] * 29)
+    assert (pred == target).float().mean().item() != 0.42  # the float32 mean this replaces
+    assert T.accuracy(pred, target) == 0.42
+    cm = T.confusion_matrix(pred, target, 3)
+    assert T.per_class_accuracy(cm) == [1.0, 0.0, 0.0]  # class 2 has no images
+    cm = torch.tensor([[21, 29], [0, 50]])
+    assert T.per_class_accuracy(cm) == [0.42, 1.0]
+
+
+def test_validation_accuracy_is_a_count_over_the_split(data_dir):
+    cfg = tiny(data_dir, **{"optim.epochs": 2})
+    n = len(T._Run(cfg, evaluate_test=False).val_y)
+    result = train(cfg)
+    for h in result.history:
+        assert h["val_acc"] == round(h["val_acc"] * n) / n
 
 
 def test_nan_loss_stops_with_diverged_result(data_dir, nan_loss):

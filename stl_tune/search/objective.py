@@ -239,9 +239,20 @@ class Objective:
 
 
 def objective_value(result: TrainResult, objective: str) -> float | None:
-    """A trial's value (space.OBJECTIVES) from its result: a TrainResult field, or the mean of the
-    last 5 epochs' validation accuracy (fewer when the run had fewer)."""
-    if objective == "last5_val_acc":
-        last = [h["val_acc"] for h in result.history[-5:] if h["val_acc"] is not None]
-        return sum(last) / len(last) if last else None
-    return getattr(result, objective)
+    """A trial's value (space.OBJECTIVES) from its result."""
+    return curve_value([h["val_acc"] for h in result.history], objective)
+
+
+def curve_value(curve: list[float | None], objective: str) -> float | None:
+    """A trial's value (space.OBJECTIVES) from its per-epoch validation accuracies: the best epoch's,
+    the last epoch's, or the mean of the last 5 epochs' (fewer when the run had fewer). The curve
+    simulator (benchmarks/simulate.py) scores its replayed trials with it too."""
+    seen = [v for v in curve if v is not None]
+    if not seen:
+        return None
+    if objective == "best_val_acc":
+        return max(seen)
+    if objective == "val_acc":
+        return curve[-1]
+    last = [v for v in curve[-5:] if v is not None]
+    return sum(last) / len(last) if last else None

@@ -1,0 +1,74 @@
+"""benchmarks/build_curve_table.py on a tiny split-layout folder: every (config, seed) run lands in
+the table with its full curve and test accuracy, the known recipe is config 0, a rerun resumes
+(kept runs untouched, only the missing ones trained) and a table of other settings is refused."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILDER = ROOT / "benchmarks" / "build_curve_table.py"
+pytestmark = pytest.mark.slow
+
+
+def split_folder(root: Path) -> Path:
+    """3 classes x 100 training and 10 test images, 8 px: the scaled space's batch of 256 fits."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 100), ("test", 10)):
+        for c in range(3):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (8, 8), dtype=np.uint8) // (c + 1)  # class = brightness
+                Image.fromarray(pixels, mode="L").save(d / f"{i}.png")
+    return root
+
+
+def build(tmp_path: Path, data: Path, table: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = ["--data-dir", str(data), "--image-size", "8", "--table", str(table), "--workers", "1", "--seeds", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    return subprocess.run(
+        [sys.executable, str(BUILDER), *args, *extra], capture_output=True, text=True, env=env, timeout=280
+    )
+
+
+def rows(table: Path) -> tuple[dict, list[dict]]:
+    lines = [json.loads(line) for line in table.read_text().splitlines()]
+    return lines[0], lines[1:]
+
+
+def test_builds_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
+    data, table = split_folder(tmp_path / "data"), tmp_path / "table.jsonl"
+    first = build(tmp_path, data, table, "--configs", "2", "--epochs", "1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    header, runs = rows(table)
+    assert (header["format"], header["epochs"], header["seeds"], header["configs"]) == (1, 1, 2, 2)
+    assert "model.width" in header["search_space"] and "data" not in header["fixed"]
+    assert sorted((r["config"], r["seed"]) for r in runs) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for r in runs:
+        assert r["status"] == "completed" and len(r["val"]) == len(r["seconds"]) == 1
+        assert 0 <= r["val"][0] <= 1 and 0 <= r["test"] <= 1
+        # the config as a search would run it: the simulator applies its patience to the full curve
+        assert r["cfg"]["seed"] == r["seed"] and r["cfg"]["eval"]["patience"] == header["fixed"]["eval"]["patience"]
+        assert "dir" not in r["cfg"]["data"]  # no host path in a committed table
+    recipe = next(r for r in runs if r["config"] == 0)
+    assert recipe["params"]["optim.name"] == "adamw" and recipe["params"]["lr_adamw"] == 1e-3  # the known recipe
+    assert runs[0]["params"] != next(r for r in runs if r["config"] == 1)["params"]
+
+    kept = table.read_text().splitlines()[1:]
+    more = build(tmp_path, data, table, "--configs", "3", "--epochs", "1")
+    assert more.returncode == 0, more.stdout + more.stderr
+    assert "4 runs kept, 2 to train" in more.stdout
+    header, runs = rows(table)
+    assert header["configs"] == 3 and table.read_text().splitlines()[1:5] == kept
+    assert sorted((r["config"], r["seed"]) for r in runs)[-2:] == [(2, 0), (2, 1)]
+
+    other = build(tmp_path, data, table, "--configs", "3", "--epochs", "2")
+    assert other.returncode != 0 and "holds a table of other settings" in other.stderr
+    assert len(rows(table)[1]) == 6  # refused before touching the file
