@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 import yaml
 from optuna.trial import TrialState
 
@@ -408,6 +407,8 @@ def final_training(cfg_file: Path, out: Path, seeds: str) -> tuple[list[float], 
 # ------------------------------------------------------------------------------------ the plan
 def epoch_seconds(cfg: config.TrainConfig) -> float:
     """Seconds of one epoch of `cfg` on one core here: its second epoch, timed (the first warms up)."""
+    import torch
+
     from stl_tune.train import train
 
     torch.set_num_threads(1)
@@ -550,6 +551,8 @@ def main() -> None:
         )
     saved_settings.write_text(json.dumps(settings))
     base = scaled_study(data_dir, size, epochs)
+    import torch  # here, not at the top: the simulator (simulate.py) imports METHODS without torch
+
     url = f"sqlite:///{workdir}/search.db"
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "

@@ -329,11 +329,10 @@ def read_images(files: list[Path], image_size: int, progress: Callable[[int], No
     """uint8 [N,3,S,S]: each file decoded (_decode) and resized to S (non-square images are
     stretched, so no part of the object is cut), in threads; progress(n) after every n images.
 
-    Threads, not processes, as measured on the 2-core dev VM under load (load average 5-6, so no
-    idle core to gain; medians of 5 rounds): 2,000 96-px PNGs 0.74 ms per image in 2 threads, 0.85
-    serial, 1.21 in 2 processes; 600 400-px JPEGs 2.6 / 2.5 / 3.9 ms. Processes pay for starting and
-    for sending every decoded image back; PIL's decoders release the GIL, so threads can use idle
-    cores. Every file that cannot be read is one DataError naming the first and counting the others.
+    Threads, not processes (docs/BENCHMARKS.md, "Decoding images": processes were the slowest):
+    processes pay for starting and for sending every decoded image back; PIL's decoders release
+    the GIL, so threads can use idle cores. Every file that cannot be read is one DataError naming
+    the first and counting the others.
     """
     out = torch.empty(len(files), 3, image_size, image_size, dtype=torch.uint8)
 

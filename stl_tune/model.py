@@ -31,9 +31,8 @@ class SqueezeExcite(nn.Module):
     Why not torchvision.ops.SqueezeExcitation: its two layers are 1x1 Conv2d on a 1x1 map, a
     convolution (and a convolution backward) for what is a matrix product. As nn.Linear on the
     pooled vector (same parameters, names and initialization here), the gate's forward + backward
-    ran 1.2-4.6x faster on the 2-core CPU dev VM (batch 64, 64 and 512 channels, fp32 and bf16
-    autocast, repeated runs), while dispatching a few more ops (a Linear backward is two matmuls
-    and a sum, a convolution backward one op doing the same inside). GPU figures: to be measured.
+    ran faster on a CPU, though it dispatches a few more ops (docs/BENCHMARKS.md, "The
+    Squeeze-Excitation gate"; not measured on a GPU).
     """
 
     def __init__(self, channels: int, squeeze: int):

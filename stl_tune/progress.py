@@ -22,8 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 # trainer imports) imports this module for its image bar: no import loop, even for type checkers.
 EpochMetrics = Any
 
-# Fewer images than this get no bar: they decode in a few seconds at most (0.7-2.6 ms per image
-# measured on the 2-core dev VM, see stl_tune/data.py's read_images).
+# Fewer images than this get no bar: they decode in a few seconds at most (docs/BENCHMARKS.md,
+# "Decoding images").
 IMAGE_PROGRESS_MIN = 1000
 
 

@@ -112,9 +112,8 @@ def use_compile_cache() -> Path:
     default) in ~/.cache/stl-tune/inductor rather than /tmp/torchinductor_<user>: a place that
     outlives a reboot and can be mounted into a container. A worker's next process then loads what
     an earlier one compiled; within one process a second model of the same architecture reuses the
-    compiled code outright. Measured on the 2-core CPU dev VM, first step of a tiny model: 36-154 s
-    cold, 2.1-2.7 s from the disk cache in a new process, 0.01 s for a second model in the same
-    process. A TORCHINDUCTOR_CACHE_DIR of the user's wins.
+    compiled code outright (docs/BENCHMARKS.md, "Inductor's compile cache": a first step from
+    the disk cache takes seconds, a cold one far longer). A TORCHINDUCTOR_CACHE_DIR of the user's wins.
 
     Importing torch._dynamo already sets that variable to torch's /tmp default, which inductor
     reads at each use: ours replaces it only while it holds that default."""
@@ -312,8 +311,9 @@ def recipe_of(d: dict) -> dict:
 
 # uint8 image bytes per augmentation call when runtime.augment_chunk_mib is 0 (auto), in MiB. On
 # CUDA, 4,096 images at 96 px per call amortise the per-op kernel launches; on a CPU, 512 keep a
-# chunk in cache (measured ~2x faster). Bytes, not images: a call's working set grows with the
-# pixels (the crop's int64 index alone is 8 bytes a pixel: 1.6 GB for 4,096 images at 224 px).
+# chunk in cache, which is faster (docs/BENCHMARKS.md, "Augmentation chunk on a CPU"). Bytes, not
+# images: a call's working set grows with the pixels (the crop's int64 index alone is 8 bytes a
+# pixel: 1.6 GB for 4,096 images at 224 px).
 CHUNK_MIB = {"cuda": 4096 * 3 * 96 * 96 / 2**20, "cpu": 512 * 3 * 96 * 96 / 2**20}  # 108, 13.5
 
 
@@ -447,7 +447,8 @@ class _Run:
         try:
             # Start clean: compiled code of a worker's earlier trials would pile up to dynamo's
             # recompile limit (8 per function), past which it runs eagerly with only a log line. A
-            # repeated architecture comes back from the disk cache: 0.8-2.2 s measured on the CPU VM.
+            # repeated architecture comes back from the disk cache (docs/BENCHMARKS.md, "Inductor's
+            # compile cache").
             torch.compiler.reset()
             # Shapes are fixed. By default a second architecture in one process (another width)
             # would be recompiled with symbolic shapes; dynamic=False compiles it for its sizes.

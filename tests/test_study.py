@@ -116,3 +116,34 @@ def test_several_processes_create_the_study_once(storage_url):
     storage = storages.open_storage(url, heartbeat=False)
     assert optuna.get_all_study_names(storage) == ["t"]
     assert len(optuna.load_study(study_name="t", storage=storage).trials) == 3
+
+
+def test_data_dir_alone_may_differ_and_the_stored_spec_takes_it(storage_url):
+    url, spec = storage_url, make_spec(fixed={"optim.epochs": 3, "data.dir": "/host-a/stl10"})
+    S.create_or_load_study(spec, None, url)
+    moved = make_spec(fixed={"optim.epochs": 3, "data.dir": "/host-b/stl10"})
+    assert S.create_or_load_study(moved, None, url).user_attrs["spec"] == moved.to_dict()
+    assert S.load_study("t", url)[1] == moved
+    with pytest.raises(StudyError, match="different fixed"):
+        S.create_or_load_study(make_spec(fixed={"optim.epochs": 4, "data.dir": "/host-b/stl10"}), None, url)
+
+
+def test_run_records_the_data_dir_it_was_given(tmp_path, tiny_study, fake_data, monkeypatch):
+    """Outside Optuna clients read the study's spec: its data.dir is the --data-dir the trials
+    train on, not the study file's."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from stl_tune.cli import app
+    from stl_tune.search import session
+
+    launched = []
+    monkeypatch.setattr(session, "_launch", lambda *args, **kwargs: launched.append(args) or 0)
+    tiny_study["fixed"]["data"]["dir"] = str(tmp_path / "not-here")
+    study_file, url = tmp_path / "tiny.yaml", f"sqlite:///{tmp_path}/s.db"
+    study_file.write_text(yaml.safe_dump(tiny_study))
+    args = ["run", "--study", str(study_file), "--storage", url, "--trials", "1", "--gpus", "none"]
+    r = CliRunner().invoke(app, [*args, "--data-dir", str(fake_data)])
+    assert r.exit_code == 0 and len(launched) == 1, r.output
+    study, spec = S.load_study("tiny", url)
+    assert study.user_attrs["spec"]["fixed"]["data.dir"] == spec.fixed["data.dir"] == str(fake_data)

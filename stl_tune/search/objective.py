@@ -31,7 +31,7 @@ from stl_tune.search import budget, record
 from stl_tune.search import optuna_compat as compat
 from stl_tune.search.checkpoints import CheckpointStore, local_workdir, sweep_dead_workdirs
 from stl_tune.search.record import CHECKPOINT_ATTR, CURVE_ATTR, Reason, Status
-from stl_tune.search.space import StudySpec, suggest_config
+from stl_tune.search.space import StudySpec, curve_value, suggest_config
 from stl_tune.train import EpochMetrics, TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -241,18 +241,3 @@ class Objective:
 def objective_value(result: TrainResult, objective: str) -> float | None:
     """A trial's value (space.OBJECTIVES) from its result."""
     return curve_value([h["val_acc"] for h in result.history], objective)
-
-
-def curve_value(curve: list[float | None], objective: str) -> float | None:
-    """A trial's value (space.OBJECTIVES) from its per-epoch validation accuracies: the best epoch's,
-    the last epoch's, or the mean of the last 5 epochs' (fewer when the run had fewer). The curve
-    simulator (benchmarks/simulate.py) scores its replayed trials with it too."""
-    seen = [v for v in curve if v is not None]
-    if not seen:
-        return None
-    if objective == "best_val_acc":
-        return max(seen)
-    if objective == "val_acc":
-        return curve[-1]
-    last = [v for v in curve[-5:] if v is not None]
-    return sum(last) / len(last) if last else None

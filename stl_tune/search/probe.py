@@ -61,12 +61,9 @@ def trial_cost(cfg: TrainConfig, train_images: int, threads: int, num_classes: i
     full batch would take under PROBE_S it is timed instead; else the forward-backward time is
     scaled to the batch and the optimizer step added once. Validation: the faster of two forward
     passes, per image, twice with flip TTA, over train_images * f / (1 - f) images
-    (f = data.val_fraction). Augmentation is left out.
-    Measured with benchmarks/bench_startup_probe.py on the 2-core dev VM, busy (load 4-6),
-    2026-11-28, at the recipe's size (width 64, 96 px, batch 64), 4 runs: the probe took 23-32 s
-    and projected 70-83 s a step where a timed batch of 64 took 35-71 s (1.0-2.4x), 13-14 days a
-    trial. Steps of one image projected 0.3x to 10x there (a step of one image ran 3.5 s, then
-    0.6 s): hence 4 images and the faster of two.
+    (f = data.val_fraction). Augmentation is left out. Steps of 4 images, and the faster of two,
+    because steps of one image projected anywhere from 0.3x to 10x a timed batch on a busy CPU
+    (docs/BENCHMARKS.md, "The CPU start-up probe").
     """
     import torch
     import torch.nn.functional as F

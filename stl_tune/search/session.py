@@ -24,7 +24,7 @@ import contextlib
 import functools
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -93,6 +93,8 @@ def run(
     url = storage_url(storage)  # checked first: a typo there is the same line as from `status`
     study_file = study_file if study_file is not None else default_study_file()
     spec = load_study_file(study_file)
+    if options.data_dir is not None:  # the study records the folder its trials train on
+        spec = replace(spec, fixed={**spec.fixed, "data.dir": str(options.data_dir)})
     slots = options.slots()
     launch.check_device(str(spec.fixed.get("runtime.device", "auto")), slots)
     duration = time_budget or spec.time_budget

@@ -415,6 +415,21 @@ def default_study_file() -> Path:
     raise StudyError(f"no --study given and {DEFAULT_STUDY_FILE} was not found here; pass --study FILE")
 
 
+def curve_value(curve: list[float | None], objective: str) -> float | None:
+    """A trial's value (OBJECTIVES) from its per-epoch validation accuracies: the best epoch's, the
+    last epoch's, or the mean of the last 5 epochs' (fewer when the run had fewer). The trial's
+    objective (search/objective.py) and the curve simulator (benchmarks/simulate.py) both use it."""
+    seen = [v for v in curve if v is not None]
+    if not seen:
+        return None
+    if objective == "best_val_acc":
+        return max(seen)
+    if objective == "val_acc":
+        return curve[-1]
+    last = [v for v in curve[-5:] if v is not None]
+    return sum(last) / len(last) if last else None
+
+
 def suggest_config(trial: optuna.Trial, spec: StudySpec) -> TrainConfig:
     """defaults <- spec.fixed <- the trial's suggestions, in file order; validated."""
     cfg = config.from_dict(None, spec.fixed)

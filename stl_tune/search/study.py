@@ -24,6 +24,8 @@ def create_or_load_study(
 
     Run this once before workers start. A second run with the same spec continues the study; a
     different spec under the same name is refused, since mixing search spaces misleads the sampler.
+    data.dir alone may differ: it says where a host keeps the data (--data-dir sets it per host), and
+    the stored spec takes the new one, the folder that this run's workers train on.
     A new study names its objective (spec.objective, e.g. val_acc) through Optuna's
     set_metric_names, which optuna-dashboard shows instead of "Objective 0".
     """
@@ -45,8 +47,11 @@ def create_or_load_study(
         study.set_user_attr(SPEC_ATTR, want)
         with experimental_ok():  # set_metric_names is "experimental" (since Optuna 3.2, as in 4.9 and 5.0)
             study.set_metric_names([spec.objective])
-    elif stored != want:
-        diff = [k for k in want if stored.get(k) != want[k]]
+    elif _placed(stored) == _placed(want):
+        if stored != want:
+            study.set_user_attr(SPEC_ATTR, want)
+    else:
+        diff = [k for k in want if _placed(stored).get(k) != _placed(want)[k]]
         raise StudyError(
             f"study '{name}' already exists with a different {', '.join(diff)}; "
             "pass --name for a new study or run its original study file"
@@ -84,6 +89,11 @@ def load_study(
         study_name=name, storage=storage, sampler=make_sampler(spec, worker), pruner=make_pruner(spec)
     )
     return study, spec
+
+
+def _placed(spec: dict) -> dict:
+    """A stored spec less data.dir: where the data is on one host, not what the study is."""
+    return {**spec, "fixed": {k: v for k, v in spec.get("fixed", {}).items() if k != "data.dir"}}
 
 
 def _open(storage: BaseStorage | str | None) -> BaseStorage:
