@@ -45,7 +45,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from stl_tune.search import mask_url, open_storage
-from stl_tune.search.workers import work
+from stl_tune.search.worker.workers import work
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -35,9 +35,9 @@ from optuna.trial import TrialState
 
 from stl_tune.data import write_fake_stl10
 from stl_tune.search import create_or_load_study, mask_url, open_storage
-from stl_tune.search.objective import Objective
-from stl_tune.search.space import StudySpec
-from stl_tune.search.workers import work
+from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.worker.objective import Objective
+from stl_tune.search.worker.workers import work
 from stl_tune.train import train
 
 

@@ -21,7 +21,7 @@ pruned), so every search ends a little past the budget and the table reports wha
   random+asha     random sampling + successive halving at the same rungs (Ray Tune's usual recipe)
   optuna-default  TPESampler() and MedianPruner() with Optuna's defaults
   random          random sampling, no pruning
-  tpe+asha        candidate: stl-tune's TPE and rungs, no warm start, the last epoch's accuracy
+  tpe+asha        candidate: TPE (5 start-up trials) and stl-tune's rungs, no warm start, the last epoch's accuracy
   rung50          candidate: stl-tune with its first rung at 50 of 200 epochs instead of 30
 The untuned recipe (3 training seeds) is the floor. Each search (a sampler seed per repeat) runs as a
 study with 2 `stl-tune worker` processes, then `stl-tune export` -> `stl-tune train --config` -> the
@@ -58,9 +58,10 @@ import yaml
 from optuna.trial import TrialState
 
 from stl_tune import config
-from stl_tune.search import StudySpec, create_or_load_study, open_storage, record, warmstart
-from stl_tune.search.budget import now
+from stl_tune.search import StudySpec, create_or_load_study, open_storage, record
 from stl_tune.search.record import DEADLINE_ATTR, EPOCHS_RUN_ATTR, N_TRIALS_ATTR
+from stl_tune.search.spec import warmstart
+from stl_tune.search.state.limits import now
 
 ROOT = Path(__file__).resolve().parents[1]
 STL_TUNE = str(Path(sys.executable).with_name("stl-tune"))
@@ -206,7 +207,7 @@ def _seed_rungs() -> dict[str, Any]:
 
 
 # TPESampler's and MedianPruner's own defaults: the study-file options stl-tune fills in for TPE
-# (multivariate, group, constant liar: search/space.py) are switched back off.
+# (multivariate, group, constant liar: search/spec/space.py) are switched back off.
 OPTUNA_TPE = {"name": "tpe", "multivariate": False, "group": False, "constant_liar": False}
 METHODS = {
     "stl-tune": _seed_method,
@@ -228,8 +229,8 @@ METHODS = {
         "random sampling, no pruning", {"name": "random"}, {"name": "none"}, "val_acc", warm_start=False
     ),
     "tpe+asha": lambda: Method(
-        "candidate: seed.yaml's TPE and rungs, no warm start, the last epoch's accuracy",
-        dict(seed_file()["sampler"]),
+        "candidate: TPE (5 start-up trials), seed.yaml's rungs, no warm start, the last epoch's accuracy",
+        {"name": "tpe", "n_startup_trials": 5},
         _seed_rungs(),
         "val_acc",
         warm_start=False,
@@ -289,7 +290,7 @@ def run_search(workdir: Path, url: str, key: str, base: dict, sampler_seed: int,
     """Create the study (with the recipe queued for a warm-start method) and run 2 workers on it
     until its trials have run `budget` epochs: then the study's deadline is set to now, so workers
     start no new trial, while a running trial finishes (the objective reads the deadline once, when
-    its trial starts: search/objective.py)."""
+    its trial starts: search/worker/objective.py)."""
     m = METHODS[key]()
     name = f"{key}-seed{sampler_seed}"
     spec = StudySpec.from_dict(study_dict(name, base, m, sampler_seed), source=name)

@@ -1,4 +1,4 @@
-"""The start-up check's probe (stl_tune/search/eta.py, trial_cost) on this host: how long it takes,
+"""The start-up check's probe (stl_tune/search/views/eta.py, trial_cost) on this host: how long it takes,
 and its estimated step against a timed full-batch step, at the seed study's first config.
 
     python benchmarks/bench_startup_probe.py [--threads 2] [--repeats 3]
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from stl_tune.model import build_model
-from stl_tune.search.probe import reference_config, trial_cost
-from stl_tune.search.space import load_study_file
+from stl_tune.search.spec.space import load_study_file
+from stl_tune.search.worker.probe import reference_config, trial_cost
 from stl_tune.train import make_optimizer
 
 

@@ -8,7 +8,7 @@ seconds and the TEST accuracy of its final model. The test score is for the simu
 scoring only: nothing a search reads ever sees it.
 
 Configs: the known recipe at the benchmark's scale first, then --configs - 1 draws of Optuna's
-RandomSampler (seed 0) through the project's own space code (search/space.py's suggest_config),
+RandomSampler (seed 0) through the project's own space code (search/spec/space.py's suggest_config),
 on the scale bench_search_quality.py's `scaled_study` gives (same data, same epochs).
 
 The table is one JSON-lines file: a header line (data set, scale, command, dates), then a line
@@ -20,7 +20,7 @@ resumes from the committed file.
   python benchmarks/build_curve_table.py --table benchmarks/tables/fashion-n200-e12.jsonl
   python benchmarks/build_curve_table.py --table T --per-class 500 --epochs 20 --configs 150
   python benchmarks/build_curve_table.py --table T --data-dir DIR --image-size 32   # any split-layout folder
-  python benchmarks/build_curve_table.py --quick --table /tmp/t.jsonl              # seconds: checks it works
+  python benchmarks/build_curve_table.py --quick --table /tmp/t.jsonl              # 4 configs x 2 seeds x 2 epochs
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from rich.console import Console
 
-from stl_tune import config
-from stl_tune.search.space import StudySpec, suggest_config
+from stl_tune import config, data
+from stl_tune.errors import DataError
+from stl_tune.search.spec.space import StudySpec, suggest_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search_quality import ROOT, scaled_recipe, scaled_study, write_fashion  # noqa: E402
@@ -52,7 +54,7 @@ def draw_configs(base: dict[str, Any], n: int) -> tuple[StudySpec, list[tuple[di
                                source="curve table")  # fmt: skip
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     recipe = scaled_recipe(base)
-    from stl_tune.search.warmstart import params_of
+    from stl_tune.search.spec.warmstart import params_of
 
     out = [(params_of(recipe, spec), recipe)]
     while len(out) < n:
@@ -83,9 +85,21 @@ def run_one(cfg_dict: dict, seed: int) -> dict[str, Any]:
 
 
 def read_table(path: Path) -> tuple[dict, list[dict]]:
-    if not path.is_file():
+    """The header and runs of the table in `path` ({}, [] when there is none yet); another file is
+    refused in one line, before it is overwritten."""
+    if not path.exists():
         return {}, []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    foreign = f"{path} is not a curve table: use another --table"
+    try:
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except OSError as e:
+        raise SystemExit(f"{path}: {e.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise SystemExit(foreign) from None
+    if not lines:
+        return {}, []
+    if not all(isinstance(line, dict) for line in lines):
+        raise SystemExit(foreign)
     return lines[0], lines[1:]
 
 
@@ -102,7 +116,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=28, help="pixels per side [28]")
     ap.add_argument("--name", help="the data set's name in the header [fashion-mnist, or the folder's name]")
     ap.add_argument("--workers", type=int, default=2, help="training processes, one core each [2]")
-    ap.add_argument("--data", type=Path, default=ROOT / "data", help="folder of the written datasets")
+    ap.add_argument("--data", type=Path, default=ROOT / "data", help="folder of the written datasets [data/]")
     args = ap.parse_args()
     n_configs = args.configs or (4 if args.quick else 300)
     epochs = args.epochs or (2 if args.quick else 12)
@@ -115,6 +129,10 @@ def main() -> None:
         data_dir = write_fashion(args.data.resolve() / f"fashion-28-n{per_class}", per_class)
         name = args.name or f"fashion-mnist, {per_class} train images per class (seed 0), test = all 10,000"
     base = scaled_study(data_dir, args.image_size, epochs)
+    try:  # the tree checked and every image decoded once (the runs read the cache): bad data is one line
+        print(data.prepare(config.from_dict(base["fixed"]).data, Console()), flush=True)
+    except DataError as e:
+        raise SystemExit(str(e)) from None
     spec, configs = draw_configs(base, n_configs)
     header = {
         "format": FORMAT,
@@ -132,8 +150,12 @@ def main() -> None:
     old_header, rows = read_table(args.table)
     if old_header:
         keep = ("format", "epochs", "seeds", "search_space", "fixed")
-        if any(old_header.get(k) != header[k] for k in keep) or old_header["configs"] > n_configs:
+        if any(old_header.get(k) != header[k] for k in keep):
             raise SystemExit(f"{args.table} holds a table of other settings: use another --table")
+        if old_header["configs"] > n_configs:
+            raise SystemExit(
+                f"{args.table} holds {old_header['configs']} configs: --configs {old_header['configs']} or more"
+            )
         header = {**old_header, "configs": n_configs}
     for row in rows:  # the same seeded draws as the file's: else the resumed table would mix two spaces
         if row["params"] != configs[row["config"]][0]:

@@ -4,8 +4,8 @@ The instrument of issue 21: a search method runs on W asynchronous workers over 
 curves with a simulated clock, so each method gets 50+ repeats in minutes where real training
 gives 5 in hours.
 - A proposed config trains as its nearest table config (Table.nearest: numeric parameters scaled
-  to their range, log where the space is log; categoricals must match; conditional parameters
-  only where active), replaying one of that config's training seeds, drawn per trial and the same
+  to their range, log where the space is log; a categorical that differs counts as a numeric
+  parameter's whole range; conditional parameters only where active), replaying one of that config's training seeds, drawn per trial and the same
   for every method of a repeat (draw_seed), so the differences between methods are paired.
 - Each epoch takes its recorded seconds. The recipe's early-stopping patience (the table's
   `eval.patience`) ends a trial as the trainer would (the table holds full curves).
@@ -45,10 +45,12 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import TrialState
 
-from stl_tune.search import record, warmstart
-from stl_tune.search.export import pick_trial
-from stl_tune.search.space import ParamSpec, StudyError, StudySpec, curve_value, suggest_config
-from stl_tune.search.study import create_or_load_study, load_study
+from stl_tune.errors import StudyError
+from stl_tune.search import record
+from stl_tune.search.spec import warmstart
+from stl_tune.search.spec.space import ParamSpec, StudySpec, curve_value, suggest_config
+from stl_tune.search.state.export import pick_trial
+from stl_tune.search.state.study import create_or_load_study, load_study
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -71,6 +73,9 @@ class Proposal:
     trial_id: int
     params: dict[str, Any]  # in the table's param names; ignored on a resume
     resume: bool = False  # continue trial_id from the epoch it paused at
+    # a re-evaluation: train the config with a seed (so a validation split) that none of this
+    # search's trials of it has replayed, while the table has one
+    new_seed: bool = False
 
 
 class Searcher(Protocol):
@@ -124,18 +129,28 @@ class Table:
         self._index = _Index(self.spec.params, self.params)
 
     @classmethod
-    def load(cls, path: str | Path) -> Table:
-        lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    def load(cls, path: str | Path, configs: int | None = None) -> Table:
+        """The table in `path`; with `configs`, its first configs only (numbers 0..configs-1), so a
+        measurement on a table still being built can be repeated on the finished one."""
+        try:
+            lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        except OSError as e:
+            raise SystemExit(f"{path}: {e.strerror}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise SystemExit(f"{path}: not a curve table (JSON lines of build_curve_table.py)") from None
         if not lines:
             raise SystemExit(f"{path}: empty")
-        return cls(lines[0], lines[1:], str(path))
+        if not all(isinstance(line, dict) for line in lines):
+            raise SystemExit(f"{path}: not a curve table (JSON lines of build_curve_table.py)")
+        rows = [r for r in lines[1:] if configs is None or r["config"] < configs]
+        return cls(lines[0], rows, str(path))
 
     def __len__(self) -> int:
         return len(self.params)
 
     @property
     def space(self) -> list[ParamSpec]:
-        """The search space, as the project's study files declare it (search/space.py)."""
+        """The search space, as the project's study files declare it (search/spec/space.py)."""
         return self.spec.params
 
     def nearest(self, params: dict[str, Any]) -> int:
@@ -243,6 +258,7 @@ def simulate(table: Table, searcher: Searcher, method: str, repeat: int, workers
     out = Search(method, repeat)
     runs: dict[int, _Run] = {}
     occurrences: dict[int, int] = {}
+    replayed: dict[int, set[int]] = {}  # config -> the seeds its trials replayed
     events: list[tuple[float, int, int]] = []  # (clock at the end of a trial's next epoch, order, trial)
     order = itertools.count()
     clock, busy = 0.0, 0
@@ -273,6 +289,10 @@ def simulate(table: Table, searcher: Searcher, method: str, repeat: int, workers
                 c = table.nearest(p.params)
                 k = occurrences[c] = occurrences.get(c, -1) + 1
                 s = draw_seed(repeat, c, k, len(table.curves[c]))
+                if p.new_seed:
+                    fresh = [x for x in range(len(table.curves[c])) if x not in replayed.get(c, ())]
+                    s = fresh[draw_seed(repeat, c, k, len(fresh))] if fresh else s
+                replayed.setdefault(c, set()).add(s)
                 runs[p.trial_id] = _Run(c, table.curves[c][s], table.seconds[c][s], table.status[c][s] == "diverged")
                 out.trials += 1
             busy += 1
@@ -309,7 +329,7 @@ def simulate(table: Table, searcher: Searcher, method: str, repeat: int, workers
             busy -= 1
         elif run.epoch == len(run.val) and not run.diverges:  # the last epoch
             ended(tid, True)
-        elif run.epoch - run.best_epoch >= table.patience:  # train.py's patience_spent
+        elif table.patience > 0 and run.epoch - run.best_epoch >= table.patience:  # train.py's patience_spent
             ended(tid, True)
         else:
             schedule(tid)
@@ -326,11 +346,11 @@ def simulate(table: Table, searcher: Searcher, method: str, repeat: int, workers
 class OptunaSearcher:
     """A bench_search_quality.py method (its METHODS: sampler, pruner, objective, warm start) on
     the table's scale, through the project's own code: the study built as `stl-tune run` builds
-    it (search/study.py, plugins.py), the known recipe queued as trial 0 (search/warmstart.py) and
+    it (search/state/study.py, plugins.py), the known recipe queued as trial 0 (search/spec/warmstart.py) and
     never pruned, one sampler per busy worker (worker k samples with seed + k, as `stl-tune worker`
     does) on one in-memory storage, each epoch reported with trial.report / should_prune as
-    search/objective.py does, the value from space.curve_value as the objective computes it, the final pick as `stl-tune
-    export` picks (search/export.py's pick_trial)."""
+    search/worker/objective.py does, the value from space.curve_value as the objective computes it, the
+    final pick as `stl-tune export` picks (search/state/export.py's pick_trial)."""
 
     def __init__(self, table: Table, key: str, repeat: int):
         method = bsq.METHODS[key]()
@@ -390,13 +410,13 @@ CANDIDATES = ("tpe+asha", "rung50")  # bench_search_quality.py's candidates: sim
 
 
 # ------------------------------------------------------------------------------------- repeats
-_TABLE: Table | None = None  # each pool process's table, loaded once
+_TABLE: Table | None = None  # each pool process's table
 
 
-def _load(path: str) -> None:
+def _load(table: Table) -> None:
     global _TABLE
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _TABLE = Table.load(path)
+    _TABLE = table
 
 
 def _repeat(methods: list[str], repeat: int, workers: int, budget: int) -> list[Search]:
@@ -405,8 +425,9 @@ def _repeat(methods: list[str], repeat: int, workers: int, budget: int) -> list[
     return [simulate(_TABLE, METHODS[m](_TABLE, repeat), m, repeat, workers, budget) for m in methods]
 
 
-def run_all(path: str, methods: list[str], repeats: int, workers: int, budget: int, jobs: int) -> list[Search]:
-    """All methods x repeats, the repeats spread over `jobs` processes, with a progress bar."""
+def run_all(table: Table, methods: list[str], repeats: int, workers: int, budget: int, jobs: int) -> list[Search]:
+    """All methods x repeats, the repeats spread over `jobs` processes, with a progress bar. The
+    processes get the table as loaded here: a table still being built may grow meanwhile."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     searches: list[Search] = []
@@ -414,7 +435,7 @@ def run_all(path: str, methods: list[str], repeats: int, workers: int, budget: i
     ctx = multiprocessing.get_context("fork")  # the peers registered into METHODS stay registered
     with (
         Progress(*columns, transient=True) as bar,
-        ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_load, initargs=(path,)) as pool,
+        ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_load, initargs=(table,)) as pool,
     ):
         task = bar.add_task(f"{len(methods)} methods x {repeats} repeats, W={workers}", total=repeats)
         for fut in as_completed([pool.submit(_repeat, methods, r, workers, budget) for r in range(repeats)]):
@@ -432,19 +453,22 @@ class Row:
     se: float
     diff: float | None = None  # paired, against the default, points
     diff_se: float | None = None
-    ci: tuple[float, float] | None = None  # 95 % (t)
+    ci: tuple[float, float] | None = None  # 95 %: diff ± Z95 se
     trials: float = 0.0
     stopped: float = 0.0
     epochs: float = 0.0
     minutes: float = 0.0  # the simulated clock
 
 
+# The normal 95 % quantile: repeats are 50 or more, where Student's t (2.01 at 49 degrees of
+# freedom) is 2.5 % wider; scipy, which has t, is no dependency of the project's tests.
+Z95 = statistics.NormalDist().inv_cdf(0.975)
+
+
 def summarize(searches: list[Search], default: str = DEFAULT) -> list[Row]:
     """Per method: mean ± standard error over repeats of the pick's mean test accuracy, and the
-    paired difference to `default` (same repeat: same seed draws) with its 95 % t interval. A search
+    paired difference to `default` (same repeat: same seed draws) with its 95 % interval. A search
     that picked nothing (no complete trial) scores 0."""
-    from scipy.stats import t as student
-
     by: dict[str, dict[int, Search]] = {}
     for s in searches:
         by.setdefault(s.method, {})[s.repeat] = s
@@ -461,7 +485,7 @@ def summarize(searches: list[Search], default: str = DEFAULT) -> list[Row]:
         if method != default and len(common) >= 2:
             d = [100 * ((reps[r].test or 0.0) - (base[r].test or 0.0)) for r in common]
             row.diff, row.diff_se = statistics.fmean(d), _se(d)
-            half = student.ppf(0.975, len(d) - 1) * row.diff_se
+            half = Z95 * row.diff_se
             row.ci = (row.diff - half, row.diff + half)
         rows.append(row)
     return rows
@@ -518,7 +542,9 @@ def plot(searches: list[Search], budget: int, path: Path, title: str) -> None:
             ys.append(100 * statistics.fmean(found) if len(found) == len(ss) else math.nan)
         ax.plot(grid, ys, label=f"{method} ({len(ss)} repeats)")
     ax.axvline(budget, color="grey", linestyle=":", label=f"budget ({budget} epochs)")
-    ax.set(xlabel="epochs spent (by trials that ended)", ylabel="test accuracy of the current pick, % (mean)")
+    ax.set(
+        xlabel="epochs spent (by all trials, as each trial ends)", ylabel="test accuracy of the current pick, % (mean)"
+    )
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=9)
     ax.grid(alpha=0.3)
@@ -537,15 +563,28 @@ def _register_peers() -> None:
         import sim_peers  # noqa: F401
 
 
+def positive_int(text: str) -> int:
+    """argparse's type for a count: 0 or less is an error, not the default."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: must be 1 or more")
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--table", type=Path, help=f"a curve table [quick: {QUICK_TABLE.relative_to(ROOT)}]")
+    ap.add_argument("--configs", type=positive_int, help="the table's first N configs only [all that have every seed]")
     ap.add_argument("--quick", action="store_true", help="the tiny committed table, 3 repeats: checks it works")
-    ap.add_argument("--methods", help="comma list [every registered method but the candidates]")
-    ap.add_argument("--workers", type=int, default=2, help="asynchronous workers per search [2]")
-    ap.add_argument("--repeats", type=int, help="repeats per method [50; quick: 3]")
-    ap.add_argument("--budget", type=int, help="training epochs per search [10 x the table's epochs]")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count(), help="processes, over repeats [all cores]")
+    ap.add_argument(
+        "--methods",
+        help=f"comma list of {', '.join(METHODS)} and sim_peers.py's peers "
+        f"[all but the candidates {', '.join(CANDIDATES)}]",
+    )
+    ap.add_argument("--workers", type=positive_int, default=2, help="asynchronous workers per search [2]")
+    ap.add_argument("--repeats", type=positive_int, help="repeats per method [50; quick: 3]")
+    ap.add_argument("--budget", type=positive_int, help="training epochs per search [10 x the table's epochs]")
+    ap.add_argument("--jobs", type=positive_int, default=os.cpu_count(), help="processes, over repeats [all cores]")
     ap.add_argument("--plot", type=Path, help="write the plot to this PNG")
     ap.add_argument("--out", type=Path, help="write the table: .md (markdown) or .json (every search)")
     args = ap.parse_args()
@@ -555,7 +594,7 @@ def main() -> None:
     if path is None:
         raise SystemExit("--table FILE (or --quick)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    table = Table.load(path)
+    table = Table.load(path, args.configs)
     methods = args.methods.split(",") if args.methods else [m for m in METHODS if m not in CANDIDATES]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -569,12 +608,13 @@ def main() -> None:
         flush=True,
     )
     t0 = time.perf_counter()
-    searches = run_all(str(path), methods, repeats, args.workers, budget, max(1, min(args.jobs, repeats)))
+    jobs = min(args.jobs, repeats)
+    searches = run_all(table, methods, repeats, args.workers, budget, jobs)
     wall = time.perf_counter() - t0
     rows = summarize(searches)
     text = markdown(rows)
     print(text)
-    print(f"simulation wall time {wall:.1f} s ({args.jobs} processes)")
+    print(f"simulation wall time {wall:.1f} s ({jobs} processes)")
     if args.out:
         if args.out.suffix == ".json":
             payload = {

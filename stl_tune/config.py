@@ -32,7 +32,7 @@ def bounded(default: float, lo: float, hi: float | None = None) -> Any:
 
 @dataclass
 class DataConfig:
-    # auto: found from data.dir's tree (stl_tune/data.py, resolve_source): class sub-folders or
+    # auto: found from data.dir's tree (stl_tune/data/splits.py, found_source): class sub-folders or
     # train/ val/ test/ are a folder dataset; stl10_binary/, or nothing yet, is STL-10 (downloaded).
     # Saved configs (config.yaml, trial records, exports) keep "auto" as written: like data.dir, the
     # source is a fact of the host's tree, resolved again wherever the config runs.

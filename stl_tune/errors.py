@@ -7,8 +7,8 @@ class UserError(Exception):
 
 
 class StudyError(UserError):
-    """A bad study file, study name or storage URL (search/space.py, search/urls.py)."""
+    """A bad study file, study name or storage URL (search/spec/space.py, search/storage/urls.py)."""
 
 
 class DataError(UserError):
-    """Dataset files missing, unreadable or malformed (stl_tune/data.py raises it)."""
+    """Dataset files missing, unreadable or malformed (stl_tune/data/ raises it)."""

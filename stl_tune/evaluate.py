@@ -1,7 +1,7 @@
 """`stl-tune evaluate`: score a trained model file (model.pt, or an ensemble.pt) on a folder
 dataset, without training.
 
-Which images are scored depends on the folder's layout (stl_tune/data.py):
+Which images are scored depends on the folder's layout (stl_tune/data/folders.py):
   split layout  root/train/<class>/, root/test/<class>/ (root/val/ optional): test/ only.
   class layout  root/<class>/: every image. The folder is taken as a new dataset; stl-tune train's
                 fixed test share (data.test_fraction) is not drawn, so scoring the folder a model was
@@ -66,7 +66,12 @@ def folder_images(
 ) -> tuple[Tensor, Tensor, tuple[str, ...], str, str]:
     """The images to score in a folder dataset: uint8 [N,3,S,S], int64 labels, class names (sorted
     folder names), the layout ("split" | "class") and which images, in words."""
-    # data.py's own layout detection and reader: a folder means here what it means to `train`
+    if (Path(root) / data.stl10.STL10.base_folder).is_dir():  # else "needs at least 2 class sub-folders, found 1"
+        raise DataError(
+            f"{root} holds STL-10's binaries, not a folder dataset ({root}/<class>/ or {root}/test/<class>/): "
+            "a model's STL-10 test accuracy is in the metrics.json or summary.json that train and ensemble wrote"
+        )
+    # stl_tune.data's own layout detection and reader: a folder means here what it means to `train`
     splits = data.folder_splits(root)
     x, y, classes = data.decode_folder(splits.get("all") or splits["test"], image_size, progress)
     if "all" in splits:

@@ -16,10 +16,9 @@ from torch import Tensor, nn
 
 from stl_tune import config as C
 from stl_tune.errors import UserError
+from stl_tune.files import atomic_write
 from stl_tune.model import build_model
-from stl_tune.train import TrainResult, place_model, recipe_of, resolve_device
-
-FINISHED = ("completed", "early_stopped")  # TrainResult.status of a run that has nothing left to do
+from stl_tune.train import TrainResult, TrainStatus, place_model, recipe_of, resolve_device
 
 
 def write_config(out: Path, cfg: C.TrainConfig) -> Path:
@@ -36,7 +35,7 @@ def write_outputs(out: Path, cfg: C.TrainConfig, result: TrainResult) -> list[Pa
     paths = [write_config(out, cfg), out / "metrics.json", out / "curves.png"]
     paths[1].write_text(json.dumps(result.to_json(), indent=2))
     plot_curves(result.history, paths[2], result.test_acc)
-    if result.model is not None and result.status != "diverged":
+    if result.model is not None and result.status != TrainStatus.DIVERGED:
         paths.append(out / "model.pt")
         save_model(paths[-1], cfg, result.classes, result.model)
     return paths
@@ -62,7 +61,7 @@ def finished_run(out: Path, cfg: C.TrainConfig) -> TrainResult | None:
         result = TrainResult(**json.loads((out / "metrics.json").read_text()))
     except (OSError, ValueError, TypeError):  # none yet, or unreadable: the run is not finished
         return None
-    return result if result.status in FINISHED else None
+    return result if result.status.finished else None
 
 
 def _changes(old: C.TrainConfig, new: C.TrainConfig) -> list[str]:
@@ -73,18 +72,19 @@ def _changes(old: C.TrainConfig, new: C.TrainConfig) -> list[str]:
 
 def copy_model(src: Path, dst: Path) -> None:
     """dst becomes a copy of the model file src, atomically: a reader sees the old or the new one."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+    with open(src, "rb") as source, atomic_write(dst) as f:
+        shutil.copyfileobj(source, f)
 
 
 # ------------------------------------------------------------------------------ the model file
 MODEL_FORMAT = "stl-tune model"  # marks a model file apart from a resume checkpoint or other .pt
 # Raise when the keys below change; load_model reads the versions in MODEL_VERSIONS and refuses
 # others. Version 1: one network, {config, classes, state_dict}. Version 2 adds "kind": "model"
-# (as version 1) or "ensemble", {members: [{config, classes, state_dict}, ...]}.
-MODEL_VERSION = 2
-MODEL_VERSIONS = (1, 2)
+# (as version 1) or "ensemble", {members: [{config, classes, state_dict}, ...]}. Version 3 adds
+# each member's "weight" (an ensemble of version 2: equal weights); an older stl-tune, which would
+# average the members equally, refuses it.
+MODEL_VERSION = 3
+MODEL_VERSIONS = (1, 2, 3)
 
 
 def save_model(path: Path, cfg: C.TrainConfig, classes: list[str], model: nn.Module) -> None:
@@ -104,20 +104,27 @@ def save_model(path: Path, cfg: C.TrainConfig, classes: list[str], model: nn.Mod
     )
 
 
-def save_ensemble(path: Path, members: list[Path]) -> None:
+def save_ensemble(path: Path, members: list[Path], weights: list[float] | None = None) -> None:
     """One model file (kind "ensemble") holding the networks of several model files with the same
-    classes, e.g. the seeds of `train --seeds`; load_model returns it as an Ensemble."""
+    classes, e.g. the seeds of `train --seeds`, each with its weight in the average (`weights`,
+    positive, normalised to sum to 1; None: equal); load_model returns it as an Ensemble."""
     saved = [_read(m) for m in members]
     if any(s.get("kind", "model") != "model" for s in saved):
         raise UserError("an ensemble is made of single models, not of ensembles")
     if any(s["classes"] != saved[0]["classes"] for s in saved):
         raise UserError(f"the models of an ensemble must have the same classes: {', '.join(map(str, members))} differ")
+    weights = [1.0] * len(saved) if weights is None else list(weights)
+    if len(weights) != len(saved) or min(weights) <= 0:
+        raise UserError(f"an ensemble needs one positive weight per member, got {weights} for {len(saved)}")
     torch.save(
         {
             "format": MODEL_FORMAT,
             "version": MODEL_VERSION,
             "kind": "ensemble",
-            "members": [{k: s[k] for k in ("config", "classes", "state_dict")} for s in saved],
+            "members": [
+                {**{k: s[k] for k in ("config", "classes", "state_dict")}, "weight": w / sum(weights)}
+                for s, w in zip(saved, weights)
+            ],
         },
         path,
     )
@@ -125,16 +132,20 @@ def save_ensemble(path: Path, members: list[Path]) -> None:
 
 class Ensemble(nn.Module):
     """Several trained networks as one: forward returns the log of their softmax probabilities
-    averaged, so argmax and softmax of its output are the ensemble's class and probabilities, and
-    the trainer's predict() (flip TTA) serves it as it serves one network."""
+    averaged (weighted by `weights`, which sum to 1; None: equal), so argmax and softmax of its
+    output are the ensemble's class and probabilities, and the trainer's predict() (flip TTA)
+    serves it as it serves one network."""
 
-    def __init__(self, members: list[nn.Module]):
+    def __init__(self, members: list[nn.Module], weights: list[float] | None = None):
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.weights = [1 / len(members)] * len(members) if weights is None else list(weights)
 
     def forward(self, x: Tensor) -> Tensor:
-        log_p = torch.stack([F.log_softmax(m(x).float(), dim=1) for m in self.members])
-        return torch.logsumexp(log_p, dim=0) - math.log(len(self.members))
+        log_p = torch.stack(
+            [F.log_softmax(m(x).float(), dim=1) + math.log(w) for m, w in zip(self.members, self.weights)]
+        )
+        return torch.logsumexp(log_p, dim=0)
 
 
 def _read(path: str | Path) -> dict:
@@ -182,15 +193,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     Ensemble of networks), rebuilt, on `device`, in eval mode.
 
     It takes float images in [0, 1], (N, 3, S, S) with S = .config.data.image_size, and returns
-    logits (an Ensemble: the log of its members' averaged probabilities); two attributes come with
+    logits (an Ensemble: the log of its members' averaged probabilities, weighted by .weights); two attributes come with
     it: .classes (list[str], the class of each logit) and .config (the TrainConfig it was trained
     with, e.g. .config.eval.tta; an Ensemble's is its first member's). Any other file is a UserError.
     """
     path = Path(path)
     saved = _read(path)
     if saved.get("kind", "model") == "ensemble":
-        members = [_network(path, m) for m in saved.get("members") or [{}]]
-        model = Ensemble(members)
+        entries = saved.get("members") or [{}]
+        members = [_network(path, m) for m in entries]
+        weights = [m.get("weight", 1 / len(entries)) for m in entries]  # version 2: equal
+        model = Ensemble(members, weights)
         model.classes, model.config = members[0].classes, members[0].config
     else:
         model = _network(path, saved)
@@ -199,23 +212,32 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
 
 # --------------------------------------------------------------------------------- several seeds
 def write_seed_summary(out: Path, results: dict[int, TrainResult], ensemble: dict | None = None) -> dict:
-    """out/summary.json: each seed's status, folder and accuracies; the mean and sample standard
-    deviation (n - 1) of the test accuracy over the seeds that finished (std None for fewer than
-    two); and `ensemble`, the scores of the seeds' ensemble (see cli/train.py), or None."""
-    runs = [
-        {
-            "seed": seed,
-            "dir": f"seed-{seed}",
-            "status": r.status,
-            "test_acc": r.test_acc,
-            "best_val_acc": r.best_val_acc,
-            "epochs_run": r.epochs_run,
-        }
-        for seed, r in results.items()
-    ]
+    """out/summary.json of `train --seeds` (write_summary): each seed's run, and `ensemble`, the
+    scores of the seeds' ensemble (see cli/train.py), or None."""
+    return write_summary(
+        out, [run_entry(seed, f"seed-{seed}", r) for seed, r in results.items()], ensemble, seeds=list(results)
+    )
+
+
+def run_entry(seed: int, folder: str, r: TrainResult) -> dict:
+    """A run in summary.json: its seed, folder (under the summary's), status and accuracies."""
+    return {
+        "seed": seed,
+        "dir": folder,
+        "status": r.status,
+        "test_acc": r.test_acc,
+        "best_val_acc": r.best_val_acc,
+        "epochs_run": r.epochs_run,
+    }
+
+
+def write_summary(out: Path, runs: list[dict], ensemble: dict | None, **head) -> dict:
+    """out/summary.json: `head`; the runs (run_entry, maybe with more keys); the mean and sample
+    standard deviation (n - 1) of the test accuracy over the runs that have one (std None for fewer
+    than two); `ensemble`, the scores of their ensemble, or None."""
     accs = [r["test_acc"] for r in runs if r["test_acc"] is not None]
     summary = {
-        "seeds": list(results),
+        **head,
         "runs": runs,
         "finished": len(accs),
         "test_acc_mean": statistics.fmean(accs) if accs else None,

@@ -1,5 +1,5 @@
 """Rich progress bars: one for a training run, driven by the trainer's on_epoch_end callback, and
-one for decoding many images (stl_tune/data.py's prepare, evaluate, predict).
+one for decoding many images (stl_tune/data's prepare, evaluate, predict).
 
 The trainer knows nothing about terminals: the command line wraps its call in the bar,
 

@@ -32,6 +32,7 @@ from stl_tune import report_runs
 from stl_tune.search import (
     StudyError,
     best_confirmed,
+    best_line,
     deadline,
     draw_parallel_coordinate,
     duration,
@@ -379,7 +380,7 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "", run
         ("study", study.study_name),
         ("direction", study.direction.name.lower()),
         ("trials", f"{t.trials} (" + ", ".join(f"{n} {s}" for s, n in counted.items() if n) + ")"),
-        ("best", f"{t.best.value:.4f} (trial {t.best.number})" if t.best is not None else "no complete trial yet"),
+        ("result", best_line(t.best)),
         ("final test accuracy", final and report_runs.headline(final)),
         (
             "best confirmed",

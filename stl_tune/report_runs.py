@@ -36,6 +36,7 @@ class FinalTraining:
 
 
 RUN_KEYS = ("seed", "dir", "status", "test_acc", "best_val_acc", "epochs_run")  # a run in summary.json
+MEMBER_KEYS = ("trial", "weight")  # and a member's of `stl-tune ensemble`
 MODEL_KEYS = ("test_acc", "per_class_acc", "confusion", "classes")  # metrics.json, summary's ensemble
 
 
@@ -61,16 +62,15 @@ def read_runs(root: str | Path) -> FinalTraining:
     if (root / "summary.json").is_file():
         path = root / "summary.json"
         summary = _json(path)
-        runs = [_pick(r, RUN_KEYS, path) for r in _pick(summary, ("runs",), path)["runs"]]
+        runs = [
+            _pick(r, RUN_KEYS, path) | {k: r[k] for k in MEMBER_KEYS if k in r}
+            for r in _pick(summary, ("runs",), path)["runs"]
+        ]
         ensemble = summary.get("ensemble")
         if ensemble:
-            members = _pick(ensemble, ("members",), path)["members"]
+            _pick(ensemble, ("members",), path)  # a RunsError when missing
             return FinalTraining(
-                root,
-                runs,
-                summary,
-                _pick(ensemble, MODEL_KEYS, path),
-                "the ensemble of " + ", ".join(map(str, members)),
+                root, runs, summary, _pick(ensemble, MODEL_KEYS, path), "the ensemble of " + _members(ensemble)
             )
         # no ensemble (yet): the first finished seed, whose model.pt train --seeds leaves at the top
         first = next((r for r in runs if r["test_acc"] is not None), None)
@@ -89,8 +89,17 @@ def read_runs(root: str | Path) -> FinalTraining:
     if not root.is_dir():
         raise RunsError(f"--runs {root}: no such folder")
     raise RunsError(
-        f"--runs {root}: neither summary.json (stl-tune train --seeds) nor metrics.json (stl-tune train) is there"
+        f"--runs {root}: neither summary.json (stl-tune train --seeds, stl-tune ensemble) "
+        "nor metrics.json (stl-tune train) is there"
     )
+
+
+def _members(ensemble: dict) -> str:
+    """An ensemble's members, each with its weight when they have weights (`stl-tune ensemble`)."""
+    weights = ensemble.get("weights")
+    if weights is None:
+        return ", ".join(map(str, ensemble["members"]))
+    return ", ".join(f"{m} ({w:.2f})" for m, w in zip(ensemble["members"], weights))
 
 
 def _acc(v: float | None) -> str:
@@ -104,14 +113,15 @@ def _mean_std(summary: dict) -> str:
 
 
 def headline(final: FinalTraining) -> str:
-    """The test accuracy in a line for the summary: mean ± std over the seeds and the ensemble's,
-    or the one run's."""
+    """The test accuracy in a line for the summary: mean ± std over the seeds (over the members of
+    `stl-tune ensemble`) and the ensemble's, or the one run's."""
     s = final.summary
     if s is None:
         return "" if final.shown is None else f"{final.shown['test_acc']:.4f} (one run, seed {final.runs[0]['seed']})"
     said = []
     if s.get("test_acc_mean") is not None:
-        said.append(f"{_mean_std(s)} over {s['finished']} of {len(final.runs)} seeds")
+        unit = "members" if any("weight" in r for r in final.runs) else "seeds"
+        said.append(f"{_mean_std(s)} over {s['finished']} of {len(final.runs)} {unit}")
     if s.get("ensemble"):
         said.append(f"{final.shown_name}: {_acc(s['ensemble']['test_acc'])}")
     return "; ".join(said)
@@ -125,10 +135,13 @@ def section(final: FinalTraining, out: Path) -> str:
 
     (out / "final").mkdir()
     with_val = any(r["best_val_acc"] is not None for r in final.runs)  # none when trained on train+val
+    weighted = any("weight" in r for r in final.runs)  # `stl-tune ensemble`: a member per trial, weighted
     rows = []
     for r in final.runs:
-        cells = [html.escape(str(c)) for c in (r["seed"], str(r["status"]).replace("_", " "), _acc(r["test_acc"]))]
+        name = f"trial {r.get('trial')}" if weighted else r["seed"]
+        cells = [html.escape(str(c)) for c in (name, str(r["status"]).replace("_", " "), _acc(r["test_acc"]))]
         cells += [_acc(r["best_val_acc"])] * with_val + [str(r["epochs_run"])]
+        cells += [f"{r['weight']:.2f}" if r.get("weight") is not None else ""] * weighted
         curves = final.root / r["dir"] / "curves.png"
         if curves.is_file():
             rel = f"final/{'curves' if r['dir'] == '.' else Path(r['dir']).name + '-curves'}.png"
@@ -139,17 +152,28 @@ def section(final: FinalTraining, out: Path) -> str:
     if s.get("test_acc_mean") is not None:
         rows.append(["mean ± std", f"{s['finished']} of {len(final.runs)} finished", _mean_std(s)])
     if s.get("ensemble"):
-        rows.append(
-            ["ensemble", html.escape(", ".join(map(str, s["ensemble"]["members"]))), _acc(s["ensemble"]["test_acc"])]
-        )
-    columns = ("seed", "status", "test accuracy", *("best validation",) * with_val, "epochs", "")
+        rows.append(["ensemble", html.escape(_members(s["ensemble"])), _acc(s["ensemble"]["test_acc"])])
+    columns = (
+        "trial" if weighted else "seed",
+        "status",
+        "test accuracy",
+        *("best validation",) * with_val,
+        "epochs",
+        *("weight",) * weighted,
+        "",
+    )
     table = (
         "<tr>"
         + "".join(f"<th>{c}</th>" for c in columns)
         + "</tr>"
         + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     )
-    parts = [f"<h2>Final training <small>{html.escape(str(final.root))}</small></h2><table>{table}</table>"]
+    parts = [f"<h2>Final training <small>{html.escape(str(final.root))}</small></h2>"]
+    if s.get("source"):  # `stl-tune ensemble`: which study, and whether its trial models or retrained configs
+        parts.append(
+            f'<p class="note">An ensemble of study {html.escape(str(s.get("study")))}: {html.escape(s["source"])}.</p>'
+        )
+    parts.append(f"<table>{table}</table>")
     if final.shown is None:
         parts.append('<p class="note">No run has finished: no confusion matrix yet.</p>')
         return "".join(parts)

@@ -16,6 +16,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from stl_tune import config as C
 from stl_tune.augment import augment_images, make_mixer, mixing_active
 from stl_tune.data import Dataset, load_data
 from stl_tune.errors import UserError
+from stl_tune.files import atomic_write
 from stl_tune.model import build_model, param_count
 
 # ------------------------------------------------------------------------------------ results
@@ -45,9 +47,23 @@ class EpochMetrics:
     compile_seconds: float = 0.0
 
 
+class TrainStatus(StrEnum):
+    """How a run ended: TrainResult.status, written to metrics.json as its value."""
+
+    COMPLETED = "completed"  # every epoch of optim.epochs
+    EARLY_STOPPED = "early_stopped"  # eval.patience epochs without a better validation accuracy
+    STOPPED = "stopped"  # on_epoch_end asked; the checkpoint (if any) resumes it
+    DIVERGED = "diverged"  # the training loss became NaN or infinite
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run has nothing left to do: its outputs are final."""
+        return self in (TrainStatus.COMPLETED, TrainStatus.EARLY_STOPPED)
+
+
 @dataclass
 class TrainResult:
-    status: str  # completed | early_stopped | stopped (the callback asked) | diverged
+    status: TrainStatus
     epochs_run: int
     best_val_acc: float | None  # what the search maximizes
     val_acc: float | None  # at the last epoch
@@ -66,6 +82,9 @@ class TrainResult:
     # compiled. Part of `seconds` and of the first epoch's seconds.
     compile_seconds: float = 0.0
     model: nn.Module | None = field(default=None, repr=False)  # final (EMA) weights; not serialized
+
+    def __post_init__(self) -> None:
+        self.status = TrainStatus(self.status)  # read back from metrics.json as its value
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -282,10 +301,8 @@ def _autocast(cfg: C.TrainConfig, device: torch.device) -> torch.autocast:
 
 def _save_checkpoint(path: Path, state: dict) -> None:
     """Write atomically: a reader (or a resume after kill -9) never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        torch.save(state, f)
 
 
 def _load_checkpoint(path: Path, cfg: C.TrainConfig) -> dict:
@@ -533,7 +550,7 @@ def train(
                 f"checkpoint {ckpt} was written by another version of stl-tune; remove it to start over"
             ) from None
     result = TrainResult(
-        status="completed",
+        status=TrainStatus.COMPLETED,
         epochs_run=run.epoch,
         best_val_acc=run.best,
         val_acc=None,
@@ -544,28 +561,28 @@ def train(
         resumed_from_epoch=run.epoch,
     )
     if run.patience_spent():  # resumed from the checkpoint of an early-stopped run
-        result.status = "early_stopped"
+        result.status = TrainStatus.EARLY_STOPPED
 
     last_save = -math.inf
-    while result.status == "completed" and run.epoch < cfg.optim.epochs:
+    while result.status == TrainStatus.COMPLETED and run.epoch < cfg.optim.epochs:
         t0, compiled_before = time.perf_counter(), run.compile_seconds
         smoothing = label_smoothing_at(run.epoch, cfg)
         train_loss = run.train_epoch(smoothing)
         result.epochs_run = run.epoch
         if not math.isfinite(train_loss):
-            result.status, result.diverged_epoch = "diverged", run.epoch
+            result.status, result.diverged_epoch = TrainStatus.DIVERGED, run.epoch
             break
         val_acc = run.validate()
         result.best_val_acc, result.val_acc = run.best, val_acc
         if run.patience_spent():
-            result.status = "early_stopped"
+            result.status = TrainStatus.EARLY_STOPPED
         # A checkpoint is ~16 bytes per parameter (weights, EMA, two AdamW moments): 180 MB at
         # width 64, too much to write every 0.5-s GPU epoch. Saving at most every
         # checkpoint_interval_s, and at the end, bounds both the cost and the work a crash loses.
         save = ckpt is not None and (
             time.perf_counter() - last_save >= cfg.runtime.checkpoint_interval_s
             or run.epoch == cfg.optim.epochs
-            or result.status != "completed"
+            or result.status != TrainStatus.COMPLETED
             or (checkpoint_now is not None and checkpoint_now())
         )
         metrics = EpochMetrics(
@@ -583,9 +600,9 @@ def train(
             last_save = time.perf_counter()
             _save_checkpoint(ckpt, run.state())
         if on_epoch_end is not None and on_epoch_end(metrics):
-            result.status = "stopped"
+            result.status = TrainStatus.STOPPED
 
-    if result.status != "diverged":
+    if result.status != TrainStatus.DIVERGED:
         run.final_evaluation(result, on_test=evaluate_test)
     result.seconds = time.perf_counter() - t_start
     result.compile_seconds = run.compile_seconds

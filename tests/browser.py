@@ -92,7 +92,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
     """Until `url` answers 200, or fail with the server's output if it exits or takes too long."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

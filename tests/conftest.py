@@ -1,5 +1,10 @@
 """Shared fixtures: tiny fake STL-10 data, a real PostgreSQL server for the session, and the storage
-matrix that runs a test on SQLite and on PostgreSQL."""
+matrix that runs a test on SQLite and on PostgreSQL.
+
+The suite runs in several processes at once (pytest-xdist, `-n` in pyproject.toml): each is a
+session of its own, so each has its own fake data, temporary folders and PostgreSQL server, on a
+port of its own (Postgres.first_start tries another port if one is taken meanwhile). A server per
+process, not one shared: the tests of a server's faults stop and restart it."""
 
 from __future__ import annotations
 
@@ -7,25 +12,29 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser import free_port
 
 PG_BIN_DIRS = ("/usr/lib/postgresql/15/bin",)  # Debian's layout; else initdb on PATH
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `cuda` are skipped where torch sees no GPU."""
+    """Tests marked `cuda` are skipped where torch sees no GPU. In a parallel run the tests marked
+    `slow` go first, in file order otherwise: pytest-xdist hands tests out in this order, so the
+    long ones run side by side from the start instead of one of them ending the run alone."""
     import torch
 
     if not torch.cuda.is_available():
         for item in items:
             if item.get_closest_marker("cuda"):
                 item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects, and must order, the same way
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)
@@ -56,12 +65,6 @@ def _pg_bin() -> Path | None:
     return Path(found).resolve().parent if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Postgres:
     """A throw-away PostgreSQL server on 127.0.0.1 with a password-protected role, started once per
     session: a database of its own for each test that asks (new_database), and a stop and start
@@ -73,7 +76,7 @@ class Postgres:
     USER, DB = "stltune", "stltune"
 
     def __init__(self, bindir: Path) -> None:
-        self.bindir, self.port, self.password = bindir, _free_port(), secrets.token_hex(12)
+        self.bindir, self.port, self.password = bindir, free_port(), secrets.token_hex(12)
         # Not under pytest's tmp dir: that one is private to root, and the server user must reach it.
         self.root = Path(tempfile.mkdtemp(prefix="stl-tune-pg-"))
         self.data, self.log = self.root / "data", self.root / "server.log"
@@ -82,12 +85,15 @@ class Postgres:
         if self.run_as:
             shutil.chown(self.root, "nobody")
             shutil.chown(self.root / "pwfile", "nobody")
+        self._count = 0
+
+    @property
+    def options(self) -> str:
         # max_connections: each test's own processes and pools, with room for those not yet closed
-        self.options = (
+        return (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
             "-c fsync=off -c max_connections=300"
         )
-        self._count = 0
 
     def _pg(self, *args: str) -> None:
         # -l (a log file): the server must not inherit our pipes, which run() would wait for.
@@ -97,6 +103,18 @@ class Postgres:
 
     def start(self) -> None:
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self.options, "-w", "-t", "60", "start")
+
+    def first_start(self, tries: int = 5) -> None:
+        """Start on a free port: between free_port() and the server's bind, another process of the
+        parallel suite may have taken it (the server then exits: 'Address already in use')."""
+        for _ in range(tries - 1):
+            try:
+                return self.start()
+            except subprocess.CalledProcessError:
+                if "already in use" not in self.log.read_text(errors="replace"):
+                    raise
+                self.port = free_port()
+        self.start()
 
     def stop(self, mode: str = "fast") -> None:
         self._pg("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
@@ -147,7 +165,7 @@ def postgres() -> Iterator[Postgres]:
         "--encoding=UTF8",
         "--no-sync",
     )
-    server.start()
+    server.first_start()
     try:
         yield server
     finally:
@@ -171,7 +189,7 @@ STORAGES = ("sqlite", "postgresql")
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The storage matrix, as Optuna's optuna/testing/storages.py has one: a test that takes this
     fixture runs once on a new SQLite file and once on a new PostgreSQL database (the session's
-    server), the two storages whose code differs below the workers (search/storages.py)."""
+    server), the two storages whose code differs below the workers (search/storage/storages.py)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/study.db"
     return request.getfixturevalue("postgres_url")
@@ -225,7 +243,7 @@ def no_download(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(url)
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(data, "download_and_extract_archive", offline)
+    monkeypatch.setattr(data.stl10, "download_and_extract_archive", offline)
     return calls
 
 

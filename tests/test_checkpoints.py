@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stl_tune.search.checkpoints import PARTIAL, CheckpointStore, local_workdir, sweep_dead_workdirs
+from stl_tune.search.worker.checkpoints import PARTIAL, CheckpointStore, local_workdir, sweep_dead_workdirs
 
 
 class _Interrupted(io.BytesIO):

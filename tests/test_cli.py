@@ -94,7 +94,7 @@ def test_train_seeds_writes_each_seed_the_spread_and_the_ensemble(fake_dir, tmp_
         "ema.decay=0.9",
     ]
     base = ["train", "--data-dir", str(fake_dir), "--out", str(out), *TINY, *learn]
-    # one seed: no ensemble yet, and OUT/model.pt is that seed's model (the README's next command works)
+    # one seed: no ensemble yet, and OUT/model.pt is that seed's model (docs/COMMANDS.md's evaluate command works)
     first = runner.invoke(app, [*base, "--seeds", "0"])
     assert first.exit_code == 0, first.output
     assert (out / "model.pt").read_bytes() == (out / "seed-0" / "model.pt").read_bytes()
@@ -272,6 +272,18 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path):
     assert result.exit_code == 2
     assert result.output.strip() == message or result.output.strip().startswith(message)
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["train"], ["ensemble"], ["evaluate", "--model", "m.pt", "--data-dir", "d"], ["report"]],
+)
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a short path: the error box wraps at 80 columns
+    Path("afile").write_text("keep me")
+    result = runner.invoke(app, [*command, "--out", "afile"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "dir 'afile' is a file" in result.output and Path("afile").read_text() == "keep me"
 
 
 def test_malformed_yaml_and_missing_data(tmp_path):

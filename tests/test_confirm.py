@@ -9,13 +9,14 @@ import pytest
 from optuna.trial import TrialState
 
 from stl_tune import config
-from stl_tune.search import confirm as CF
+from stl_tune.errors import StudyError
 from stl_tune.search import create_or_load_study, load_study, mask_url, open_storage, record, resolve_study_name
-from stl_tune.search.export import write_export
-from stl_tune.search.objective import Objective
-from stl_tune.search.space import StudyError, StudySpec
-from stl_tune.search.trials import tally
-from stl_tune.search.workers import work
+from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.state import confirm as CF
+from stl_tune.search.state.export import write_export
+from stl_tune.search.state.trials import tally
+from stl_tune.search.worker.objective import Objective
+from stl_tune.search.worker.workers import work
 from stl_tune.train import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # in-process trainings
@@ -33,7 +34,7 @@ def searched(storage_url, tmp_path, tiny_study):
 
 def test_confirm_retrains_the_top_k_with_new_seeds_once(searched, storage_url, tmp_path):
     search, spec, storage = searched
-    study, candidates, seeds = CF.prepare(search, spec, top=2, n_seeds=2)
+    study, candidates, seeds = CF.queue_confirmations(search, spec, top=2, n_seeds=2)
     assert seeds == [1, 2] and [t.number for t in candidates] == [
         t.number for t in sorted(search.trials, key=lambda t: -t.value)[:2]
     ]
@@ -57,7 +58,7 @@ def test_confirm_retrains_the_top_k_with_new_seeds_once(searched, storage_url, t
         assert s["std"] == pytest.approx(statistics.stdev(s["values"]))
     assert search.user_attrs[record.CONFIRMED_ATTR] == summary
 
-    again, _, _ = CF.prepare(search, spec, top=2, n_seeds=2)  # the same call again: nothing new to train
+    again, _, _ = CF.queue_confirmations(search, spec, top=2, n_seeds=2)  # the same call again: nothing new to train
     assert len(again.trials) == 4 and tally(again).finished == 4
 
     best_number, best = CF.best_confirmed(search)
@@ -83,7 +84,7 @@ def test_confirm_retrains_the_top_k_with_new_seeds_once(searched, storage_url, t
 
 def test_a_failed_confirmation_is_reported_not_replaced_by_a_sampled_trial(searched, tmp_path):
     search, spec, storage = searched
-    study, _, _ = CF.prepare(search, spec, top=1, n_seeds=2)
+    study, _, _ = CF.queue_confirmations(search, spec, top=1, n_seeds=2)
 
     def seed_2_fails(cfg, on_epoch_end=None, **kw):
         if cfg.seed == 2:
@@ -103,7 +104,7 @@ def test_nothing_to_confirm_is_one_line(storage_url, tiny_study):
     spec = StudySpec.from_dict(tiny_study)
     search = create_or_load_study(spec, None, open_storage(storage_url))
     with pytest.raises(StudyError, match="has no complete trial to confirm yet"):
-        CF.prepare(search, spec, top=3, n_seeds=3)
+        CF.queue_confirmations(search, spec, top=3, n_seeds=3)
 
 
 @pytest.mark.slow
@@ -133,7 +134,7 @@ def test_confirm_command_trains_on_the_data_the_search_used(
     def offline(*args, **kwargs):
         raise OSError("no network")
 
-    monkeypatch.setattr("stl_tune.data.download_and_extract_archive", offline)
+    monkeypatch.setattr("stl_tune.data.stl10.download_and_extract_archive", offline)
     r = CliRunner().invoke(app, [*args, "--data-dir", str(tmp_path / "missing"), "--name", "tiny", "--top", "2"])
     assert r.exit_code == 2 and "downloading it failed (OSError: no network)" in r.output  # before anything is queued
     assert len(load_study("tiny.confirm", open_storage(url))[0].trials) == 1

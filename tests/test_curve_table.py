@@ -72,3 +72,15 @@ def test_builds_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
     other = build(tmp_path, data, table, "--configs", "3", "--epochs", "2")
     assert other.returncode != 0 and "holds a table of other settings" in other.stderr
     assert len(rows(table)[1]) == 6  # refused before touching the file
+
+
+def test_bad_data_or_a_foreign_table_is_one_line_before_any_write(tmp_path: Path) -> None:
+    table = tmp_path / "table.jsonl"
+    missing = build(tmp_path, tmp_path / "nowhere", table, "--configs", "2", "--epochs", "1")
+    assert missing.returncode == 1 and missing.stderr.strip() == f"folder dataset not found: {tmp_path / 'nowhere'}"
+    assert not table.exists()
+
+    table.write_text("# notes, not a table\n")
+    foreign = build(tmp_path, split_folder(tmp_path / "data"), table, "--configs", "2", "--epochs", "1")
+    assert foreign.returncode == 1 and foreign.stderr.strip() == f"{table} is not a curve table: use another --table"
+    assert table.read_text() == "# notes, not a table\n"

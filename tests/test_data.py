@@ -1,4 +1,4 @@
-"""stl_tune/data.py: STL-10 binary layout, checks, download fallback, folder datasets, splits, cache,
+"""stl_tune/data/: STL-10 binary layout, checks, download fallback, folder datasets, splits, cache,
 and the fake-data writer. No network: the downloader is monkeypatched wherever files are missing."""
 
 import shutil
@@ -59,7 +59,7 @@ def test_column_major_orientation(tmp_path):
     (folder / "train_y.bin").write_bytes(bytes([3]))
     x, y = read_stl10_split(tmp_path, "train")
     assert torch.equal(x[0], torch.from_numpy(img)) and y.tolist() == [2]
-    data._write_stl10_split(tmp_path, "test", x, y)  # the writer is the exact inverse
+    data.stl10.write_split(tmp_path, "test", x, y)  # the writer is the exact inverse
     assert (folder / "test_X.bin").read_bytes() == (folder / "train_X.bin").read_bytes()
     assert (folder / "test_y.bin").read_bytes() == bytes([3])
 
@@ -139,7 +139,7 @@ def test_missing_files_are_downloaded(tmp_path, monkeypatch):
         assert (url, md5) == (STL10.url, STL10.tgz_md5)  # torchvision checks the archive
         write_fake_stl10(download_root, train_per_class=2, test_per_class=1)
 
-    monkeypatch.setattr(data, "download_and_extract_archive", fake_download)
+    monkeypatch.setattr(data.stl10, "download_and_extract_archive", fake_download)
     ds = load_data(cfg(tmp_path), seed=0, with_test=True)
     assert len(ds.train_y) + len(ds.val_y) == 20 and len(ds.test_y) == 10
     assert [p.name for p in tmp_path.iterdir()] == ["stl10_binary"]  # temp folder cleaned up
@@ -147,7 +147,7 @@ def test_missing_files_are_downloaded(tmp_path, monkeypatch):
 
 def test_ensure_downloaded_fetches_only_what_is_missing(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(data, "_download_stl10", lambda root: calls.append(root))
+    monkeypatch.setattr(data.stl10, "download", lambda root: calls.append(root))
     write_fake_stl10(tmp_path / "have", train_per_class=1, test_per_class=1)
     data.ensure_downloaded(cfg(tmp_path / "have"))
     data.ensure_downloaded(DataConfig("folder", str(tmp_path / "anything")))
@@ -164,7 +164,7 @@ def test_split_is_stratified_disjoint_and_complete(fake):
     assert torch.bincount(ds.train_y).tolist() == [18] * 10
     # Disjoint and complete: together the images are exactly the labelled training set (the noise
     # makes every fake image unique, so images can be compared as sets of byte strings).
-    x = data._resize(read_stl10_split(fake, "train")[0], 16)
+    x = data.decode.resize(read_stl10_split(fake, "train")[0], 16)
     train, val, full = ({bytes(img.numpy()) for img in t} for t in (ds.train_x, ds.val_x, x))
     assert len(full) == len(x) and not train & val and train | val == full
 

@@ -218,8 +218,12 @@ def test_train_size_decodes_and_downloads_nothing(tmp_path, fake_data, monkeypat
     def forbidden(*args, **kwargs):
         raise AssertionError("train_size must not read images or download")
 
-    for name in ("_decode", "read_stl10_split", "download_and_extract_archive"):
-        monkeypatch.setattr(data, name, forbidden)
+    for module, name in (
+        (data.decode, "_decode"),
+        (data.stl10, "read_stl10_split"),
+        (data.stl10, "download_and_extract_archive"),
+    ):
+        monkeypatch.setattr(module, name, forbidden)
     assert train_size(folder(tmp_path / "f")) == 8
     assert train_size(DataConfig(dir=str(fake_data))) == 180
     with pytest.raises(DataError, match=r"train_y.bin not found: STL-10 is not downloaded yet"):
@@ -334,7 +338,7 @@ def test_prepare_decodes_once_and_the_next_process_reads_the_cache(tmp_path, ima
         raise AssertionError(f"decoded {f} again")
 
     data.clear_cache()  # as a new process, e.g. a search's worker
-    monkeypatch.setattr(data, "_decode", forbidden)
+    monkeypatch.setattr(data.decode, "_decode", forbidden)
     again = load_data(cfg, seed=0, with_test=True)
     assert torch.equal(again.train_x, expected.train_x) and torch.equal(again.test_x, expected.test_x)
     prepare(cfg)
@@ -366,7 +370,7 @@ def test_a_cache_write_cut_short_leaves_no_file(tmp_path, image_cache, monkeypat
         f.write(b"half a tensor file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(data.torch, "save", disk_full)
+    monkeypatch.setattr(data.decode.torch, "save", disk_full)
     prepare(folder(tmp_path / "d"))  # decoded all the same
     assert list(image_cache.iterdir()) == []  # neither a half file under the final name nor a temporary one
 

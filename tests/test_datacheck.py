@@ -6,8 +6,9 @@ import copy
 import pytest
 
 from stl_tune.data import DataError, write_fake_stl10
-from stl_tune.search.datacheck import check_against_data
-from stl_tune.search.space import StudyError, StudySpec
+from stl_tune.errors import StudyError
+from stl_tune.search.spec.datacheck import check_against_data
+from stl_tune.search.spec.space import StudySpec
 
 # fake_data: 20 training images in each of 10 classes; the 10 % validation split leaves 180.
 BATCH = "optim.batch_size"

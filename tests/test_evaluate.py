@@ -176,6 +176,13 @@ def test_classes_the_model_does_not_know_are_one_line(trained, fake_data, tmp_pa
     assert not (tmp_path / "eval").exists()
 
 
+def test_stl10_binaries_are_one_line_that_says_where_their_test_score_is(trained, fake_data, tmp_path):
+    res = run_evaluate(trained[0] / "model.pt", fake_data, tmp_path / "eval")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"{fake_data} holds STL-10's binaries, not a folder dataset" in res.output
+    assert "metrics.json or summary.json" in res.output and not (tmp_path / "eval").exists()
+
+
 def test_names_that_differ_only_in_case_are_pointed_out(trained, fake_data, tmp_path):
     out, result, _ = trained
     root = tmp_path / "shouty"
@@ -268,7 +275,27 @@ def test_a_version_1_model_file_still_loads(trained, tmp_path):
     x = torch.rand(4, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(stl_tune.load_model(tmp_path / "v1.pt")(x), stl_tune.load_model(out / "model.pt")(x))
-    saved["version"] = 3
-    torch.save(saved, tmp_path / "v3.pt")
-    with pytest.raises(UserError, match="format version 3; this stl-tune reads versions 1, 2"):
-        stl_tune.load_model(tmp_path / "v3.pt")
+    saved["version"] = 4
+    torch.save(saved, tmp_path / "v4.pt")
+    with pytest.raises(UserError, match="format version 4; this stl-tune reads versions 1, 2, 3"):
+        stl_tune.load_model(tmp_path / "v4.pt")
+
+
+def test_a_weighted_ensemble_averages_by_its_weights(ensemble, tmp_path):
+    _, members = ensemble
+    save_ensemble(tmp_path / "weighted.pt", members, weights=[3, 1])  # normalised: 0.75, 0.25
+    saved = torch.load(tmp_path / "weighted.pt", weights_only=True)
+    assert [m["weight"] for m in saved["members"]] == [0.75, 0.25]
+    model = stl_tune.load_model(tmp_path / "weighted.pt")
+    x = torch.rand(6, 3, 16, 16)
+    with torch.no_grad():
+        p = [stl_tune.load_model(m)(x).softmax(1) for m in members]
+        assert torch.allclose(model(x).exp(), 0.75 * p[0] + 0.25 * p[1], atol=1e-6)
+        # a version-2 ensemble has no weights: its members count equally
+        for m in saved["members"]:
+            del m["weight"]
+        saved["version"] = 2
+        torch.save(saved, tmp_path / "v2.pt")
+        assert torch.allclose(stl_tune.load_model(tmp_path / "v2.pt")(x).exp(), (p[0] + p[1]) / 2, atol=1e-6)
+    with pytest.raises(UserError, match="one positive weight per member"):
+        save_ensemble(tmp_path / "bad.pt", members, weights=[1, 0])

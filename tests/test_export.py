@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 
 from stl_tune import config
 from stl_tune.cli import app
-from stl_tune.cli import inspect as search_cli
+from stl_tune.cli import views as search_cli
+from stl_tune.errors import StudyError
 from stl_tune.search import create_or_load_study, open_storage
-from stl_tune.search.export import final_config, pick_trial, write_export
-from stl_tune.search.space import StudyError, StudySpec
+from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.state.export import final_config, pick_trial, write_export
 
 SPEC = {"name": "ex", "search_space": {"model.width": {"type": "int", "low": 4, "high": 8}}}
 
@@ -112,8 +113,8 @@ def test_read_only_commands_create_no_database(command, tmp_path):
 
 
 def test_status_names_trials_of_dead_workers(study, storage_url, monkeypatch):
-    from stl_tune.search.record import Reason
-    from stl_tune.search.trials import requeue_dead, tally
+    from stl_tune.search.state.outcome import Reason, requeue_dead
+    from stl_tune.search.state.trials import tally
 
     host = socket.gethostname()
     dead = subprocess.Popen(["true"])

@@ -18,11 +18,16 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.search import create_or_load_study, open_storage
-from stl_tune.search.objective import Objective
-from stl_tune.search.space import StudySpec
-from stl_tune.search.workers import work
+from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.worker.keep import is_kept
+from stl_tune.search.worker.objective import Objective
+from stl_tune.search.worker.workers import work
 
 STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]  # the installed console script
+# A run whose dead worker's trial must be re-queued at once, not by the heartbeat, ends within DONE_S
+# seconds (several times what it takes alone: the suite runs in parallel on few cores), while the
+# heartbeat would wait GRACE_S.
+DONE_S, GRACE_S = 240, "600"
 pytestmark = pytest.mark.usefixtures("single_thread")  # in-process trainings
 
 
@@ -98,7 +103,8 @@ def test_killed_worker_trial_resumes_from_its_checkpoint(storage_url, tmp_path, 
     assert epoch >= 1 and retry.user_attrs["resumed_from_epoch"] == epoch
     assert retry.user_attrs["curve"][:epoch] == killed.user_attrs["curve"][:epoch]  # the curve continues
     assert len(retry.user_attrs["curve"]) == retry.user_attrs["epochs_run"] == 12
-    assert not any(artifacts.iterdir())  # not even a partial upload the kill cut short
+    # not even a partial upload the kill cut short
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
     assert not list(tmp_path.glob(f"stl-tune-{pid}-*"))  # nor the dead worker's local checkpoint copy
 
 
@@ -135,12 +141,12 @@ def _check_resumed(study: optuna.Study, victim: FrozenTrial) -> None:
 
 @pytest.mark.slow
 def test_run_requeues_a_killed_workers_trial_at_once(storage_url, tmp_path, tiny_study, worker_env):
-    """Without waiting for the heartbeat's grace period (120 s here: the run's timeout is shorter)."""
+    """Without waiting for the heartbeat's grace period (GRACE_S here: the run's timeout is shorter)."""
     n, name, url, artifacts = 2, "reap", storage_url, tmp_path / "artifacts"
     cmd = _run_cmd(_study_file(tmp_path, tiny_study, epochs=12), name, n, 2, url, artifacts)
     run = subprocess.Popen(
         cmd,
-        env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"},
+        env={**worker_env, "STL_TUNE_GRACE_PERIOD": GRACE_S},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -148,7 +154,7 @@ def test_run_requeues_a_killed_workers_trial_at_once(storage_url, tmp_path, tiny
     victim = _wait_for_checkpoint(url, name, [run])
     pid = int(victim.user_attrs["worker"].rpartition(":")[2])
     os.kill(pid, signal.SIGKILL)
-    out, _ = run.communicate(timeout=90)
+    out, _ = run.communicate(timeout=DONE_S)
     assert run.returncode == 0, out
     assert re.search(rf"worker w\d \(pid {pid}\) died \(signal 9\); trial {victim.number} queued to resume", out), out
     assert "Traceback" not in out
@@ -157,7 +163,7 @@ def test_run_requeues_a_killed_workers_trial_at_once(storage_url, tmp_path, tiny
     study = optuna.load_study(study_name=name, storage=url)
     assert len(_finished(study)) == n
     _check_resumed(study, victim)
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
 @pytest.mark.slow
@@ -166,14 +172,14 @@ def test_rerun_requeues_the_trial_of_a_dead_run_on_this_host(storage_url, tmp_pa
     re-queues the orphaned RUNNING trial at once instead of waiting out the grace period."""
     n, name, url, artifacts = 1, "orphan", storage_url, tmp_path / "artifacts"
     cmd = _run_cmd(_study_file(tmp_path, tiny_study, epochs=12), name, n, 1, url, artifacts)
-    env = {**worker_env, "STL_TUNE_GRACE_PERIOD": "120"}
+    env = {**worker_env, "STL_TUNE_GRACE_PERIOD": GRACE_S}
     run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     victim = _wait_for_checkpoint(url, name, [run])
     run.kill()  # the parent first: it would re-queue its child's trial itself
     run.wait()
     os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
 
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=DONE_S)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"queued trial {victim.number} of dead workers on this host to resume" in again.stdout
     assert ": 1 trial, 1 worker (CPU)," in again.stdout
@@ -187,7 +193,7 @@ def test_confirm_survives_a_killed_worker(storage_url, tmp_path, tiny_study, wor
     """`stl-tune confirm` on 2 workers, one killed mid-confirmation: `confirm` re-queues its trial at
     once, the retry resumes from its checkpoint with the same config and seed, and the candidate's
     mean is over all its seeds."""
-    from stl_tune.search import confirm as CF
+    from stl_tune.search.state import confirm as CF
 
     url, artifacts = storage_url, tmp_path / "artifacts"
     spec = StudySpec.from_dict(yaml.safe_load(_study_file(tmp_path, tiny_study, epochs=12).read_text()))
@@ -211,7 +217,7 @@ def test_confirm_survives_a_killed_worker(storage_url, tmp_path, tiny_study, wor
     ]
     proc = subprocess.Popen(
         cmd,
-        env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"},
+        env={**worker_env, "STL_TUNE_GRACE_PERIOD": GRACE_S},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -219,7 +225,7 @@ def test_confirm_survives_a_killed_worker(storage_url, tmp_path, tiny_study, wor
     victim = _wait_for_checkpoint(url, "tiny.confirm", [proc])
     pid = int(victim.user_attrs["worker"].rpartition(":")[2])
     os.kill(pid, signal.SIGKILL)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=DONE_S)
     assert proc.returncode == 0, out
     assert re.search(rf"worker w\d \(pid {pid}\) died \(signal 9\); trial {victim.number} queued to resume", out), out
 
@@ -231,7 +237,7 @@ def test_confirm_survives_a_killed_worker(storage_url, tmp_path, tiny_study, wor
     summary = CF.summarize(study, search)[str(search.best_trial.number)]
     assert summary["seeds"] == [1, 2] and len(summary["values"]) == 2
     assert f"{summary['mean']:.4f} ± {summary['std']:.4f} (n=2) (best)" in out
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
 @pytest.mark.slow
@@ -242,8 +248,8 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_ur
     next run, without a budget, resumes them and finishes exactly N."""
     from stl_tune import config
     from stl_tune.search import record
-    from stl_tune.search.export import write_export
-    from stl_tune.search.trials import tally
+    from stl_tune.search.state.export import write_export
+    from stl_tune.search.state.trials import tally
 
     url, artifacts = storage_url, tmp_path / "artifacts"
     study_file = _study_file(tmp_path, tiny_study, epochs=12)
@@ -259,7 +265,7 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_ur
     cmd = [*_run_cmd(study_file, "new", n, 2, url, artifacts), "--from-study", "old", "--enqueue", str(best)]
     run = subprocess.Popen(
         [*cmd, "--time-budget", "40s"],
-        env={**worker_env, "STL_TUNE_GRACE_PERIOD": "120"},
+        env={**worker_env, "STL_TUNE_GRACE_PERIOD": GRACE_S},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -305,7 +311,7 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_ur
             retry.params == stopped.params
             and retry.user_attrs["resumed_from_epoch"] == stopped.user_attrs["checkpoint"]["epoch"]
         )
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
 @pytest.mark.slow
@@ -362,7 +368,7 @@ def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(storage_url, tmp_path, 
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     resumed = [t.user_attrs["resumed_from_epoch"] for t in _finished(study)]
     assert max(resumed) >= 1  # the trial we waited for went on from its checkpoint
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
 @pytest.mark.slow
@@ -374,7 +380,7 @@ def test_ctrl_c_finishes_the_epoch_and_checkpoints_it_for_the_retry(
     from typer.testing import CliRunner
 
     from stl_tune.cli import app
-    from stl_tune.cli import inspect as cli_inspect
+    from stl_tune.cli import views as cli_views
 
     name, url = "soft", storage_url
     tiny_study["fixed"]["runtime"]["checkpoint_interval_s"] = 3600
@@ -409,7 +415,7 @@ def test_ctrl_c_finishes_the_epoch_and_checkpoints_it_for_the_retry(
     stopped, retry = study.trials[int(m[1])], study.trials[int(m[4])]
     assert stopped.user_attrs["checkpoint"]["epoch"] == len(stopped.user_attrs["curve"]) == int(m[2])
     assert retry.state == TrialState.WAITING and retry.system_attrs["retry_history"] == [stopped.number]
-    monkeypatch.setattr(cli_inspect.console, "width", 240)  # each note on one line
+    monkeypatch.setattr(cli_views.console, "width", 240)  # each note on one line
     r = CliRunner().invoke(app, ["status", "--name", name, "--storage", url])
     assert f"stopped (interrupted), resumes as trial {retry.number}" in r.output, r.output
     assert f"retry of trial {stopped.number}" in r.output and "FAIL" not in r.output, r.output
@@ -451,7 +457,7 @@ def _a_transaction_is_open(url: str) -> bool:
 
     import sqlalchemy
 
-    from stl_tune.search.urls import sqlite_file
+    from stl_tune.search.storage.urls import sqlite_file
 
     db = sqlite_file(url)
     if db is not None:
@@ -519,4 +525,4 @@ def test_frozen_worker_wakes_drops_its_stale_trial_and_goes_on(storage_url, tmp_
     assert len(_finished(study)) == n
     (retry,) = [t for t in study.trials if t.system_attrs.get("retry_history") == [victim.number]]
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 1
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]

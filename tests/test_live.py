@@ -21,12 +21,14 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from stl_tune.cli import app
-from stl_tune.search import create_or_load_study, open_storage, probe
-from stl_tune.search.eta import EpochsRun, estimate
-from stl_tune.search.live import EpochLog, View
+from stl_tune.search import create_or_load_study, open_storage
 from stl_tune.search.record import ENQUEUED_ATTR, N_TRIALS_ATTR
-from stl_tune.search.space import StudySpec
-from stl_tune.search.trials import tally
+from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.state.trials import tally
+from stl_tune.search.views.eta import EpochsRun, estimate
+from stl_tune.search.views.live import View
+from stl_tune.search.worker import probe
+from stl_tune.search.worker.epochlog import EpochLog
 from stl_tune.train import EpochMetrics
 
 STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]
@@ -359,3 +361,11 @@ def test_no_time_left_is_told_once_the_time_budget_is_spent(tmp_path):
     assert r.exit_code == 0, r.output
     assert "2/6 finished; stopped: time budget spent at 2020-01-01 00:00:00 UTC" in r.output
     assert " left" not in r.output.replace("time budget: spent", ""), r.output  # no "about 32 min left"
+
+
+def test_the_best_trial_reads_the_same_in_every_view():
+    from stl_tune.search.fmt import best_line
+
+    trial = optuna.trial.create_trial(value=0.81234, params={}, distributions={})
+    assert best_line(trial) == f"best 0.8123 (trial {trial.number})"
+    assert best_line(None) == "no complete trial yet"

@@ -1,5 +1,6 @@
-"""The objective in this process with the real trainer on fake data: what each trial records,
-pruning, failures, and an exact resume from the artifact store after an interruption."""
+"""The objective in this process with the real trainer on fake data, run by the worker loop: what
+each trial records, pruning, failures, and an exact resume from the artifact store after an
+interruption."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from optuna.trial import TrialState
 
 from stl_tune import config as C
 from stl_tune.search import create_or_load_study, open_storage
-from stl_tune.search.objective import Objective
-from stl_tune.search.space import StudySpec
-from stl_tune.search.workers import work
+from stl_tune.search import optuna_compat as compat
+from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.worker.keep import is_kept
+from stl_tune.search.worker.objective import Objective
+from stl_tune.search.worker.workers import work
 from stl_tune.train import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # in-process trainings
@@ -33,7 +36,7 @@ def test_trial_records_config_curve_and_result(setup, fake_data, tmp_path):
     spec, study, artifacts = setup
     other = tmp_path / "elsewhere"
     other.symlink_to(fake_data)  # the same images under another name: only the override can set it
-    study.optimize(Objective(spec, artifacts, {"data.dir": str(other)}), n_trials=1)
+    work(study, Objective(spec, artifacts, {"data.dir": str(other)}), 1)
 
     (t,) = study.trials
     assert t.state == TrialState.COMPLETE
@@ -48,7 +51,14 @@ def test_trial_records_config_curve_and_result(setup, fake_data, tmp_path):
     assert t.user_attrs["status"] == "completed" and t.user_attrs["fail_reason"] is None
     assert t.user_attrs["param_count"] > 0 and t.user_attrs["seconds"] > 0
     assert t.user_attrs["device"] == "cpu" and t.user_attrs["resumed_from_epoch"] == 0
-    assert t.user_attrs["checkpoint"] is None and not any(artifacts.iterdir())  # nothing left to resume
+    assert t.user_attrs["checkpoint"] is None  # nothing left to resume: what is left is kept for an ensemble
+    tid = compat.trial_id(t)
+    assert sorted(f.name for f in artifacts.iterdir()) == [f"ensemble-{tid}-model", f"ensemble-{tid}-predictions"]
+    assert t.user_attrs["kept"] == {
+        "predictions": f"ensemble-{tid}-predictions",
+        "model": f"ensemble-{tid}-model",
+        "value": t.value,
+    }
 
 
 def test_pruned_trial_keeps_its_curve_and_no_checkpoint(storage_url, tmp_path, tiny_study):
@@ -57,13 +67,13 @@ def test_pruned_trial_keeps_its_curve_and_no_checkpoint(storage_url, tmp_path, t
     artifacts = tmp_path / "artifacts"
     pruner = optuna.pruners.ThresholdPruner(lower=1.01)  # below 101 % accuracy: prune at once
     pruned = optuna.create_study(storage=open_storage(storage_url), pruner=pruner)
-    pruned.optimize(Objective(spec, artifacts), n_trials=1)
+    work(pruned, Objective(spec, artifacts), 1)
 
     (t,) = pruned.trials
     assert t.state == TrialState.PRUNED
     assert t.user_attrs["status"] == "pruned" and t.user_attrs["epochs_run"] == 1
     assert len(t.user_attrs["curve"]) == 1
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
 def test_failing_trial_is_recorded_and_the_worker_goes_on(setup):
@@ -119,7 +129,7 @@ def test_interrupted_trial_resumes_from_its_checkpoint_exactly(setup, tiny_study
         work(study, Objective(spec, artifacts), 1)  # the next run
     assert not [w for w in caught if "already reported" in str(w.message)]
     study.enqueue_trial(params)
-    study.optimize(Objective(spec, artifacts), n_trials=1)  # the same trial, never interrupted
+    work(study, Objective(spec, artifacts), 2)  # the same trial, never interrupted
 
     _, resumed, reference = study.trials
     assert resumed.state == TrialState.COMPLETE and resumed.params == params
@@ -129,7 +139,7 @@ def test_interrupted_trial_resumes_from_its_checkpoint_exactly(setup, tiny_study
     assert resumed.user_attrs["curve"] == reference.user_attrs["curve"]  # exact resume
     assert resumed.intermediate_values == reference.intermediate_values  # each epoch reported once
     assert resumed.value == reference.value
-    assert not any(artifacts.iterdir())  # the finished trial's checkpoint was removed
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]  # the finished trial's checkpoint was removed
 
 
 def test_a_stop_after_the_epochs_save_was_decided_stops_at_the_next_epoch_with_its_checkpoint(setup, tiny_study):
@@ -158,7 +168,7 @@ def test_a_stop_after_the_epochs_save_was_decided_stops_at_the_next_epoch_with_i
 
 
 def test_last5_objective_is_the_mean_of_the_last_five_epochs():
-    from stl_tune.search.objective import objective_value
+    from stl_tune.search.worker.objective import objective_value
     from stl_tune.train import TrainResult
 
     accs = [0.2, 0.9, 0.5, 0.6, 0.7, 0.8, 0.6]  # a lucky epoch 2 does not make the value
@@ -191,10 +201,10 @@ def test_a_failed_trials_model_is_freed_before_the_next_trial(setup, monkeypatch
         models.append(weakref.ref(model))
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    with pytest.raises(RuntimeError) as failure:
-        Objective(spec, artifacts, trainer=fails_holding_a_model)(study.ask())
+    failure = Objective(spec, artifacts, trainer=fails_holding_a_model)(study.ask()).error  # kept by the outcome
     gc.collect()
-    assert failure.value.__traceback__ is not None and models[0]() is None
+    assert isinstance(failure, RuntimeError)
+    assert failure.__traceback__ is not None and models[0]() is None
 
 
 def test_a_cpu_worker_trains_auto_on_the_cpu_where_cuda_is_available(setup, monkeypatch):
@@ -208,8 +218,10 @@ def test_a_cpu_worker_trains_auto_on_the_cpu_where_cuda_is_available(setup, monk
         raise ValueError("stop here")
 
     for cpu in (True, False):
-        with pytest.raises(ValueError):
-            Objective(spec, artifacts, {"runtime.device": "auto"}, trainer=records_the_device, cpu=cpu)(study.ask())
+        outcome = Objective(spec, artifacts, {"runtime.device": "auto"}, trainer=records_the_device, cpu=cpu)(
+            study.ask()
+        )
+        assert isinstance(outcome.error, ValueError)
     assert devices == ["cpu", "auto"]
     assert [t.user_attrs["config"]["runtime"]["device"] for t in study.trials] == ["auto", "auto"]  # as sampled
 
@@ -226,6 +238,5 @@ def test_epoch_seconds_leave_out_the_compile(setup):
         on_epoch_end(EpochMetrics(2, 2.0, 0.1, 1e-3, 0.0, seconds=1.5, checkpointed=False))
         raise ValueError("stop here")
 
-    with pytest.raises(ValueError):
-        Objective(spec, artifacts, trainer=compiles_then_fails)(study.ask())
+    assert isinstance(Objective(spec, artifacts, trainer=compiles_then_fails)(study.ask()).error, ValueError)
     assert study.trials[0].user_attrs["epoch_seconds"] == [1.5, 1.5]

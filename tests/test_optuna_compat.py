@@ -53,7 +53,7 @@ def test_heartbeat_keeps_a_trial_alive_and_its_absence_fails_it(storage_url):
 
 
 def test_retry_history_names_the_retried_trials(study):
-    from stl_tune.search.trials import retry_callback
+    from stl_tune.search.storage.storages import retry_callback
 
     first = study.ask()
     assert compat.retry_history(compat.frozen(first)) == []
@@ -67,9 +67,9 @@ def test_retry_history_names_the_retried_trials(study):
 def test_storage_url_of_a_database_and_of_optunas_cache_around_it(storage_url):
     url = storage_url
     rdb = open_storage(url, heartbeat=False)
-    assert compat.storage_url(rdb) == url
+    assert compat.database_url(rdb) == url
     cached = compat.CachedStorage(rdb)  # what Optuna puts around an RDBStorage; the proxy extends it
-    assert compat.storage_url(cached) == url and compat.backend(cached) is rdb and compat.backend(rdb) is rdb
+    assert compat.database_url(cached) == url and compat.backend(cached) is rdb and compat.backend(rdb) is rdb
     study_id = cached.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "cached")
     assert rdb.get_study_id_from_name("cached") == study_id
     assert compat.grpc_address(rdb) is None
@@ -80,7 +80,7 @@ def test_grpc_address_of_a_proxy_client():
     with compat.experimental_ok():
         client = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=13999)  # connects lazily
     assert compat.grpc_address(client) == ("127.0.0.1", 13999)
-    assert compat.storage_url(client) is None
+    assert compat.database_url(client) is None
 
 
 def test_experimental_ok_silences_only_experimental_warnings():
@@ -99,7 +99,7 @@ def test_study_id_and_the_trial_table_count_a_study(study):
     study.tell(study.ask(), 0.5)
     storage = compat.storage_of(study)
     assert compat.study_id(study) == storage.get_study_id_from_name(study.study_name)
-    t = compat.TrialModel
+    t = compat.trial_model()
     query = (
         sqlalchemy.select(t.state, sqlalchemy.func.count())
         .where(t.study_id == compat.study_id(study))

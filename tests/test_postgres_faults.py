@@ -14,8 +14,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from stl_tune.search import open_storage, reconnect, workers
-from stl_tune.search.trials import count_states, tally
+from stl_tune.search import open_storage
+from stl_tune.search.state.trials import count_states, tally
+from stl_tune.search.storage import reconnect
+from stl_tune.search.worker import workers
 
 
 @pytest.mark.slow

@@ -280,8 +280,8 @@ def test_missing_storage_is_not_created(tmp_path):
 def test_page_says_how_the_known_recipe_did_the_warm_start_the_budgets_and_what_to_run_next(tmp_path):
     from datetime import timedelta
 
-    from stl_tune.search import budget
     from stl_tune.search.record import COPIED_ATTR, ENQUEUED_ATTR, KNOWN_RECIPE, N_TRIALS_ATTR
+    from stl_tune.search.state import limits
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = make_study(
@@ -293,7 +293,7 @@ def test_page_says_how_the_known_recipe_did_the_warm_start_the_budgets_and_what_
         },
     )
     study.set_user_attr(N_TRIALS_ATTR, 24)
-    budget.set_budgets(study, timedelta(hours=2), 5)
+    limits.set_limits(study, timedelta(hours=2), 5)
     out = tmp_path / "report"
     assert CliRunner().invoke(app, ["report", "--storage", url, "-o", str(out)]).exit_code == 0
     page = (out / "index.html").read_text()
@@ -305,7 +305,7 @@ def test_page_says_how_the_known_recipe_did_the_warm_start_the_budgets_and_what_
     assert "<td>0 (known recipe)</td>" in page and "<td>1 (queued: best.yaml)</td>" in page
     assert "<td>2 (copied: study old, trial 7)</td>" in page
     assert (
-        f"24 trials; time budget: 2 h left (no trial starts after {budget.deadline(study.user_attrs):%Y-%m-%d %H:%M} UTC)"
+        f"24 trials; time budget: 2 h left (no trial starts after {limits.deadline(study.user_attrs):%Y-%m-%d %H:%M} UTC)"
         in page
     )
     assert (

@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 from stl_tune import config as C
 from stl_tune.cli import app
 from stl_tune.search import create_or_load_study, open_storage
-from stl_tune.search.objective import Objective
-from stl_tune.search.space import StudySpec
-from stl_tune.search.workers import work
+from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.worker.objective import Objective
+from stl_tune.search.worker.workers import work
 from stl_tune.train import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # in-process trainings

@@ -140,6 +140,9 @@ def test_epochs_run_on_a_simulated_clock_and_the_patience_ends_a_trial(tmp_path)
     assert out.epochs == 3 + 6 and out.trials == 2
     assert out.clock_s == pytest.approx(6 * 2.5)  # config 1's six epochs end the search
     assert out.test == table.test[1]
+    table.patience = 0  # eval.patience 0: the trainer never stops early, nor does the simulator
+    searcher = Scripted(table, [0], pick=0)
+    assert sim.simulate(table, searcher, "scripted", 0, workers=1, budget=100).epochs == 6
 
 
 def test_a_diverged_run_ends_its_trial_uncompleted_after_its_recorded_epochs(tmp_path):
@@ -182,8 +185,27 @@ def test_a_paused_trial_resumes_its_own_seed_and_the_draws_are_paired(tmp_path):
     assert draws == {0, 1}  # both seeds are drawn over the repeats
 
 
+def test_a_re_evaluation_replays_a_seed_the_search_has_not(tmp_path):
+    """Config 1 proposed twice, the second time with new_seed: in every repeat the two trials replay
+    the table's two seeds, whichever the first drew."""
+    table = write_table(tmp_path / "t.jsonl", n=3, curves=lambda c, s: [s + 0.1 * e for e in range(1, 7)])
+
+    class Twice(Scripted):
+        def ask(self):
+            p = super().ask()
+            return p and sim.Proposal(p.trial_id, p.params, new_seed=p.trial_id == 1)
+
+    for repeat in range(10):
+        searcher = Twice(table, [1, 1], pick=1)
+        sim.simulate(table, searcher, "twice", repeat, workers=1, budget=100)
+        first = {t: v for kind, t, e, v in (x for x in searcher.log if x[0] == "report") if e == 1}
+        assert sorted(round(v) for v in first.values()) == [0, 1]
+
+
 def test_nearest_config_uses_log_scales_and_matches_categoricals(tmp_path):
     table = write_table(tmp_path / "t.jsonl", n=30)
+    first = sim.Table.load(tmp_path / "t.jsonl", configs=10)  # --configs: the first 10 only
+    assert first.params == table.params[:10] and first.test == table.test[:10]
     for c in (0, 7, 19):
         assert table.nearest(table.params[c]) == c
     sgd = next(c for c in range(len(table)) if table.params[c]["optim.name"] == "sgd")
@@ -232,3 +254,21 @@ def test_quick_mode_runs_end_to_end(tmp_path):
     result = json.loads(out.read_text())
     assert {r["method"] for r in result["rows"]} == {"stl-tune", "random"} and len(result["searches"]) == 4
     assert png.stat().st_size > 0
+
+
+@pytest.mark.parametrize("content", [None, "not json\n", "[1, 2]\n"])
+def test_a_missing_or_foreign_table_is_one_line(tmp_path, content):
+    path = tmp_path / "t.jsonl"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as e:
+        sim.Table.load(path)
+    assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("flag", ["--workers", "--repeats", "--budget", "--jobs", "--configs"])
+def test_a_count_of_zero_is_refused_not_taken_as_the_default(monkeypatch, capsys, flag):
+    monkeypatch.setattr(sys, "argv", ["simulate.py", "--quick", "--methods", "stl-tune", flag, "0"])
+    with pytest.raises(SystemExit) as e:
+        sim.main()
+    assert e.value.code == 2 and f"argument {flag}: 0: must be 1 or more" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stl_tune.errors import UserError
-from stl_tune.search import launch as W
+from stl_tune.search.worker import launch as W
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_no_gpus_asked_for_counts_none_and_keeps_this_process_off_them(monkeypat
     """--gpus none on a GPU host: no count (it would start CUDA's driver with the GPUs visible),
     and the process that trains on CPU itself (an in-process worker, run's cost probe) hides them
     before torch starts CUDA, as its children's environments do."""
-    from stl_tune.search.session import WorkerOptions
+    from stl_tune.search.worker.session import WorkerOptions
 
     def count():
         raise AssertionError("counted the GPUs")

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from stl_tune import config
-from stl_tune.search.space import StudyError, StudySpec, load_study_file, suggest_config
+from stl_tune.errors import StudyError
+from stl_tune.search.spec.space import ParamSpec, StudySpec, load_study_file, suggest_config
 
 GOOD = {
     "name": "t",
@@ -123,6 +124,11 @@ BAD = [
         ["search_space.model.width.when.model.se", "never holds"],
     ),
     (
+        "when off the step's grid",  # model.width draws 4, 6 or 8: a condition on 5 never holds
+        lambda d: ss(d).update({"model.se": {"type": "categorical", "choices": [True], "when": {"model.width": [5]}}}),
+        ["search_space.model.se.when.model.width", "none of [5] can be suggested for model.width"],
+    ),
+    (
         "when on a later param",
         lambda d: ss(d)["optim.momentum"].update(when={"model.width": [64]}),
         ["search_space.model.width", "optim.momentum's `when` above reads"],
@@ -150,6 +156,8 @@ BAD = [
     ),
     ("empty space", lambda d: d.update(search_space={}), ["search_space", "at least one"]),
     ("unknown objective", lambda d: d.update(objective="test_acc"), ["objective", "best_val_acc"]),
+    ("keep_models negative", lambda d: d.update(keep_models=-1), ["keep_models", "whole number >= 0, got -1"]),
+    ("keep_models not a number", lambda d: d.update(keep_models="5"), ["keep_models", "got '5'"]),
     (
         "train_on_val fixed",
         lambda d: d["fixed"].update({"data.train_on_val": True}),
@@ -200,6 +208,11 @@ def test_good_file_round_trips_and_defaults_its_name(tmp_path):
     assert spec.pruner == {"name": "hyperband", "max_resource": 3}  # max_resource = fixed epochs
     assert spec.sampler["name"] == "tpe" and spec.sampler["seed"] == 0
     assert StudySpec.from_dict(spec.to_dict()).to_dict() == spec.to_dict()
+    # keep_models: the default is left out of the stored form (a study stored before it existed
+    # still matches its file); another value is kept
+    assert spec.keep_models == 5 and "keep_models" not in spec.to_dict()
+    other = StudySpec.from_dict({**spec.to_dict(), "keep_models": 0})
+    assert other.keep_models == 0 and StudySpec.from_dict(other.to_dict()).keep_models == 0
 
 
 def test_suggest_config_honours_fixed_and_conditions():
@@ -230,3 +243,17 @@ def test_suggest_config_starts_from_defaults():
     cfg = suggest_config(optuna.create_study().ask(), StudySpec.from_dict(d))
     assert cfg.seed == 7 and cfg.augment.mix_epochs == 5 and cfg.optim.epochs == 3
     assert cfg.data == config.TrainConfig().data  # neither fixed nor searched: the defaults
+
+
+def test_a_param_knows_what_it_holds_its_nearest_value_and_its_largest():
+    """The one answer to "is this value inside the space" (warm starts, `when` conditions), to
+    "the nearest one that is" (the probe's reference config) and to "the largest" (the data check)."""
+    lr = ParamSpec("optim.lr", "float", low=1e-4, high=1e-2, log=True)
+    batch = ParamSpec("optim.batch_size", "int", low=32, high=200, step=64)  # draws 32, 96 or 160
+    width = ParamSpec("model.width", "int", low=16, high=64)
+    se = ParamSpec("model.se", "categorical", choices=[False, True])
+    assert lr.contains(1e-3) and not lr.contains(0.1) and not lr.contains(True) and not lr.contains("1e-3")
+    assert batch.contains(96) and not batch.contains(64) and width.contains(40)
+    assert se.contains(True) and not se.contains("yes")
+    assert (lr.clamp(0.1), lr.clamp(1e-3), batch.clamp(8), se.clamp("yes")) == (1e-2, 1e-3, 32, False)
+    assert (lr.largest(), batch.largest(), width.largest(), se.largest()) == (1e-2, 160, 64, True)

@@ -7,8 +7,9 @@ import optuna
 import pytest
 import sqlalchemy
 
-from stl_tune.search import settings, storages, urls
-from stl_tune.search.space import StudyError
+from stl_tune.errors import StudyError
+from stl_tune.search import settings
+from stl_tune.search.storage import storages, urls
 
 SECRET = "s3cr3tpw"
 

@@ -1,5 +1,6 @@
 """The package's structure, read from its source: no import loop, a trial's record named only in
-search/record.py, a search package free of typer and a command line that imports nothing heavy,
+search/record.py and search/state/outcome.py, a search package in layers that import no higher one
+(reading a study file imports no database code), free of typer, a command line that imports nothing heavy,
 the report fed by the search package's exports, and a layout that the docs list as it is."""
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _imports(tree: ast.Module, modules: set[str]) -> set[str]:
 def _graph(sources: dict[str, ast.Module]) -> dict[str, set[str]]:
     graph = {name: _imports(tree, set(sources)) - {name} for name, tree in sources.items()}
     search = importlib.import_module("stl_tune.search")  # its lazy exports import their modules
-    graph["stl_tune.search"] |= {f"stl_tune.search.{m}" for m in search._EXPORTS.values()}
+    graph["stl_tune.search"] |= {search.module_of(name) for name in search._EXPORTS}
     return graph
 
 
@@ -58,11 +59,13 @@ def test_no_import_loop_in_the_package():
 
 # ------------------------------------------------------------------------------- the record
 def _record_words() -> tuple[set[str], set[str]]:
-    """(the attribute names, the status and fail-reason values) that search/record.py defines."""
+    """(the attribute names that search/record.py defines, the status and fail-reason values that
+    search/state/outcome.py defines)."""
     from stl_tune.search import record
+    from stl_tune.search.state import outcome
 
     names = {v for k, v in vars(record).items() if k.endswith("_ATTR")} | set(record.RESULT_ATTRS)
-    values = {*map(str, record.Status), *map(str, record.Reason), record.KNOWN_RECIPE}
+    values = {*map(str, outcome.Status), *map(str, outcome.Reason), record.KNOWN_RECIPE}
     return names, values
 
 
@@ -74,7 +77,7 @@ def record_literals(sources: dict[str, ast.Module]) -> list[str]:
     found = []
     for module, tree in sources.items():
         searching = any(m.startswith("stl_tune.search") for m in _imports(tree, set(sources)) | {module})
-        if not searching or module in ("stl_tune.search.record", "stl_tune.search"):
+        if not searching or module in ("stl_tune.search.record", "stl_tune.search.state.outcome", "stl_tune.search"):
             continue  # the trainer's modules have a vocabulary of their own (TrainResult.status); the
             # package's keys are the names of the functions it exports
 
@@ -106,7 +109,7 @@ def record_literals(sources: dict[str, ast.Module]) -> list[str]:
     return found
 
 
-def test_a_trials_record_is_named_in_its_module_only():
+def test_a_trials_record_is_named_in_its_modules_only():
     assert record_literals(_sources()) == []
 
 
@@ -142,6 +145,58 @@ def test_the_record_check_finds_literals(tmp_path):
 
 
 # -------------------------------------------------------------------------------- the layers
+# The search package's sub-packages, lowest first. The modules at its top (settings, record,
+# optuna_compat, fmt) are below them all.
+SEARCH_LAYERS = ("storage", "spec", "state", "views", "worker")
+
+
+def _search_layer(module: str) -> int | None:
+    """The layer of a module of the search package (0: its top), None outside it."""
+    parts = module.split(".")
+    if parts[:2] != ["stl_tune", "search"] or len(parts) == 2:
+        return None
+    return SEARCH_LAYERS.index(parts[2]) + 1 if parts[2] in SEARCH_LAYERS else 0
+
+
+def test_a_search_layer_imports_no_higher_one():
+    sources = _sources()
+    for module, tree in sources.items():
+        layer = _search_layer(module)
+        if layer is None:
+            continue
+        imported = _imports(tree, set(sources))
+        assert "stl_tune.search" not in imported, f"{module} imports the package's exports: name the module"
+        for other in imported:
+            other_layer = _search_layer(other)
+            assert other_layer is None or other_layer <= layer, f"{module} imports {other}, a higher layer"
+
+
+def test_the_layer_check_finds_an_upward_import(tmp_path):
+    """The check above against a tree written the old way: a study file's module importing the
+    worker loop is found."""
+    for layer in ("spec", "worker"):
+        (tmp_path / "search" / layer).mkdir(parents=True)
+        (tmp_path / "search" / layer / "__init__.py").write_text("")
+    (tmp_path / "search" / "__init__.py").write_text("")
+    (tmp_path / "search" / "worker" / "workers.py").write_text("")
+    (tmp_path / "search" / "spec" / "space.py").write_text("from stl_tune.search.worker import workers\n")
+    sources = _sources(tmp_path)
+    space = _imports(sources["stl_tune.search.spec.space"], set(sources))
+    assert space == {"stl_tune.search.worker.workers"}
+    assert _search_layer("stl_tune.search.worker.workers") > _search_layer("stl_tune.search.spec.space")
+
+
+def test_reading_a_study_file_imports_no_database_code():
+    probe = (
+        "import sys; from stl_tune.search import load_study_file; load_study_file(sys.argv[1]); "
+        "print(sorted({'sqlalchemy', 'torch'} & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(ROOT / "studies" / "seed.yaml")], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
 def test_the_search_package_is_free_of_typer():
     sources = _sources()
     for module, tree in sources.items():
@@ -158,7 +213,7 @@ def test_the_command_line_imports_nothing_heavy_until_a_command_runs():
 
 
 def test_the_search_commands_are_only_commands():
-    """cli/search.py: each function a typer command, whose body calls into search/session.py."""
+    """cli/search.py: each function a typer command, whose body calls into search/worker/session.py."""
     tree = _sources()["stl_tune.cli.search"]
     functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
     assert {f.name for f in functions} == {"run", "worker", "confirm"}
@@ -183,8 +238,9 @@ def test_the_report_reads_what_the_search_package_exports():
 def test_every_export_is_its_modules_own():
     import stl_tune.search as search
 
-    for name, module in search._EXPORTS.items():
-        assert getattr(search, name) is getattr(importlib.import_module(f"stl_tune.search.{module}"), name)
+    for name in search._EXPORTS:
+        assert getattr(search, name) is getattr(importlib.import_module(search.module_of(name)), name)
+        assert getattr(search, name).__module__ == search.module_of(name), name  # defined there, not imported
     with pytest.raises(AttributeError):
         search.no_such_name  # noqa: B018
 
@@ -197,8 +253,14 @@ def test_the_docs_list_the_tree():
     for path in sorted(PACKAGE.iterdir()):
         if path.suffix == ".py" and path.name != "__init__.py" or (path / "__init__.py").is_file():
             assert f"\n  {path.name}{'/' if path.is_dir() else ''} " in layout, f"README's layout: {path.name}"
-    for package in ("cli", "search"):
-        doc = importlib.import_module(f"stl_tune.{package}").__doc__
-        for path in sorted((PACKAGE / package).glob("*.py")):
-            if path.name != "__init__.py":
+    packages = ["cli", "data", "search", *(f"search/{layer}" for layer in SEARCH_LAYERS)]
+    assert sorted(p.name for p in (PACKAGE / "search").iterdir() if (p / "__init__.py").is_file()) == sorted(
+        SEARCH_LAYERS
+    )
+    for package in packages:
+        doc = importlib.import_module(f"stl_tune.{package.replace('/', '.')}").__doc__
+        for path in sorted((PACKAGE / package).iterdir()):
+            if path.suffix == ".py" and path.name != "__init__.py":
                 assert re.search(rf"\n    {path.stem}(\.py)? ", doc), f"stl_tune/{package}/__init__.py: {path.name}"
+            elif (path / "__init__.py").is_file():
+                assert re.search(rf"\n    {path.name}/ ", doc), f"stl_tune/{package}/__init__.py: {path.name}/"

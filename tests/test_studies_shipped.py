@@ -8,8 +8,8 @@ import optuna
 import pytest
 
 from stl_tune import config
-from stl_tune.search.plugins import make_pruner, make_sampler
-from stl_tune.search.space import default_study_file, load_study_file, suggest_config
+from stl_tune.search.spec.plugins import make_pruner, make_sampler
+from stl_tune.search.spec.space import default_study_file, load_study_file, suggest_config
 
 STUDIES = sorted((Path(__file__).parent.parent / "studies").glob("*.yaml"))
 
@@ -55,7 +55,7 @@ def test_seed_is_the_full_gpu_search():
     assert spec.objective == "last5_val_acc" and spec.sampler["n_startup_trials"] == 5
     # trial 0 is exactly the known recipe: each searched key that applies to it holds its default
     from stl_tune import config
-    from stl_tune.search.warmstart import params_of
+    from stl_tune.search.spec.warmstart import params_of
 
     recipe = config.from_dict(None, spec.fixed)
     assert set(params_of(recipe, spec)) == {p.name for p in spec.params if p.applies(recipe)}

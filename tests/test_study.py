@@ -7,11 +7,13 @@ import re
 import optuna
 import pytest
 
-from stl_tune.search import plugins, storages
-from stl_tune.search import study as S
+from stl_tune.errors import StudyError
 from stl_tune.search.optuna_compat import SharedHyperband
-from stl_tune.search.space import StudyError, StudySpec
-from stl_tune.search.urls import mask_url
+from stl_tune.search.spec import plugins
+from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.state import study as S
+from stl_tune.search.storage import storages
+from stl_tune.search.storage.urls import mask_url
 
 
 def make_spec(**changes) -> StudySpec:
@@ -135,7 +137,7 @@ def test_run_records_the_data_dir_it_was_given(tmp_path, tiny_study, fake_data, 
     from typer.testing import CliRunner
 
     from stl_tune.cli import app
-    from stl_tune.search import session
+    from stl_tune.search.worker import session
 
     launched = []
     monkeypatch.setattr(session, "_launch", lambda *args, **kwargs: launched.append(args) or 0)

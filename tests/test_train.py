@@ -252,6 +252,18 @@ def test_callback_sees_every_epoch_and_can_stop(data_dir):
     assert m.label_smoothing == pytest.approx(label_smoothing_at(0, tiny(data_dir)))
 
 
+def test_a_results_status_is_an_enum_that_reads_back_from_its_json():
+    """metrics.json keeps the status's value, as before the enum: results written earlier still read."""
+    import json
+
+    result = T.TrainResult(status=T.TrainStatus.EARLY_STOPPED, epochs_run=3, best_val_acc=0.5, val_acc=0.4)
+    written = json.loads(json.dumps(result.to_json()))
+    assert written["status"] == "early_stopped"
+    back = T.TrainResult(**written)
+    assert back.status is T.TrainStatus.EARLY_STOPPED and back.status.finished
+    assert [s.finished for s in T.TrainStatus] == [True, True, False, False]  # completed, early_stopped
+
+
 def test_early_stopping(data_dir, tmp_path):
     # lr ~0 after warm-up start: nothing improves after epoch 1, so patience 2 stops at epoch 3
     cfg = tiny(data_dir, **{"optim.epochs": 10, "optim.lr": 1e-8, "eval.patience": 2})

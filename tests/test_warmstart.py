@@ -13,8 +13,12 @@ from optuna.trial import TrialState
 
 from stl_tune import config
 from stl_tune.errors import UserError
-from stl_tune.search import budget, create_or_load_study, open_storage, record, warmstart
-from stl_tune.search.space import StudySpec, load_study_file
+from stl_tune.search import create_or_load_study, open_storage, record
+from stl_tune.search.fmt import parse_duration
+from stl_tune.search.spec import warmstart
+from stl_tune.search.spec.space import StudySpec, load_study_file
+from stl_tune.search.state import limits
+from stl_tune.search.worker.keep import is_kept
 
 
 @pytest.fixture
@@ -33,7 +37,7 @@ def test_the_known_recipe_is_trial_0_of_a_new_study_only(storage_url, seed_spec)
     assert warmstart.enqueue_known_recipe(study, seed_spec) is None  # not twice, not into a used study
     trial = study.ask()
     assert trial.number == 0 and trial.user_attrs[record.ENQUEUED_ATTR] == record.KNOWN_RECIPE
-    from stl_tune.search.space import suggest_config
+    from stl_tune.search.spec.space import suggest_config
 
     cfg, defaults = suggest_config(trial, seed_spec), config.from_dict(None, seed_spec.fixed)
     for path in (
@@ -65,9 +69,9 @@ def test_enqueue_file_queues_an_exported_config(storage_url, tmp_path, seed_spec
     queued = warmstart.enqueue(study, seed_spec, config.load(path), str(path))  # as run --enqueue does
     params = queued.params
     assert params["optim.name"] == "sgd" and params["lr_sgd"] == 0.1 and params["wd_sgd"] == 5e-4
-    assert queued.added and "not queued again" not in queued.describe("x")
+    assert queued.added and "not queued again" not in queued.line("x")
     again = warmstart.enqueue(study, seed_spec, config.load(path), str(path))  # the same values again: said, not queued
-    assert not again.added and "a trial with these values exists; not queued again" in again.describe("x")
+    assert not again.added and "a trial with these values exists; not queued again" in again.line("x")
     assert len(study.trials) == 1 and study.ask().user_attrs[record.ENQUEUED_ATTR] == str(path)
 
 
@@ -75,7 +79,7 @@ def test_values_outside_the_space_are_named(storage_url, seed_spec):
     cfg = config.from_dict(None, {"model.width": 80})
     queued = warmstart.enqueue(_study(storage_url, seed_spec), seed_spec, cfg, "x")
     assert queued.outside == {"model.width": 80}
-    assert queued.describe("queued x").endswith(
+    assert queued.line("queued x").endswith(
         "; outside this study's search space, so not used: model.width=80 "
         "(the sampler draws model.width for this trial from the space)"
     )
@@ -112,7 +116,7 @@ def test_from_study_copies_the_finished_trials_that_fit(storage_url, tiny_study)
     assert (pruned.state, pruned.value, pruned.params["optim.lr"]) == (TrialState.PRUNED, 0.3, 4e-3)
     assert t.state == TrialState.COMPLETE and t.params == {"optim.lr": 2e-3, "model.se": True}
     assert t.intermediate_values == {1: 0.3, 2: 0.5} and t.user_attrs[record.COPIED_ATTR] == "study old, trial 0"
-    from stl_tune.search.trials import is_surplus, tally
+    from stl_tune.search.state.trials import is_surplus, tally
 
     assert tally(new).finished == 0 and tally(new).best.number == 0  # teaches, but is not the new budget's
     assert not is_surplus(new, new.ask(), 1)
@@ -120,43 +124,43 @@ def test_from_study_copies_the_finished_trials_that_fit(storage_url, tiny_study)
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("45m", 2700), ("6h", 21600), ("1h30m", 5400)])
 def test_parse_duration(text, seconds):
-    assert budget.parse_duration(text) == timedelta(seconds=seconds)
+    assert parse_duration(text) == timedelta(seconds=seconds)
 
 
 @pytest.mark.parametrize("text", ["", "6", "0s", "1d", "h", "-5m"])
 def test_bad_durations_are_one_line(text):
     with pytest.raises(UserError, match="--time-budget"):
-        budget.parse_duration(text)
+        parse_duration(text)
 
 
 def test_deadline_in_the_study_stops_new_trials(storage_url, tiny_study):
     study = _study(storage_url, StudySpec.from_dict(tiny_study))
-    assert budget.stop_reason(study) is None
-    budget.set_budgets(study, timedelta(hours=1), None)
-    left = budget.time_left(study.user_attrs)
-    assert timedelta(minutes=59) < left <= timedelta(hours=1) and budget.stop_reason(study) is None
-    study.set_user_attr(record.DEADLINE_ATTR, (budget.now() - timedelta(seconds=1)).isoformat())
-    assert budget.stop_reason(study).startswith("time budget spent at")
+    assert limits.stop_reason(study) is None
+    limits.set_limits(study, timedelta(hours=1), None)
+    left = limits.time_left(study.user_attrs)
+    assert timedelta(minutes=59) < left <= timedelta(hours=1) and limits.stop_reason(study) is None
+    study.set_user_attr(record.DEADLINE_ATTR, (limits.now() - timedelta(seconds=1)).isoformat())
+    assert limits.stop_reason(study).startswith("time budget spent at")
     from typer.testing import CliRunner
 
     from stl_tune.cli import app
 
     r = CliRunner().invoke(app, ["status", "--storage", storage_url])
     assert r.exit_code == 0 and "time budget: spent (deadline " in r.output, r.output
-    budget.set_budgets(study, None, None)  # the next run without a budget clears it
-    assert budget.stop_reason(study) is None and budget.time_left(study.user_attrs) is None
+    limits.set_limits(study, None, None)  # the next run without a budget clears it
+    assert limits.stop_reason(study) is None and limits.time_left(study.user_attrs) is None
 
 
 def test_patience_counts_finished_trials_since_the_best(storage_url, tiny_study):
     study = _study(storage_url, StudySpec.from_dict(tiny_study))
-    budget.set_budgets(study, None, 3)
+    limits.set_limits(study, None, 3)
     for value in (0.5, 0.7, 0.6, 0.7):  # 0.7 again is not better
         study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}))
-    assert budget.trials_since_best(study.trials, study.direction) == 2 and budget.stop_reason(study) is None
+    assert limits.trials_since_best(study.trials, study.direction) == 2 and limits.stop_reason(study) is None
     study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params={}, distributions={}))
-    assert budget.stop_reason(study) == "no better trial in the last 3 finished (--patience-trials 3)"
+    assert limits.stop_reason(study) == "no better trial in the last 3 finished (--patience-trials 3)"
     study.add_trial(optuna.trial.create_trial(value=0.8, params={}, distributions={}))
-    assert budget.stop_reason(study) is None
+    assert limits.stop_reason(study) is None
 
 
 def test_a_runs_patience_counts_its_own_trials_not_earlier_or_copied_ones(storage_url, tiny_study):
@@ -164,19 +168,19 @@ def test_a_runs_patience_counts_its_own_trials_not_earlier_or_copied_ones(storag
     for value in (0.9, 0.5, 0.5, 0.5):  # an earlier run: 3 trials since its best
         study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}))
     study.enqueue_trial({})  # queued before this run sets its budgets (e.g. --enqueue): this run's
-    budget.set_budgets(study, None, 2)
-    assert budget.stop_reason(study) is None  # the 3 earlier trials do not count
+    limits.set_limits(study, None, 2)
+    assert limits.stop_reason(study) is None  # the 3 earlier trials do not count
     copied = optuna.trial.create_trial(
         value=0.1, params={}, distributions={}, user_attrs={record.COPIED_ATTR: "study old, trial 0"}
     )
     study.add_trial(copied)  # not run here: does not count either
-    assert budget.stop_reason(study) is None
+    assert limits.stop_reason(study) is None
     queued = study.ask()
     assert queued.number == 4  # the one queued before the run started
     study.tell(queued, 0.6)
-    assert budget.stop_reason(study) is None
+    assert limits.stop_reason(study) is None
     study.tell(study.ask(), 0.7)
-    assert budget.stop_reason(study) == "no better trial in the last 2 finished (--patience-trials 2)"
+    assert limits.stop_reason(study) == "no better trial in the last 2 finished (--patience-trials 2)"
 
 
 # ------------------------------------------------------------------------ with the worker loop
@@ -202,8 +206,8 @@ def pruning_study(storage_url, tiny_study):
 
 @pytest.mark.usefixtures("single_thread")
 def test_an_enqueued_trial_runs_to_full_length_where_others_are_pruned(tmp_path, pruning_study):
-    from stl_tune.search.objective import Objective
-    from stl_tune.search.workers import work
+    from stl_tune.search.worker.objective import Objective
+    from stl_tune.search.worker.workers import work
 
     spec, study = pruning_study
     warmstart.enqueue(study, spec, config.from_dict(None, spec.fixed), record.KNOWN_RECIPE)
@@ -218,41 +222,41 @@ def test_an_enqueued_trial_runs_to_full_length_where_others_are_pruned(tmp_path,
 def test_a_trial_running_at_the_deadline_pauses_and_resumes_on_the_next_run(
     storage_url, tmp_path, tiny_study, monkeypatch
 ):
-    from stl_tune.search.objective import Objective
-    from stl_tune.search.workers import work
+    from stl_tune.search.worker.objective import Objective
+    from stl_tune.search.worker.workers import work
     from stl_tune.train import train
 
     tiny_study["fixed"]["optim"]["epochs"] = 4
     tiny_study["fixed"]["runtime"]["checkpoint_interval_s"] = 1e6  # none by time: the one at the deadline is forced
     spec = StudySpec.from_dict(tiny_study)
     study = _study(storage_url, spec)
-    budget.set_budgets(study, timedelta(hours=1), None)
-    later = budget.now() + timedelta(hours=2)
+    limits.set_limits(study, timedelta(hours=1), None)
+    later = limits.now() + timedelta(hours=2)
 
     def deadline_passes_in_epoch_2(cfg, on_epoch_end, **kw):
         def cb(m):
             stop = on_epoch_end(m)
             if m.epoch == 1:  # as if epoch 2 ended past the deadline
-                monkeypatch.setattr(budget, "now", lambda: later)
+                monkeypatch.setattr(limits, "now", lambda: later)
             return stop
 
         return train(cfg, cb, **kw)
 
     artifacts = tmp_path / "artifacts"
     t = work(study, Objective(spec, artifacts, trainer=deadline_passes_in_epoch_2), 2)
-    assert t.finished == 0 and budget.stop_reason(study).startswith("time budget spent")
+    assert t.finished == 0 and limits.stop_reason(study).startswith("time budget spent")
     paused, queued = study.trials
     assert paused.state == TrialState.FAIL and paused.user_attrs["fail_reason"] == "time budget"
     assert paused.user_attrs["checkpoint"]["epoch"] == 2 and any(artifacts.iterdir())
     assert queued.state == TrialState.WAITING
 
     monkeypatch.undo()
-    budget.set_budgets(study, None, None)  # the next run, without a time budget
+    limits.set_limits(study, None, None)  # the next run, without a time budget
     work(study, Objective(spec, artifacts), 2)
     resumed = study.trials[1]
     assert resumed.state == TrialState.COMPLETE and resumed.user_attrs["resumed_from_epoch"] == 2
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 2
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 
 from stl_tune.cli import app
 from stl_tune.search import create_or_load_study, open_storage
-from stl_tune.search.objective import Objective
-from stl_tune.search.space import StudySpec
-from stl_tune.search.trials import is_surplus, tally
-from stl_tune.search.workers import StudyStopped, work
+from stl_tune.search.spec.space import StudySpec
+from stl_tune.search.state.trials import is_surplus, tally
+from stl_tune.search.worker.keep import is_kept
+from stl_tune.search.worker.objective import Objective
+from stl_tune.search.worker.workers import StudyStopped, work
 
 STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]  # the installed console script
 
@@ -72,8 +73,8 @@ def test_racing_workers_finish_exactly_n_trials(storage_url, worker_env):
         import random, time, optuna
         from optuna.trial import TrialState
         from stl_tune.search import open_storage
-        from stl_tune.search.trials import is_surplus
-        from stl_tune.search.workers import work
+        from stl_tune.search.state.trials import is_surplus
+        from stl_tune.search.worker.workers import work
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage({storage_url!r}, heartbeat=False)
         study = optuna.load_study(study_name={blind!r}, storage=storage)
@@ -139,7 +140,8 @@ def test_run_with_three_workers_finishes_exactly_n_trials(storage_url, worker_en
         assert t.user_attrs["config"]["optim"]["lr"] == t.params["optim.lr"]
         assert len(t.user_attrs["curve"]) == t.user_attrs["epochs_run"] >= 1
     assert study.user_attrs["n_trials"] == n
-    assert not any(artifacts.iterdir())  # every checkpoint was removed once its trial finished
+    # every checkpoint was removed once its trial finished
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
 @pytest.mark.usefixtures("single_thread")
@@ -192,8 +194,7 @@ def test_run_and_worker_with_the_budget_reached_do_nothing(storage_url, tmp_path
 def test_trial_failed_by_another_worker_is_dropped_with_one_line(storage_url, tmp_path, tiny_study, caplog):
     """What a worker that was frozen past the grace period meets when it wakes: its trial failed
     and re-queued by another. It drops the trial quietly and runs the retry itself."""
-    from stl_tune.search.record import Reason, fail_reason
-    from stl_tune.search.trials import retry
+    from stl_tune.search.state.outcome import Reason, fail_reason, retry
     from stl_tune.train import train
 
     tiny_study["fixed"]["optim"]["epochs"] = 3
@@ -217,7 +218,7 @@ def test_trial_failed_by_another_worker_is_dropped_with_one_line(storage_url, tm
         return train(cfg, cb, **kw)
 
     artifacts = tmp_path / "artifacts"
-    with caplog.at_level("WARNING", logger="stl_tune.search.workers"):
+    with caplog.at_level("WARNING", logger="stl_tune.search.state.outcome"):
         t = work(study, Objective(spec, artifacts, trainer=failed_from_outside_after_epoch_1), 1)
     assert t.finished == 1 and len(calls) == 2
     assert [r.getMessage() for r in caplog.records] == [
@@ -226,21 +227,23 @@ def test_trial_failed_by_another_worker_is_dropped_with_one_line(storage_url, tm
     first, resumed = study.trials
     assert first.state == TrialState.FAIL and fail_reason(first) == Reason.DIED  # its attrs as a dead worker's
     assert resumed.state == TrialState.COMPLETE and resumed.user_attrs["resumed_from_epoch"] == 1
-    assert not any(artifacts.iterdir())
+    assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
 def test_a_spent_time_budget_counts_only_the_trials_that_paused(tmp_path, tiny_study, worker_env):
     """The known recipe never started and one trial paused by the time budget: the stop line says
     one paused trial will resume, not two."""
     from stl_tune import config
-    from stl_tune.search import record, warmstart
-    from stl_tune.search.trials import retry
+    from stl_tune.search import record
+    from stl_tune.search.spec import warmstart
+    from stl_tune.search.state import outcome
+    from stl_tune.search.state.outcome import retry
 
     url, spec = f"sqlite:///{tmp_path}/study.db", StudySpec.from_dict(tiny_study)
     study = create_or_load_study(spec, None, open_storage(url))
     paused = study.ask({})
-    paused.set_user_attr(record.FAIL_REASON_ATTR, record.Reason.TIME_BUDGET)
-    retry(study, study.tell(paused, state=TrialState.FAIL))  # as workers.py re-queues a paused trial
+    paused.set_user_attr(record.FAIL_REASON_ATTR, outcome.Reason.TIME_BUDGET)
+    retry(study, study.tell(paused, state=TrialState.FAIL))  # as the outcome of a paused trial is settled
     warmstart.enqueue(study, spec, config.from_dict(None, spec.fixed), record.KNOWN_RECIPE)  # never started
     study.set_user_attr(record.N_TRIALS_ATTR, 2)
     study.set_user_attr(record.DEADLINE_ATTR, "2020-01-01T00:00:00+00:00")
@@ -273,7 +276,8 @@ def test_a_spent_time_budget_counts_only_the_trials_that_paused(tmp_path, tiny_s
 @pytest.mark.usefixtures("single_thread")
 def test_a_data_error_in_a_trial_stops_the_run_and_keeps_the_recipe_queued(storage_url, tmp_path, tiny_study):
     from stl_tune.data import DataError
-    from stl_tune.search import record, warmstart
+    from stl_tune.search import record
+    from stl_tune.search.spec import warmstart
 
     def unreadable(cfg, on_epoch_end=None, **kw):  # e.g. a file replaced after the run's data check
         raise DataError(f"{tmp_path / 'cat' / '3.png'}: cannot read this image (truncated)")
@@ -294,3 +298,38 @@ def test_a_data_error_in_a_trial_stops_the_run_and_keeps_the_recipe_queued(stora
     assert done.number == retry.number and done.params == first.params
     assert done.user_attrs[record.ENQUEUED_ATTR] == record.KNOWN_RECIPE
     assert done.user_attrs["epochs_run"] == tiny_study["fixed"]["optim"]["epochs"]
+
+
+def test_a_confirm_worker_stays_for_the_retry_of_a_trial_that_just_died(storage_url):
+    """A dead worker's trial is failed, then its retry queued (outcome.requeue_dead): a confirm
+    study's worker with nothing left to run between the two stays for the retry and runs it (it
+    left, and the run ended with the retry queued and no worker, when the parallel suite made the
+    gap long enough to see)."""
+    import threading
+    import time
+
+    from stl_tune.search import record
+    from stl_tune.search.state.outcome import Reason, retry
+
+    study = optuna.create_study(storage=storage_url, study_name="confirm")
+    study.set_user_attr(record.QUEUED_ONLY_ATTR, True)
+    for x in (0.1, 0.2):
+        study.enqueue_trial({"x": x})
+    study.tell(study.ask(), 0.5)  # one confirmation done ...
+    dying = study.ask()  # ... the other on a worker that dies
+    done = {}
+
+    def worker():
+        done["tally"] = work(study, lambda t: t.suggest_float("x", 0, 1), 2, poll_s=0.05)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    storage = study._storage
+    time.sleep(0.3)  # the worker waits on the running trial
+    storage.set_trial_user_attr(dying._trial_id, record.FAIL_REASON_ATTR, Reason.DIED)
+    storage.set_trial_state_values(dying._trial_id, TrialState.FAIL)
+    time.sleep(0.5)  # the gap, widened: the worker has seen the failed trial and nothing queued
+    retry(study, storage.get_trial(dying._trial_id))
+    thread.join(timeout=60)
+    assert not thread.is_alive() and done["tally"].finished == 2
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]

@@ -3,8 +3,9 @@ call into the package. Heavy imports (torch, Optuna, SQLAlchemy) happen inside t
 `stl-tune --help` stays fast.
 
     train.py    train, evaluate, predict, data fake
-    search.py   run, worker, confirm (each a call into stl_tune/search/session.py)
-    inspect.py  status, export, report
+    search.py   run, worker, confirm (each a call into stl_tune/search/worker/session.py)
+    views.py    status, export, report
+    ensemble.py ensemble: the final model as an ensemble of a search's trials
     serve.py    dashboard, proxy
     options.py  the options of more than one command, defined once
 """
@@ -16,7 +17,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from stl_tune.cli import inspect, search, serve, train
+from stl_tune.cli import ensemble, search, serve, train, views
 from stl_tune.errors import UserError
 
 
@@ -37,7 +38,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     help="Hyperparameter search and final training for STL-10 and other small image datasets.",
 )
-for group in (search, inspect, serve, train):
+for group in (search, views, ensemble, serve, train):
     app.add_typer(group.app)
 
 

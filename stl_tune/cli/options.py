@@ -21,7 +21,7 @@ NameOpt = Annotated[
     str | None, typer.Option("--name", help="Study name; may be left out when the storage holds one study.")
 ]
 
-# The worker options of run, worker and confirm (search/session.py's WorkerOptions).
+# The worker options of run, worker and confirm (search/worker/session.py's WorkerOptions).
 Trials = Annotated[
     int | None,
     typer.Option(

@@ -1,6 +1,6 @@
 """`stl-tune run` (create or continue a study and run its workers), `stl-tune worker` (join a study
 from any host) and `stl-tune confirm` (re-train the best trials with new seeds): the options, and one
-call each into search/session.py, which does the work. `run` starts its worker processes as
+call each into search/worker/session.py, which does the work. `run` starts its worker processes as
 `python -m stl_tune worker --launched ...`.
 """
 
@@ -66,7 +66,7 @@ def run(
     """Create (or continue) a study and run its trials in one worker process per GPU slot.
 
     A new study's first trial is the known recipe (the config defaults), run to full length."""
-    from stl_tune.search import session
+    from stl_tune.search.worker import session
 
     options = session.WorkerOptions(gpus, workers_per_gpu, workers, data_dir, artifacts, max_failures)
     raise typer.Exit(
@@ -104,7 +104,7 @@ def worker(
     ] = None,
 ) -> None:
     """Join an existing study from any host: work on it until its budget is reached."""
-    from stl_tune.search import session
+    from stl_tune.search.worker import session
 
     options = session.WorkerOptions(gpus, workers_per_gpu, workers, data_dir, artifacts, max_failures)
     raise typer.Exit(
@@ -128,7 +128,7 @@ def confirm(
     max_failures: MaxFailures = 5,
 ) -> None:
     """Re-train the best K trials with S new seeds (study NAME.confirm, same workers), then rank them by mean."""
-    from stl_tune.search import session
+    from stl_tune.search.worker import session
 
     options = session.WorkerOptions(gpus, workers_per_gpu, workers, data_dir, artifacts, max_failures)
     raise typer.Exit(session.confirm(name, storage, top, seeds, options))

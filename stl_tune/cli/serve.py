@@ -70,7 +70,7 @@ def proxy(
     import optuna
 
     from stl_tune.search import describe, mask_url, open_storage, storage_url
-    from stl_tune.search.proxy import HeartbeatOnWrite, fail_stale_trials_forever
+    from stl_tune.search.storage.proxy import HeartbeatOnWrite, fail_stale_trials_forever
 
     url = storage_url(storage)
     if url.startswith("grpc://"):  # before opening it, which would wait for that server first

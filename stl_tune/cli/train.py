@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -43,6 +42,7 @@ def train(
     out: Annotated[
         Path | None,
         typer.Option(
+            file_okay=False,
             help="Output folder; an unfinished run there resumes, a finished one is shown.",
             show_default="runs/<config name>",
         ),
@@ -59,17 +59,18 @@ def train(
 
     from stl_tune import config as C
     from stl_tune import data
+    from stl_tune.train import TrainStatus
 
     overrides = list(set_ or []) + ([f"data.dir={data_dir}"] if data_dir is not None else [])
     cfg = C.load(config, overrides)
     out = out or Path("runs") / (config.stem if config is not None else "default")
     # The data is checked (every folder image decoded) once, before the first run that trains.
-    prepare = functools.cache(lambda: typer.echo(f"data: {data.prepare(cfg.data, Console())}"))
+    ready_data = functools.cache(lambda: typer.echo(f"data: {data.prepare(cfg.data, Console())}"))
     if seeds is None:
-        if _train_one(cfg, out, prepare).status == "diverged":
+        if _train_one(cfg, out, ready_data).status == TrainStatus.DIVERGED:
             raise typer.Exit(1)
         return
-    _train_seeds(cfg, out, _parse_seeds(seeds), prepare)
+    _train_seeds(cfg, out, _parse_seeds(seeds), ready_data)
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -84,81 +85,69 @@ def _parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-class _Stop:
-    """Ctrl-C or SIGTERM during a training. The first lets the epoch under way finish, has it
-    checkpointed (checkpoint_now) and stops the run there (on_epoch_end): the trainer's state is
-    whole only between epochs, and keeping the last finished epoch saved instead would mean a
-    checkpoint write after every epoch (~16 bytes per parameter: 180 MB at width 64). A second
-    stops at once (KeyboardInterrupt): the run then resumes from its last checkpoint."""
+@dataclasses.dataclass
+class _Seen:
+    """How far a training got in this process, for its line on a stop."""
 
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-        self.requested = False
-        self.epoch = 0  # the last epoch finished in this process (0: none yet)
-        self.saved: int | None = None  # the last epoch checkpointed in this process
-        self.on_request: Callable[[], None] = lambda: None
+    epoch: int = 0  # the last epoch finished (0: none yet)
+    saved: int | None = None  # the last epoch checkpointed
 
-    def __enter__(self) -> _Stop:
-        self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.on_request()
-
-    def on_epoch_end(self, m: EpochMetrics) -> bool:
+    def on_epoch_end(self, m: EpochMetrics) -> None:
         self.epoch = m.epoch
         if m.checkpointed:
             self.saved = m.epoch
-        return self.requested and m.epoch < self.epochs  # at the last epoch the run just finishes
 
 
-def _train_one(cfg: TrainConfig, out: Path, prepare: Callable[[], None]) -> TrainResult:
+def _train_one(cfg: TrainConfig, out: Path, ready_data: Callable[[], None]) -> TrainResult:
     """Train `cfg` into `out` (resuming a run there; a finished one is only shown), write its
     artefacts and say how it went."""
     from stl_tune.outputs import finished_run, write_config, write_outputs
     from stl_tune.progress import EpochProgress
+    from stl_tune.stop import Stop
+    from stl_tune.train import TrainStatus
     from stl_tune.train import train as run_training
 
     done = finished_run(out, cfg)
     if done is not None:
         typer.echo(f"{out} holds a finished run: {_scores(done)} (a new --out trains again)")
         return done
-    prepare()
+    ready_data()
     write_config(out, cfg)
     ckpt = out / "checkpoint.pt"
-    stop = _Stop(cfg.optim.epochs)
+    # Ctrl-C or SIGTERM: the first lets the epoch under way finish, has it checkpointed
+    # (checkpoint_now) and stops the run there (on_epoch_end): the trainer's state is whole only
+    # between epochs, and keeping the last finished epoch saved instead would mean a checkpoint
+    # write after every epoch (~16 bytes per parameter: 180 MB at width 64). A second stops at once
+    # (KeyboardInterrupt): the run then resumes from its last checkpoint.
+    stop, seen = Stop(), _Seen()
+
+    def on_epoch_end(m: EpochMetrics) -> bool:
+        seen.on_epoch_end(m)
+        return stop.requested and m.epoch < cfg.optim.epochs  # at the last epoch the run just finishes
+
     try:
-        with stop, EpochProgress(cfg.optim.epochs, then=stop.on_epoch_end) as bar:
+        with stop, EpochProgress(cfg.optim.epochs, then=on_epoch_end) as bar, stop.interruptible(soft=True):
             stop.on_request = lambda: bar.note("stopping after this epoch, with a checkpoint (Ctrl-C again: at once)")
-            result = run_training(
-                cfg, bar.on_epoch_end, checkpoint=ckpt, evaluate_test=True, checkpoint_now=lambda: stop.requested
-            )
+            result = run_training(cfg, bar.on_epoch_end, checkpoint=ckpt, evaluate_test=True, checkpoint_now=stop)
     except KeyboardInterrupt:
-        saved = stop.saved if stop.saved is not None else ("its last checkpoint" if ckpt.exists() else None)
+        saved = seen.saved if seen.saved is not None else ("its last checkpoint" if ckpt.exists() else None)
         resume = (
             f"resumes from epoch {saved}"
             if isinstance(saved, int)
             else (f"resumes from {saved}" if saved else "starts over")
         )
         typer.echo(
-            f"stopped at once in epoch {stop.epoch + 1} of {cfg.optim.epochs}: the same command (same --out) {resume}"
+            f"stopped at once in epoch {seen.epoch + 1} of {cfg.optim.epochs}: the same command (same --out) {resume}"
         )
         raise typer.Exit(STOPPED_EXIT) from None
-    if result.status == "stopped":
+    if result.status == TrainStatus.STOPPED:
         typer.echo(
             f"stopped at epoch {result.epochs_run} of {cfg.optim.epochs}, saved in {ckpt}: "
             "the same command (same --out) resumes there"
         )
         raise typer.Exit(STOPPED_EXIT)
     paths = write_outputs(out, cfg, result)
-    if result.status == "diverged":
+    if result.status == TrainStatus.DIVERGED:
         typer.echo(f"diverged: the loss became NaN at epoch {result.diverged_epoch}; see {paths[1]}", err=True)
         return result
     if result.resumed_from_epoch:
@@ -173,27 +162,30 @@ def _scores(r: TrainResult) -> str:
     return f"{r.status} after {r.epochs_run} epochs: best val {val}, test {test}"
 
 
-def _train_seeds(cfg: TrainConfig, out: Path, seeds: list[int], prepare: Callable[[], None]) -> None:
+def _train_seeds(cfg: TrainConfig, out: Path, seeds: list[int], ready_data: Callable[[], None]) -> None:
     """`train --seeds`: each seed into out/seed-N/; out/model.pt, the first finished seed's model
     until the ensemble of the finished seeds (two or more) replaces it; out/summary.json. When
     every seed had finished before, the summary is shown as it is."""
     import json
 
-    from stl_tune.outputs import FINISHED, copy_model, write_seed_summary
+    from stl_tune.outputs import copy_model, write_seed_summary
+    from stl_tune.train import TrainStatus
 
     results: dict[int, TrainResult] = {}
     for seed in seeds:
         typer.echo(f"seed {seed}: {out / f'seed-{seed}'}")
-        results[seed] = _train_one(dataclasses.replace(cfg, seed=seed), out / f"seed-{seed}", prepare)
-        if results[seed].status in FINISHED and not (out / "model.pt").exists():
+        results[seed] = _train_one(dataclasses.replace(cfg, seed=seed), out / f"seed-{seed}", ready_data)
+        if results[seed].status.finished and not (out / "model.pt").exists():
             copy_model(out / f"seed-{seed}" / "model.pt", out / "model.pt")
     trained = any(r.model is not None for r in results.values())  # a finished run read back has none
     summary_file = out / "summary.json"
     old = json.loads(summary_file.read_text()) if summary_file.is_file() else None
     written = trained or old is None or old.get("seeds") != seeds
     if written:
-        members = [seed for seed, r in results.items() if r.status in FINISHED]
-        s = write_seed_summary(out, results, _ensemble(cfg, out, members) if len(members) > 1 else None)
+        members = [seed for seed, r in results.items() if r.status.finished]
+        dirs = [f"seed-{seed}" for seed in members]
+        ensemble = _ensemble(dataclasses.replace(cfg, seed=members[-1]), out, dirs) if len(members) > 1 else None
+        s = write_seed_summary(out, results, ensemble)
     else:
         s = old
     if s["finished"]:
@@ -205,7 +197,7 @@ def _train_seeds(cfg: TrainConfig, out: Path, seeds: list[int], prepare: Callabl
             f"ensemble of {len(e['members'])} seeds ({out / e['file']}, also {out / 'model.pt'}): "
             f"test accuracy {100 * e['test_acc']:.1f} %"
         )
-    diverged = [seed for seed, r in results.items() if r.status == "diverged"]
+    diverged = [seed for seed, r in results.items() if r.status == TrainStatus.DIVERGED]
     typer.echo(
         f"{'wrote' if written else 'summary in'} {summary_file}"
         + (f"; diverged: seeds {', '.join(map(str, diverged))}" if diverged else "")
@@ -214,24 +206,27 @@ def _train_seeds(cfg: TrainConfig, out: Path, seeds: list[int], prepare: Callabl
         raise typer.Exit(1)
 
 
-def _ensemble(cfg: TrainConfig, out: Path, members: list[int]) -> dict:
-    """out/ensemble.pt of the seeds' models, scored on the test split (its softmax averaged, flip
-    TTA as for one model); out/model.pt becomes a copy of it. The summary's "ensemble" entry."""
+def _ensemble(cfg: TrainConfig, out: Path, members: list[str], weights: list[float] | None = None) -> dict:
+    """out/ensemble.pt of the models in the folders `members` of `out` (their softmax averaged,
+    weighted by `weights`, None: equally; flip TTA as for one model), scored on the test split of
+    cfg.data; out/model.pt becomes a copy of it. The summary's "ensemble" entry. `train --seeds`
+    and `stl-tune ensemble` (cli/ensemble.py) write theirs with it."""
     from stl_tune import data
     from stl_tune.evaluate import score
     from stl_tune.outputs import copy_model, load_model, save_ensemble
     from stl_tune.train import resolve_device
 
     path = out / "ensemble.pt"
-    save_ensemble(path, [out / f"seed-{seed}" / "model.pt" for seed in members])
+    save_ensemble(path, [out / m / "model.pt" for m in members], weights)
     device = resolve_device(cfg.runtime.device)
     model = load_model(path, device)
-    ds = data.load_data(cfg.data, members[-1], device, with_test=True)  # the last seed's: cached in this process
+    ds = data.load_data(cfg.data, cfg.seed, device, with_test=True)  # the last run's split: cached in this process
     s = score(model, ds.test_x, ds.test_y.cpu(), device)
     copy_model(path, out / "model.pt")
     return {
         "file": path.name,
-        "members": [f"seed-{seed}" for seed in members],
+        "members": list(members),
+        **({"weights": model.weights} if weights is not None else {}),
         "test_acc": s.accuracy,
         "per_class_acc": s.per_class_acc,
         "confusion": s.confusion,
@@ -251,7 +246,9 @@ def evaluate(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Folder for metrics.json and confusion.png.", show_default="beside the model: eval-<data dir name>/"
+            file_okay=False,
+            help="Folder for metrics.json and confusion.png.",
+            show_default="beside the model: eval-<data dir name>/",
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",

@@ -1,9 +1,10 @@
 """The one door to Optuna internals: every private attribute or module stl-tune relies on.
 
-Optuna keeps no public API for these, so each is used here only, pinned by the version bound in
-pyproject.toml and by tests/test_optuna_compat.py, which checks the behaviour relied upon at both
-ends of that bound (.ci/run). When Optuna changes one of them, that test names it, and this file is
-the only one to mend.
+Optuna keeps no public API for these, so each is used here only, pinned by the version range in
+pyproject.toml (one minor version today) and by tests/test_optuna_compat.py, which checks the
+behaviour relied upon; .ci/run runs it on the newest Optuna the range allows and, where the range
+spans more than one version, again on the lowest. When Optuna changes one of them, that test names
+it, and this file is the only one to mend.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._heartbeat import get_heartbeat_thread
-from optuna.storages._rdb.models import TrialModel as TrialModel  # the trial table: reconnect.py counts it
 from optuna.trial import FrozenTrial
 
 
@@ -31,8 +31,16 @@ def experimental_ok() -> Iterator[None]:
 
 
 # The storage that Optuna itself wraps around an RDBStorage (optuna.storages.get_storage): a trial
-# cache for the process. stl-tune's gRPC proxy subclasses it to add heartbeats (search/proxy.py).
+# cache for the process. stl-tune's gRPC proxy subclasses it to add heartbeats (search/storage/proxy.py).
 CachedStorage = _CachedStorage
+
+
+def trial_model() -> type:
+    """The ORM class of Optuna's trial table, which storage/reconnect.py counts. Imported here on first use:
+    it pulls in SQLAlchemy, which reading a study file does without."""
+    from optuna.storages._rdb.models import TrialModel
+
+    return TrialModel
 
 
 def study_id(study: optuna.Study) -> int:
@@ -83,7 +91,7 @@ def retry_history(trial: FrozenTrial) -> list[int]:
         return list(RetryHeartbeatStaleTrialCallback.retry_history(trial) or [])
 
 
-def storage_url(storage: BaseStorage) -> str | None:
+def database_url(storage: BaseStorage) -> str | None:
     """The database URL behind an RDBStorage or the cache Optuna wraps around one; None otherwise."""
     return getattr(backend(storage), "url", None)
 

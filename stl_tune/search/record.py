@@ -1,31 +1,34 @@
-"""A trial's record: the user attributes stl-tune keeps on trials and on studies, the values of a
-trial's status and fail reason, and the small readers and writers over them.
+"""A trial's record: the user attributes stl-tune keeps on trials and on studies, and the small
+readers over them. The values of a trial's status and fail reason, and what writes them, are
+search/state/outcome.py's.
 
-Every other module names an attribute, a status or a fail reason through this one
-(tests/test_structure.py finds none written as a literal elsewhere). A leaf: it imports nothing of
-stl-tune, so that any module can use it.
+Every other module names an attribute through this one (tests/test_structure.py finds none written
+as a literal elsewhere). A leaf: it imports nothing of stl-tune, so that any module can use it.
 
-Trial user attributes (search/objective.py writes them while a trial runs, unless said otherwise):
+Trial user attributes (search/worker/objective.py writes them while a trial runs, unless said otherwise):
   config              the fully resolved TrainConfig (config.to_dict); export reads it back
   curve               validation accuracy per epoch, updated every epoch (running and pruned trials too)
   epochs_run, seconds, compile_seconds (part of seconds), param_count, device: from the TrainResult
-  status              a Status
-  fail_reason         why the trial failed (a Reason, "diverged at epoch 3", "OutOfMemoryError: ..."), else None
+  status              an outcome.Status
+  fail_reason         why the trial failed (an outcome.Reason, "diverged at epoch 3", "OutOfMemoryError: ..."), else None
   checkpoint          {"artifact_id", "epoch"} of the latest checkpoint while a retry may need it, else None
   resumed_from_epoch  epochs taken over from a previous attempt's checkpoint (0: a fresh start)
   epoch_seconds       wall time of each epoch this attempt ran, less compiling (a retry shows its predecessor's
-                      until its first epoch ends): the live view's pace and time left (search/eta.py)
+                      until its first epoch ends): the live view's pace and time left (search/views/eta.py)
   worker              host:pid of the process that ran the trial (worker_id)
-  enqueued            where a queued trial's config came from (search/warmstart.py, search/confirm.py)
-  copied_from         "study NAME, trial N" of a trial copied by --from-study (search/warmstart.py)
-  candidate           a confirmation's search trial number (search/confirm.py)
-A retry (search/trials.py) inherits its predecessor's user attributes; the objective resets those
-of an outcome when it starts.
+  enqueued            where a queued trial's config came from (search/spec/warmstart.py, search/state/confirm.py)
+  copied_from         "study NAME, trial N" of a trial copied by --from-study (search/spec/warmstart.py)
+  candidate           a confirmation's search trial number (search/state/confirm.py)
+  kept                what a completed trial keeps for an ensemble (search/worker/keep.py): {"predictions":
+                      artifact id, "model": artifact id or None, "value"}; its model file is removed
+                      when the trial drops out of the best K, the attr stays (a finished trial's are fixed)
+A retry (outcome.retry) inherits its predecessor's user attributes; the objective resets those
+of an outcome when it starts (outcome.start).
 
 Study user attributes:
-  spec                StudySpec.to_dict() of the study file it was created with (search/study.py)
+  spec                StudySpec.to_dict() of the study file it was created with (search/state/study.py)
   n_trials            the trial budget, set by `stl-tune run --trials` (or by confirm: K x S)
-  deadline, patience_trials, patience_from: the budgets of the last run (search/budget.py)
+  deadline, patience_trials, patience_from: the limits of the last run (search/state/limits.py)
   artifacts           the checkpoint folder the run chose, for workers of the same host
   confirmed           {"N": {"mean", "std", "values", "seeds"}} of `stl-tune confirm` (on the search)
   queued_only         on a confirm study: workers run queued trials only, never sampled ones
@@ -35,10 +38,8 @@ from __future__ import annotations
 
 import os
 import socket
-from enum import StrEnum
-from typing import Any
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 # ------------------------------------------------------------------------------ trial attrs
 CONFIG_ATTR = "config"
@@ -56,6 +57,7 @@ WORKER_ATTR = "worker"
 ENQUEUED_ATTR = "enqueued"
 COPIED_ATTR = "copied_from"
 CANDIDATE_ATTR = "candidate"
+KEPT_ATTR = "kept"
 
 # ------------------------------------------------------------------------------ study attrs
 SPEC_ATTR = "spec"
@@ -70,50 +72,7 @@ QUEUED_ONLY_ATTR = "queued_only"
 KNOWN_RECIPE = "the known recipe (config defaults)"  # the enqueued attr of a new study's trial 0
 
 
-class Status(StrEnum):
-    """A trial's status attr: what happened to it, in more detail than its Optuna state."""
-
-    RUNNING = "running"
-    COMPLETED = "completed"  # the trainer's own statuses of a finished run: completed | early_stopped
-    EARLY_STOPPED = "early_stopped"
-    PRUNED = "pruned"
-    DIVERGED = "diverged"
-    FAILED = "failed"
-    INTERRUPTED = "interrupted"
-    PAUSED = "paused"  # by the time budget
-    SURPLUS = "surplus"  # a claim past the budget (search/workers.py)
-    DIED = "died"  # its worker process died on this host (search/trials.py)
-
-
-class Reason(StrEnum):
-    """The fixed fail reasons; the others name the error ("diverged at epoch 3", "OSError: ...")."""
-
-    SURPLUS = "surplus"
-    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM: queued to resume
-    TIME_BUDGET = "time budget"  # paused at the deadline: queued to resume
-    DIED = "worker died"  # its worker process died (or stopped its heartbeats)
-    DATA = "data error"  # a DataError (the data, not the trial's config): the run stops, the trial is queued again
-
-
-RESUMABLE = (Reason.INTERRUPTED, Reason.TIME_BUDGET, Reason.DATA)  # trials stopped, not failed: queued to resume
-NOT_AN_ERROR = (None, Reason.SURPLUS, *RESUMABLE)  # fail reasons that say nothing about the study
-
-
-def diverged(epoch: int) -> str:
-    """The fail reason of a trial whose loss became NaN at `epoch`."""
-    return f"{Status.DIVERGED} at epoch {epoch}"
-
-
 # ---------------------------------------------------------------------------------- readers
-def fail_reason(trial: FrozenTrial) -> str | None:
-    """Why a trial failed: its fail_reason, or Reason.DIED for one failed by a heartbeat check,
-    which leaves the attrs as the dead worker wrote them (status still "running")."""
-    reason = trial.user_attrs.get(FAIL_REASON_ATTR)
-    if reason is None and trial.state == TrialState.FAIL and trial.user_attrs.get(STATUS_ATTR) == Status.RUNNING:
-        return Reason.DIED
-    return reason
-
-
 def counts(trial: FrozenTrial) -> bool:
     """Whether a trial counts towards the study's budget: not one copied from another study."""
     return COPIED_ATTR not in trial.user_attrs
@@ -151,16 +110,12 @@ def worker(trial: FrozenTrial) -> tuple[str, str]:
     return host, pid
 
 
-# ---------------------------------------------------------------------------------- writers
-def start(trial: Any, worker: str) -> None:
-    """Mark `trial` (an optuna.Trial) as running in `worker`: a retry's inherited outcome is reset."""
-    trial.set_user_attr(STATUS_ATTR, Status.RUNNING)
-    trial.set_user_attr(FAIL_REASON_ATTR, None)
-    trial.set_user_attr(WORKER_ATTR, worker)
-
-
-def end(trial: Any, status: Status | str, reason: str | None = None) -> None:
-    """Record how `trial` (an optuna.Trial) ended: its status and, given one, its fail reason."""
-    trial.set_user_attr(STATUS_ATTR, status)
-    if reason is not None:
-        trial.set_user_attr(FAIL_REASON_ATTR, reason)
+def alive(pid: int) -> bool:
+    """Whether process `pid` of this host exists (a worker of this host, by its worker attr)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
