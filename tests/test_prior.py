@@ -1,4 +1,4 @@
-"""The prior sampler (search/prior.py) on the shipped search space: it draws around the known recipe
+"""The prior sampler (search/spec/prior.py) on the shipped search space: it draws around the known recipe
 first, still covers the space when the recipe is a bad guess, follows its seed, and runs on several
 workers of one study."""
 
@@ -9,9 +9,9 @@ import optuna
 import pytest
 
 from stl_tune import config
-from stl_tune.search import plugins, warmstart
-from stl_tune.search.prior import PriorBandSampler, recipe_params
-from stl_tune.search.space import StudyError, StudySpec, load_study_file, suggest_config
+from stl_tune.search.spec import plugins, warmstart
+from stl_tune.search.spec.prior import PriorBandSampler, recipe_params
+from stl_tune.search.spec.space import StudyError, StudySpec, load_study_file, suggest_config
 
 SEED_STUDY = load_study_file("studies/seed.yaml")
 NUMERIC = ("model.drop_path", "lr_adamw", "wd_adamw", "augment.mix_epochs", "smoothing.start")
