@@ -12,10 +12,11 @@ centred on a given point.
 The prior's centre is the known recipe: the parameters of the study's first queued trial, which
 `stl-tune run` queues as trial 0 of a new study (warmstart.enqueue_known_recipe: the config
 defaults with the study's `fixed`, inside the space; bench_search_quality.py queues the recipe at
-its scale). A study without a queued trial has no centre, and the prior arm draws uniformly. Around the centre, in each parameter's [0, 1] range (on a log scale where the space is
-log): a numeric parameter follows a normal of standard deviation 1 - confidence truncated to the
-range, a categorical takes the centre's value with probability confidence + (1 - confidence) / n
-and any other value with (1 - confidence) / n; a parameter the centre does not set is uniform.
+its scale). A study without a queued trial has no centre, and the prior arm draws uniformly.
+Around the centre, in each parameter's [0, 1] range (on a log scale where the space is log): a
+numeric parameter follows a normal of standard deviation 1 - confidence truncated to the range, a
+categorical takes the centre's value with probability confidence + (1 - confidence) / n and any
+other value with (1 - confidence) / n; a parameter the centre does not set is uniform.
 
 The evidence, read from the trials' reported curves, so any pruner works: the highest epoch that
 at least `eta` trials have reported, and the best 1/eta of those trials at it. Until such a rung
@@ -33,10 +34,9 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from stl_tune.search.optuna_compat import experimental_ok
 from stl_tune.search.record import ENQUEUED_ATTR
 
-UNIFORM, PRIOR, INCUMBENT, TPE = "uniform", "prior", "incumbent", "tpe"
+UNIFORM, PRIOR, INCUMBENT = "uniform", "prior", "incumbent"
 _FIXED_PARAMS = "fixed_params"  # where enqueue_trial keeps a queued trial's parameters (Optuna's system attr)
 
 
@@ -47,8 +47,6 @@ class PriorBandSampler(optuna.samplers.BaseSampler):
     eta: the pruner's reduction factor: a rung needs eta trials, its top 1/eta are the evidence.
     mutation_rate, mutation_std: the share of the incumbent's parameters a mutation changes, and
     the standard deviation of a numeric change on the [0, 1] scale (NePS's defaults).
-    tpe_after: once this many trials finished, the uniform share goes to Optuna's TPE instead
-    (PriorBand+BO's move from uniform draws to a model's; None: never).
     seed: the random stream (worker k of a study uses seed + k: plugins.make_sampler).
     """
 
@@ -59,7 +57,6 @@ class PriorBandSampler(optuna.samplers.BaseSampler):
         eta: int = 3,
         mutation_rate: float = 0.5,
         mutation_std: float = 0.25,
-        tpe_after: int | None = None,
         seed: int | None = None,
     ) -> None:
         for name, v in (("uniform", uniform), ("mutation_rate", mutation_rate)):
@@ -76,54 +73,31 @@ class PriorBandSampler(optuna.samplers.BaseSampler):
         self._rng = np.random.RandomState(seed)
         self._random = optuna.samplers.RandomSampler(seed=seed)
         self._plan: dict[int, tuple[str, dict[str, Any]]] = {}  # trial number -> (arm, centre of the arm)
-        self.tpe_after = tpe_after
-        self._tpe: optuna.samplers.TPESampler | None = None
-        if tpe_after is not None:
-            with experimental_ok():  # `group` is experimental: stl-tune's TPE options (space.DEFAULT_OPTIONS)
-                self._tpe = optuna.samplers.TPESampler(
-                    n_startup_trials=tpe_after, seed=seed, multivariate=True, group=True, constant_liar=True
-                )
 
     def reseed_rng(self) -> None:
         self._rng.seed()
         self._random.reseed_rng()
-        if self._tpe is not None:
-            self._tpe.reseed_rng()
 
-    # The prior and incumbent arms draw each parameter on its own (the arm, chosen per trial, ties
-    # them together); a TPE draw is TPE's, joint where TPE's is.
+    # PriorBand draws each parameter on its own: the arm, chosen once per trial, ties them together.
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        if self._arm(study, trial) == TPE:
-            return self._tpe.infer_relative_search_space(study, trial)
         return {}
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        if self._arm(study, trial) == TPE:
-            return self._tpe.sample_relative(study, trial, search_space)
         return {}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._plan[trial.number] = self.plan(study.get_trials(deepcopy=False), study.direction)
-        if self._tpe is not None:
-            self._tpe.before_trial(study, trial)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
         self._plan.pop(trial.number, None)
-        if self._tpe is not None:
-            self._tpe.after_trial(study, trial, state, values)
-
-    def _arm(self, study: optuna.Study, trial: FrozenTrial) -> str:
-        if trial.number not in self._plan:  # Optuna calls before_trial first; this is for a caller that did not
-            self.before_trial(study, trial)
-        return self._plan[trial.number][0]
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        if self._arm(study, trial) == TPE:
-            return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+        if trial.number not in self._plan:  # Optuna calls before_trial first; this is for a caller that did not
+            self.before_trial(study, trial)
         arm, centre = self._plan[trial.number]
         value = centre.get(param_name)
         if arm == UNIFORM or not _holds(param_distribution, value) or param_distribution.single():
@@ -141,9 +115,6 @@ class PriorBandSampler(optuna.samplers.BaseSampler):
         prior = recipe_params(trials)
         weights = self.weights(trials, direction, prior)
         arm = [UNIFORM, PRIOR, INCUMBENT][self._rng.choice(3, p=np.asarray(weights) / sum(weights))]
-        if arm == UNIFORM and self.tpe_after is not None:
-            finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-            return (TPE if finished >= self.tpe_after else UNIFORM), {}
         if arm == INCUMBENT:
             return arm, dict(_incumbent(trials, direction).params)
         return arm, prior
