@@ -52,7 +52,8 @@ def test_shipped_study(path):
 def test_seed_is_the_full_gpu_search():
     spec = load_study_file(Path(__file__).parent.parent / "studies/seed.yaml")
     assert spec.fixed["optim.epochs"] == 200 and spec.pruner["name"] == "successive_halving"
-    assert spec.objective == "last5_val_acc" and spec.sampler["n_startup_trials"] == 5
+    assert spec.objective == "last5_val_acc" and spec.sampler["name"] == "prior"
+    assert spec.sampler["eta"] == spec.pruner["reduction_factor"]  # the sampler reads the pruner's rungs
     # trial 0 is exactly the known recipe: each searched key that applies to it holds its default
     from stl_tune import config
     from stl_tune.search.spec.warmstart import params_of

@@ -5,6 +5,7 @@ A layer of the search package: its modules import from this layer and the ones b
 
     space      study files: the spec, its validation, the plug-in names; suggest_config
     plugins    a study's sampler and pruner
+    prior      the prior sampler: PriorBand's draws around the known recipe
     datacheck  the data against a study, before any trial
     warmstart  the known recipe, --enqueue, --from-study
 """

@@ -11,7 +11,7 @@ A study file (YAML) declares:
                    config value at `path` is one of `values`, evaluated in file order against the
                    values set so far (defaults, then `fixed`, then the entries above it).
     fixed:         overrides applied to every trial, nested ({optim: {epochs: 200}}) or dotted
-    sampler:       {name: tpe|random, ...constructor options}
+    sampler:       {name: tpe|random|prior, ...constructor options} (prior: spec/prior.py)
     pruner:        {name: hyperband|hyperband_shared|median|successive_halving|none, ...constructor options}
                    (hyperband_shared: Hyperband whose sampler sees every bracket, not its own only)
     objective:     best_val_acc (default), val_acc (the last epoch's) or last5_val_acc (mean of the last 5)
@@ -45,10 +45,15 @@ from stl_tune.config import ConfigError, TrainConfig
 from stl_tune.errors import StudyError, UserError
 from stl_tune.search.fmt import parse_duration
 from stl_tune.search.optuna_compat import SharedHyperband
+from stl_tune.search.spec.prior import PriorBandSampler
 
 # Plug-in registries: the names a study file may use. GP, QMC and CMA-ES samplers need scipy or
 # cmaes, which stl-tune does not install, so they are left out rather than failing at run time.
-SAMPLERS: dict[str, type] = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+SAMPLERS: dict[str, type] = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "prior": PriorBandSampler,  # PriorBand: uniform, around the known recipe, or the incumbent mutated
+}
 PRUNERS: dict[str, type] = {
     "hyperband": optuna.pruners.HyperbandPruner,  # resource = epochs; max_resource = optim.epochs
     "hyperband_shared": SharedHyperband,  # the same, but the sampler learns from every bracket's trials
@@ -64,6 +69,7 @@ HYPERBAND = ("hyperband", "hyperband_shared")
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "tpe": {"seed": 0, "multivariate": True, "group": True, "constant_liar": True},
     "random": {"seed": 0},
+    "prior": {"seed": 0},
 }
 # What a trial's value is, from its per-epoch validation accuracies (search/worker/objective.py):
 # best_val_acc: the best epoch; val_acc: the last epoch; last5_val_acc: the mean of the last 5
