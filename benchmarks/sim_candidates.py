@@ -62,11 +62,6 @@ VARIANTS = {
     "prior-u25-c75": _variant(
         "PriorBand sampler, uniform 1/4, confidence 0.75", {**PRIOR, "uniform": 0.25, "confidence": 0.75}
     ),
-    "prior-tpe10": _variant("PriorBand sampler, its uniform share to TPE after 10 trials", {**PRIOR, "tpe_after": 10}),
-    "prior-c75-tpe10": _variant(
-        "PriorBand sampler, confidence 0.75, uniform share to TPE after 10 trials",
-        {**PRIOR, "confidence": 0.75, "tpe_after": 10},
-    ),
     "prior-u75-c75": _variant(
         "PriorBand sampler, uniform 3/4, confidence 0.75", {**PRIOR, "uniform": 0.75, "confidence": 0.75}
     ),
