@@ -20,6 +20,21 @@ from stl_tune.search.storage import reconnect
 from stl_tune.search.worker import workers
 
 
+def _connected(run: subprocess.Popen, port: int, workers: int = 4) -> bool:
+    """Whether all `workers` worker processes of `run` hold a connection to the server: each has
+    opened its storage. A worker still opening it when the server goes meets a refusal, not a lost
+    connection, and fails at once, as a mistyped URL must (test_storages.py)."""
+    import psutil
+
+    try:
+        procs = [p for p in psutil.Process(run.pid).children(recursive=True) if "worker" in p.cmdline()]
+        return len(procs) == workers and all(
+            any(c.raddr and c.raddr.port == port for c in p.net_connections(kind="tcp")) for p in procs
+        )
+    except psutil.NoSuchProcess:  # one ended meanwhile: look again
+        return False
+
+
 @pytest.mark.slow
 def test_workers_ride_out_a_postgres_restart(postgres, postgres_url, tiny_study, worker_env, tmp_path):
     """Four workers, trials in flight, the server restarted: no worker dies, no trial fails or is
@@ -62,7 +77,11 @@ def test_workers_ride_out_a_postgres_restart(postgres, postgres_url, tiny_study,
                 states = [t.state for t in optuna.load_study(study_name=name, storage=storage).trials]
             except KeyError:  # not created yet
                 states = []
-            if TrialState.COMPLETE in states and states.count(TrialState.RUNNING) >= 2:
+            if (
+                TrialState.COMPLETE in states
+                and states.count(TrialState.RUNNING) >= 2
+                and _connected(run, postgres.port)
+            ):
                 break
             time.sleep(0.2)
         with postgres.stopped():
