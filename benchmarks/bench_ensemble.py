@@ -24,6 +24,8 @@ epoch on train+validation counts 1/(1 - val_fraction): that many more images).
   python benchmarks/bench_ensemble.py --quick                # tiny everything: checks it works
 A run stopped part-way resumes from its --workdir: a finished search, final training or ensemble is
 read, not run again (bench_search_quality's resumability; a retrained member is `train`'s own resume).
+The --workdir may be one of bench_search_quality's at the same settings: its stl-tune searches and
+their final trainings are reused, so both benchmarks report on the same searches.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = bsq.write_fashion(args.data.resolve() / f"fashion-28-n{per_class}", per_class)
     settings = {"data": str(data_dir), "epochs": epochs, "budget": budget, "method": METHOD}
-    saved_settings = workdir / "settings.json"
+    saved_settings = workdir / "settings-ensemble.json"  # beside bench_search_quality's
     if saved_settings.is_file() and json.loads(saved_settings.read_text()) != settings:
         raise SystemExit(f"{workdir} holds a benchmark with other settings ({saved_settings.read_text().strip()})")
     saved_settings.write_text(json.dumps(settings))
@@ -180,7 +182,7 @@ def main() -> None:
         results = list(pool.map(lambda r: finals(workdir, url, r, val_fraction), searches))
     print(f"\nfinal models: {(time.perf_counter() - t0) / 60:.1f} min\n")
     print(table(results))
-    (workdir / "results.json").write_text(json.dumps({"settings": settings, "rows": results}, indent=1))
+    (workdir / "results-ensemble.json").write_text(json.dumps({"settings": settings, "rows": results}, indent=1))
 
 
 if __name__ == "__main__":

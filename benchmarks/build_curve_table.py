@@ -19,7 +19,7 @@ resumes from the committed file.
 
   python benchmarks/build_curve_table.py --table benchmarks/tables/fashion-n200-e12.jsonl
   python benchmarks/build_curve_table.py --table T --per-class 500 --epochs 20 --configs 150
-  python benchmarks/build_curve_table.py --table T --data-dir DIR --image-size 32   # any split-layout folder
+  python benchmarks/build_curve_table.py --table T --data-dir DIR --image-size 32   # any folder dataset
   python benchmarks/build_curve_table.py --quick --table /tmp/t.jsonl              # 4 configs x 2 seeds x 2 epochs
 """
 
@@ -111,8 +111,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2, help="training seeds per config [2]")
     ap.add_argument("--epochs", type=int, help="epochs per run [12; quick: 2]")
     ap.add_argument("--per-class", type=int, help="Fashion-MNIST training images per class [200; quick: 30]")
-    ap.add_argument("--data-dir", type=Path, help="any split-layout folder (train/<class>/, test/<class>/) "
-                    "instead of Fashion-MNIST")  # fmt: skip
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        help="any folder dataset instead of Fashion-MNIST: train/<class>/ + test/<class>/, or <class>/ "
+        "(data.test_fraction of each class is the test split; docs/DATA.md)",
+    )
     ap.add_argument("--image-size", type=int, default=28, help="pixels per side [28]")
     ap.add_argument("--name", help="the data set's name in the header [fashion-mnist, or the folder's name]")
     ap.add_argument("--workers", type=int, default=2, help="training processes, one core each [2]")

@@ -312,10 +312,22 @@ def _budgets(study: optuna.Study, trials: list[FrozenTrial]) -> str:
     return "; ".join(said)
 
 
-def _next_steps(study: optuna.Study, confirmed: bool, finished: int) -> str:
-    """What to run next on this study, a line each."""
+def _next_steps(study: optuna.Study, confirmed: bool, finished: int, final: report_runs.FinalTraining | None) -> str:
+    """What to run next on this study, a line each: after a final training (`final`), what to do with
+    its model; before one, how to get it."""
     name = html.escape(study.study_name)
     n_trials = study.user_attrs.get(N_TRIALS_ATTR) or 0
+    if final is not None and final.shown is not None:
+        model = final.root / ("ensemble.pt" if (final.root / "ensemble.pt").is_file() else "model.pt")
+        model_arg = html.escape(str(model))
+        steps = [
+            f"<code>stl-tune evaluate --model {model_arg} --data-dir DIR</code>: score {html.escape(final.shown_name)} "
+            "on any folder dataset without retraining;",
+            f"<code>stl-tune predict --model {model_arg} --images DIR -o predictions.csv</code>: its classes for "
+            "new images;",
+            "in Python: <code>stl_tune.load_model(path)</code>.",
+        ]
+        return "<h2>Next steps</h2><ul>" + "".join(f"<li>{s}</li>" for s in steps) + "</ul>"
     steps = [
         (
             f"{finished} of the study's {n_trials} trials have finished: the same <code>stl-tune run</code> command "
@@ -416,7 +428,7 @@ def write_report(study: optuna.Study, out: str | Path, *, storage: str = "", run
                 plotly_js = False
             sections.append(f'<h2>{title} <small><a href="{stem}.png">PNG</a></small></h2>{div}')
     sections.append(f"<h2>Best trials</h2>{_table(study, out)}")
-    sections.append(_next_steps(study, confirmed is not None, t.finished))
+    sections.append(_next_steps(study, confirmed is not None, t.finished, final))
     rows = "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary if v)
     name = html.escape(study.study_name)
     page = out / "index.html"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -208,7 +209,14 @@ def test_completed_trials_keep_predictions_and_the_best_k_models(searched):
     status = runner.invoke(app, ["status", "--storage", url])
     assert status.exit_code == 0, status.output
     assert "validation predictions of 4 trials" in status.output
-    assert "the weights of the best 2 (keep_models: at most 2," in status.output
+    assert re.search(r"the weights of the best 2 \(\d+ kB each; keep_models: at most 2\)", status.output)
+
+
+def test_usage_line_says_when_no_weights_are_kept(tmp_path):
+    from stl_tune.search.worker.keep import Usage
+
+    assert Usage(3, 3000, 0, 0).line(5, tmp_path).endswith("no trial weights yet (keep_models: at most 5)")
+    assert Usage(3, 3000, 0, 0).line(0, tmp_path).endswith("no trial weights (keep_models: 0)")
 
 
 def write_test_images(fake_data: Path, root: Path, classes: list[str]) -> Path:
@@ -301,5 +309,7 @@ def test_ensemble_end_to_end(searched, fake_data, tmp_path, way):
     assert "An ensemble of study tiny" in page
     n = len(summary["runs"])
     assert f" over {n} of {n} members; the ensemble of " in page  # its members, not seeds
+    assert f"stl-tune evaluate --model {out / 'ensemble.pt'} --data-dir DIR" in page  # next: use it
+    assert "stl-tune export" not in page  # ... not make another
     for run in summary["runs"]:
         assert f"<td>trial {run['trial']}</td>" in page and f"{run['dir']} ({run['weight']:.2f})" in page

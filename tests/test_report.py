@@ -464,10 +464,14 @@ def test_final_training_of_one_run(tmp_path):
     assert "<td>0.7500 (one run, seed 3)</td>" in page and "Confusion matrix of the model" in page
     assert '<tr><td>3</td><td>completed</td><td>0.7500</td><td>3</td><td><a href="final/curves.png">' in page
     assert (out / "final" / "confusion.png").is_file() and (out / "final" / "curves.png").is_file()
+    assert f"stl-tune predict --model {tmp_path / 'best' / 'model.pt'} --images DIR" in page
+    assert "stl-tune export" not in page  # the final model exists: the next steps use it
 
     url = f"sqlite:///{tmp_path / 'study.db'}"  # the same report again, without --runs: nothing left over
     assert CliRunner().invoke(app, ["report", "--storage", url, "-o", str(out)]).exit_code == 0
-    assert "Final training" not in (out / "index.html").read_text() and not (out / "final").exists()
+    page = (out / "index.html").read_text()
+    assert "Final training" not in page and not (out / "final").exists()
+    assert "stl-tune export --name" in page and "stl-tune predict" not in page
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "evaluate", "broken", "seeds"])

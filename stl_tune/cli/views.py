@@ -227,7 +227,8 @@ def report(
     store = open_storage(storage, heartbeat=False, create=False)
     study = optuna.load_study(study_name=resolve_study_name(name, store), storage=store)
     try:
-        page = write_report(study, out, storage=describe(store), runs=runs)
+        with console.status(f"writing the report of study '{study.study_name}' to {out} (its plots take a while)"):
+            page = write_report(study, out, storage=describe(store), runs=runs)
     except OSError as e:  # the folder cannot be made or written (a read-only place, a file in the way)
         raise UserError(f"cannot write the report to {out}: {e.strerror or e}") from None
     typer.echo(f"wrote {page}")

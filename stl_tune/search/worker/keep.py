@@ -197,11 +197,16 @@ class Usage:
 
     def line(self, k: int, folder: Path) -> str:
         """In words, for `stl-tune status`."""
-        each = f", {_mb(self.models_bytes / self.models)} each" if self.models else ""
+        if not k:
+            models = "no trial weights (keep_models: 0)"
+        elif self.models:
+            each = _mb(self.models_bytes / self.models)
+            models = f"the weights of the best {self.models} ({each} each; keep_models: at most {k})"
+        else:
+            models = f"no trial weights yet (keep_models: at most {k})"
         return (
             f"kept for `stl-tune ensemble` in {folder}: validation predictions of {self.predictions} trials "
-            f"({_mb(self.predictions_bytes)}), the weights of the best {self.models} (keep_models: at most {k}"
-            f"{each})"
+            f"({_mb(self.predictions_bytes)}), {models}"
         )
 
 
