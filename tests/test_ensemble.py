@@ -209,7 +209,7 @@ def test_completed_trials_keep_predictions_and_the_best_k_models(searched):
     status = runner.invoke(app, ["status", "--storage", url])
     assert status.exit_code == 0, status.output
     assert "validation predictions of 4 trials" in status.output
-    assert re.search(r"the weights of the best 2 \(\d+ kB each; keep_models: at most 2\)", status.output)
+    assert re.search(r"the weights of the best 2 \([\d.]+ [kM]B each; keep_models: at most 2\)", status.output)
 
 
 def test_usage_line_says_when_no_weights_are_kept(tmp_path):

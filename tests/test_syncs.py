@@ -152,6 +152,7 @@ def tiny(data_dir, **overrides) -> C.TrainConfig:
     return C.from_dict(None, {**base, **overrides})
 
 
+@pytest.mark.slow
 def test_training_run_has_under_a_quarter_sync_per_step(data_dir, monkeypatch):
     """Counted from the first augmentation call to the end of train(): everything per step and per
     epoch, not the one-off setup before it (the data and the model moved to the device: one copy

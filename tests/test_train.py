@@ -405,6 +405,7 @@ def _spy_on_compile(monkeypatch, backend=None) -> list:
     return calls
 
 
+@pytest.mark.slow
 def test_the_cuda_branch_on_a_cpu_learns_and_resumes_exactly(data_dir, tmp_path, monkeypatch):
     """What auto switches on for CUDA, forced on a CPU: bf16 autocast, channels_last, the fused
     optimizer, torch.compile, and the CUDA augmentation chunk."""

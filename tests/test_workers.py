@@ -230,6 +230,7 @@ def test_trial_failed_by_another_worker_is_dropped_with_one_line(storage_url, tm
     assert not [f for f in artifacts.iterdir() if not is_kept(f.name)]
 
 
+@pytest.mark.slow
 def test_a_spent_time_budget_counts_only_the_trials_that_paused(tmp_path, tiny_study, worker_env):
     """The known recipe never started and one trial paused by the time budget: the stop line says
     one paused trial will resume, not two."""
