@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-STL_TUNE = [sys.executable, "-m", "stl_tune"]  # the `stl-tune` script
 CHROMIUM = Path("/usr/bin/chromium")  # apt-get install chromium (Debian; .ci/run installs it)
 # Root in a container needs --no-sandbox; the rest keep a browser on a closed network from phoning home.
 ARGS = [

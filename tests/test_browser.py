@@ -11,7 +11,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from browser import STL_TUNE, chromium, colour_stats, free_port, wait_http
+from browser import chromium, colour_stats, free_port, wait_http
+from commands import STL_TUNE
 from optuna.trial import TrialState
 from test_report import make_study, render, write_runs
 

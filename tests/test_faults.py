@@ -8,13 +8,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from commands import stl_tune
 from optuna.trial import FrozenTrial, TrialState
 
 from stl_tune.search import create_or_load_study, open_storage
@@ -23,7 +23,6 @@ from stl_tune.search.worker.keep import is_kept
 from stl_tune.search.worker.objective import Objective
 from stl_tune.search.worker.workers import work
 
-STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]  # the installed console script
 # A run whose dead worker's trial must be re-queued at once, not by the heartbeat, ends within DONE_S
 # seconds (several times what it takes alone: the suite runs in parallel on few cores), while the
 # heartbeat would wait GRACE_S.
@@ -78,7 +77,7 @@ def test_killed_worker_trial_resumes_from_its_checkpoint(storage_url, tmp_path, 
     n, name, url, artifacts = 2, "kill", storage_url, tmp_path / "artifacts"
     spec = StudySpec.from_dict(yaml.safe_load(_study_file(tmp_path, tiny_study, epochs=12).read_text()))
     create_or_load_study(spec, name, open_storage(url, heartbeat=False)).set_user_attr("n_trials", n)
-    cmd = [*STL_TUNE, "worker", "--name", name, "--storage", url, "--gpus", "none", "--artifacts", str(artifacts)]
+    cmd = stl_tune("worker", name=name, storage=url, artifacts=artifacts)
     procs = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=worker_env) for i in range(2)]
 
     victim = _wait_for_checkpoint(url, name, procs)
@@ -109,24 +108,7 @@ def test_killed_worker_trial_resumes_from_its_checkpoint(storage_url, tmp_path, 
 
 
 def _run_cmd(study_file: Path, name: str, n: int, workers: int, url: str, artifacts: Path) -> list[str]:
-    return [
-        *STL_TUNE,
-        "run",
-        "--study",
-        str(study_file),
-        "--name",
-        name,
-        "--trials",
-        str(n),
-        "--workers",
-        str(workers),
-        "--gpus",
-        "none",
-        "--storage",
-        url,
-        "--artifacts",
-        str(artifacts),
-    ]
+    return stl_tune("run", study=study_file, name=name, trials=n, workers=workers, storage=url, artifacts=artifacts)
 
 
 def _check_resumed(study: optuna.Study, victim: FrozenTrial) -> None:
@@ -199,22 +181,7 @@ def test_confirm_survives_a_killed_worker(storage_url, tmp_path, tiny_study, wor
     spec = StudySpec.from_dict(yaml.safe_load(_study_file(tmp_path, tiny_study, epochs=12).read_text()))
     search = create_or_load_study(spec, None, open_storage(url, heartbeat=False))
     work(search, Objective(spec, artifacts), 1)
-    cmd = [
-        *STL_TUNE,
-        "confirm",
-        "--storage",
-        url,
-        "--top",
-        "1",
-        "--seeds",
-        "2",
-        "--workers",
-        "2",
-        "--gpus",
-        "none",
-        "--artifacts",
-        str(artifacts),
-    ]
+    cmd = stl_tune("confirm", storage=url, top=1, seeds=2, workers=2, artifacts=artifacts)
     proc = subprocess.Popen(
         cmd,
         env={**worker_env, "STL_TUNE_GRACE_PERIOD": GRACE_S},
@@ -252,10 +219,10 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_ur
     from stl_tune.search.state.trials import tally
 
     url, artifacts = storage_url, tmp_path / "artifacts"
-    study_file = _study_file(tmp_path, tiny_study, epochs=30)  # trials long beside the gaps between them
-    spec = StudySpec.from_dict(yaml.safe_load(study_file.read_text()))
-    old = create_or_load_study(spec, "old", open_storage(url, heartbeat=False))
+    spec = StudySpec.from_dict(yaml.safe_load(_study_file(tmp_path, tiny_study, epochs=2).read_text()))
+    old = create_or_load_study(spec, "old", open_storage(url, heartbeat=False))  # copied: params, not epochs
     work(old, Objective(spec, artifacts), 2)
+    study_file = _study_file(tmp_path, tiny_study, epochs=100)  # trials long beside the gaps between them
     best = tmp_path / "best.yaml"
     write_export(old, None, best)
     cfg = config.load(best)
@@ -308,8 +275,11 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_ur
         timeout=180,
     )
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "copied 0 finished trials of study 'old' (0 did not fit this space, 2 copied before)" in again.stdout
-    assert f"queued {best}: a trial with these values exists; not queued again" in again.stdout
+    if n == finished:  # the deadline left nothing to resume: all was said above
+        assert f"already has {n} finished trials (budget {n}); nothing to do" in again.stdout
+    else:
+        assert "copied 0 finished trials of study 'old' (0 did not fit this space, 2 copied before)" in again.stdout
+        assert f"queued {best}: a trial with these values exists; not queued again" in again.stdout
     study = optuna.load_study(study_name="new", storage=url)
     assert tally(study).finished == n and len(_finished(study)) == n + 2
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
@@ -326,24 +296,7 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_ur
 def test_ctrl_c_on_run_then_run_again_finishes_exactly_n(storage_url, tmp_path, tiny_study, worker_env):
     n, name, url, artifacts = 3, "sigint", storage_url, tmp_path / "artifacts"
     study_file = _study_file(tmp_path, tiny_study, epochs=12)
-    cmd = [
-        *STL_TUNE,
-        "run",
-        "--study",
-        str(study_file),
-        "--name",
-        name,
-        "--trials",
-        str(n),
-        "--workers",
-        "2",
-        "--gpus",
-        "none",
-        "--storage",
-        url,
-        "--artifacts",
-        str(artifacts),
-    ]
+    cmd = stl_tune("run", study=study_file, name=name, trials=n, workers=2, storage=url, artifacts=artifacts)
 
     run = subprocess.Popen(cmd, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_checkpoint(url, name, [run])
@@ -393,24 +346,9 @@ def test_ctrl_c_finishes_the_epoch_and_checkpoints_it_for_the_retry(
     name, url = "soft", storage_url
     tiny_study["fixed"]["runtime"]["checkpoint_interval_s"] = 3600
     study_file = _study_file(tmp_path, tiny_study, epochs=200)  # far from its end when the signal comes
-    cmd = [
-        *STL_TUNE,
-        "run",
-        "--study",
-        str(study_file),
-        "--name",
-        name,
-        "--trials",
-        "1",
-        "--workers",
-        "1",
-        "--gpus",
-        "none",
-        "--storage",
-        url,
-        "--artifacts",
-        str(tmp_path / "artifacts"),
-    ]
+    cmd = stl_tune(
+        "run", study=study_file, name=name, trials=1, workers=1, storage=url, artifacts=tmp_path / "artifacts"
+    )
     run = subprocess.Popen(cmd, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_checkpoint(url, name, [run], attr="curve")  # its first epoch has ended
     run.send_signal(signal.SIGINT)
@@ -499,7 +437,7 @@ def test_frozen_worker_wakes_drops_its_stale_trial_and_goes_on(storage_url, tmp_
     n, name, url, artifacts = 2, "frozen", storage_url, tmp_path / "artifacts"
     spec = StudySpec.from_dict(yaml.safe_load(_study_file(tmp_path, tiny_study, epochs=12).read_text()))
     create_or_load_study(spec, name, open_storage(url, heartbeat=False)).set_user_attr("n_trials", n)
-    cmd = [*STL_TUNE, "worker", "--name", name, "--storage", url, "--gpus", "none", "--artifacts", str(artifacts)]
+    cmd = stl_tune("worker", name=name, storage=url, artifacts=artifacts)
     procs = [
         subprocess.Popen(
             [*cmd, "--worker-index", str(i)],

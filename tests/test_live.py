@@ -10,11 +10,11 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from commands import stl_tune
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from rich.console import Console
@@ -31,7 +31,6 @@ from stl_tune.search.worker import probe
 from stl_tune.search.worker.epochlog import EpochLog
 from stl_tune.train import EpochMetrics
 
-STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # anything but tab and newline
 # Optuna's logger on a failed trial ("Trial 0 failed with parameters ... The value nan is not
 # acceptable"), its warnings, and tracebacks
@@ -302,20 +301,7 @@ def test_sigterm_on_a_worker_is_one_calm_line(storage_url, tmp_path, tiny_study,
     tiny_study["fixed"]["optim"]["epochs"] = 12
     name, url = "term", storage_url
     create_or_load_study(StudySpec.from_dict(tiny_study), name, open_storage(url, heartbeat=False))
-    cmd = [
-        *STL_TUNE,
-        "worker",
-        "--name",
-        name,
-        "--storage",
-        url,
-        "--gpus",
-        "none",
-        "--trials",
-        "1",
-        "--artifacts",
-        str(tmp_path / "artifacts"),
-    ]
+    cmd = stl_tune("worker", name=name, storage=url, trials=1, artifacts=tmp_path / "artifacts")
     proc = subprocess.Popen(cmd, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_checkpoint(url, name, [proc])
     proc.send_signal(signal.SIGTERM)

@@ -5,13 +5,13 @@ poll instead of the trials, on both storages."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections import Counter
 
 import optuna
 import pytest
 import yaml
+from commands import stl_tune
 from optuna.trial import TrialState
 
 from stl_tune.search import open_storage
@@ -48,26 +48,7 @@ def test_workers_ride_out_a_postgres_restart(postgres, postgres_url, tiny_study,
     tiny_study["fixed"]["optim"]["epochs"] = 3  # each trial writes to the database every epoch
     study_file = tmp_path / "tiny.yaml"
     study_file.write_text(yaml.safe_dump(tiny_study))
-    cmd = [
-        sys.executable,
-        "-m",
-        "stl_tune",
-        "run",
-        "--study",
-        str(study_file),
-        "--name",
-        name,
-        "--trials",
-        str(n),
-        "--workers",
-        "4",
-        "--gpus",
-        "none",
-        "--storage",
-        postgres_url,
-        "--artifacts",
-        str(artifacts),
-    ]
+    cmd = stl_tune("run", study=study_file, name=name, trials=n, workers=4, storage=postgres_url, artifacts=artifacts)
     run = subprocess.Popen(cmd, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline, storage = time.monotonic() + 120, open_storage(postgres_url, heartbeat=False)

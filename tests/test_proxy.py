@@ -14,7 +14,8 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
-from browser import STL_TUNE, free_port
+from browser import free_port
+from commands import STL_TUNE, stl_tune
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -51,24 +52,15 @@ def test_workers_finish_a_study_through_the_proxy(tmp_path, fake_data, worker_en
     n = 4
     with proxy(db) as (grpc_url, _):
         run = subprocess.run(
-            [
-                *STL_TUNE,
+            stl_tune(
                 "run",
-                "--study",
-                str(ROOT / "studies/smoke.yaml"),
-                "--storage",
-                grpc_url,
-                "--trials",
-                str(n),
-                "--gpus",
-                "none",
-                "--workers",
-                "3",
-                "--data-dir",
-                str(fake_data),
-                "--artifacts",
-                str(tmp_path / "artifacts"),
-            ],
+                study=ROOT / "studies/smoke.yaml",
+                storage=grpc_url,
+                trials=n,
+                workers=3,
+                data_dir=fake_data,
+                artifacts=tmp_path / "artifacts",
+            ),
             capture_output=True,
             text=True,
             timeout=240,

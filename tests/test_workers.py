@@ -6,11 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from commands import stl_tune
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -21,8 +21,6 @@ from stl_tune.search.state.trials import is_surplus, tally
 from stl_tune.search.worker.keep import is_kept
 from stl_tune.search.worker.objective import Objective
 from stl_tune.search.worker.workers import StudyStopped, work
-
-STL_TUNE = [str(Path(sys.executable).with_name("stl-tune"))]  # the installed console script
 
 
 def _states(study: optuna.Study) -> dict[str, int]:
@@ -105,24 +103,7 @@ def test_run_with_three_workers_finishes_exactly_n_trials(storage_url, worker_en
     study_file = tmp_path / "tiny.yaml"
     study_file.write_text(yaml.safe_dump(tiny_study))
     artifacts = tmp_path / "artifacts"
-    cmd = [
-        *STL_TUNE,
-        "run",
-        "--study",
-        str(study_file),
-        "--name",
-        name,
-        "--trials",
-        str(n),
-        "--workers",
-        "3",
-        "--gpus",
-        "none",
-        "--storage",
-        storage_url,
-        "--artifacts",
-        str(artifacts),
-    ]
+    cmd = stl_tune("run", study=study_file, name=name, trials=n, workers=3, storage=storage_url, artifacts=artifacts)
     out = subprocess.run(cmd, env=worker_env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
     password = storage_url.partition("@")[0].rpartition(":")[2]
@@ -250,20 +231,7 @@ def test_a_spent_time_budget_counts_only_the_trials_that_paused(tmp_path, tiny_s
     study.set_user_attr(record.DEADLINE_ATTR, "2020-01-01T00:00:00+00:00")
     assert tally(study).waiting == 2
     out = subprocess.run(
-        [
-            *STL_TUNE,
-            "worker",
-            "--name",
-            "tiny",
-            "--workers",
-            "2",
-            "--gpus",
-            "none",
-            "--storage",
-            url,
-            "--artifacts",
-            str(tmp_path / "artifacts"),
-        ],
+        stl_tune("worker", name="tiny", workers=2, storage=url, artifacts=tmp_path / "artifacts"),
         env=worker_env,
         capture_output=True,
         text=True,
