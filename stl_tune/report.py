@@ -327,28 +327,28 @@ def _next_steps(study: optuna.Study, confirmed: bool, finished: int, final: repo
             "new images;",
             "in Python: <code>stl_tune.load_model(path)</code>.",
         ]
-        return "<h2>Next steps</h2><ul>" + "".join(f"<li>{s}</li>" for s in steps) + "</ul>"
-    steps = [
-        (
-            f"{finished} of the study's {n_trials} trials have finished: the same <code>stl-tune run</code> command "
-            "continues it (paused and queued trials first);"
-            if finished < n_trials
-            else ""
-        ),
-        (
-            ""
-            if confirmed
-            else f"<code>stl-tune confirm --name {name} --top 3 --seeds 3</code>: re-train the best 3 "
-            "configs with 3 new seeds (and validation splits), so that the export is the config that is good, "
-            "not the one that was lucky; "
-        ),
-        f"<code>stl-tune export --name {name} -o best.yaml</code>: the best {'confirmed ' if confirmed else ''}"
-        "trial's full config, set to train on train+validation;",
-        "<code>stl-tune train --config best.yaml --seeds 0,1,2</code>: the final models and the test accuracy's "
-        "mean ± std (the only step that touches the test split);",
-        "<code>stl-tune evaluate --model runs/best/seed-0/model.pt --data-dir DIR</code>: score a trained model on "
-        "any folder dataset without retraining.",
-    ]
+    else:
+        steps = [
+            (
+                f"{finished} of the study's {n_trials} trials have finished: the same <code>stl-tune run</code> command "
+                "continues it (paused and queued trials first);"
+                if finished < n_trials
+                else ""
+            ),
+            (
+                ""
+                if confirmed
+                else f"<code>stl-tune confirm --name {name} --top 3 --seeds 3</code>: re-train the best 3 "
+                "configs with 3 new seeds (and validation splits), so that the export is the config that is good, "
+                "not the one that was lucky; "
+            ),
+            f"<code>stl-tune export --name {name} -o best.yaml</code>: the best {'confirmed ' if confirmed else ''}"
+            "trial's full config, set to train on train+validation;",
+            "<code>stl-tune train --config best.yaml --seeds 0,1,2</code>: the final models and the test accuracy's "
+            "mean ± std (the only step that touches the test split);",
+            "<code>stl-tune evaluate --model runs/best/seed-0/model.pt --data-dir DIR</code>: score a trained model on "
+            "any folder dataset without retraining.",
+        ]
     return "<h2>Next steps</h2><ul>" + "".join(f"<li>{s}</li>" for s in steps if s) + "</ul>"
 
 

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 from browser import chromium, colour_stats, free_port, wait_http
-from commands import STL_TUNE
+from commands import stl_tune
 from optuna.trial import TrialState
 from test_report import make_study, render, write_runs
 
@@ -61,7 +61,7 @@ def test_dashboard_shows_the_study_and_its_trials(tmp_path):
     study = make_study(url)
     port = free_port()
     server = subprocess.Popen(
-        [*STL_TUNE, "dashboard", "--storage", url, "--port", str(port)],
+        stl_tune("dashboard", gpus=None, storage=url, port=port),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -15,7 +15,7 @@ import optuna
 import pytest
 import sqlalchemy
 from browser import free_port
-from commands import STL_TUNE, stl_tune
+from commands import stl_tune
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -28,7 +28,7 @@ def proxy(db_url: str, *extra: str):
     """A `stl-tune proxy` subprocess in front of db_url; yields its grpc:// URL once it answers."""
     port = free_port()
     server = subprocess.Popen(
-        [*STL_TUNE, "proxy", "--storage", db_url, "--port", str(port), *extra],
+        stl_tune("proxy", *extra, gpus=None, storage=db_url, port=port),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
