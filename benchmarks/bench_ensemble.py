@@ -22,6 +22,8 @@ epoch on train+validation counts 1/(1 - val_fraction): that many more images).
   python benchmarks/bench_ensemble.py --workdir W            # 5 searches at the benchmark's scale
   python benchmarks/bench_ensemble.py --workdir W --repeats 7
   python benchmarks/bench_ensemble.py --quick                # tiny everything: checks it works
+The plot (--plot, docs/ensemble_fashion.png by default) shows each row's paired differences
+against `single`, one point per search, beside the epochs the row costs.
 A run stopped part-way resumes from its --workdir: a finished search, final training or ensemble is
 read, not run again (bench_search_quality's resumability; a retrained member is `train`'s own resume).
 The --workdir may be one of bench_search_quality's at the same settings: its stl-tune searches and
@@ -128,6 +130,38 @@ def table(results: list[dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def plot(results: list[dict[str, dict]], path: Path, title: str) -> None:
+    """Per row: each search's test accuracy minus its `single`, in points (dots), their mean (a bar),
+    and the row's extra epochs (mean, on a second axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in results[0] if k != "single"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for i, key in enumerate(keys):
+        d = [100 * (r[key]["test_acc"] - r["single"]["test_acc"]) for r in results]
+        ax.scatter([i] * len(d), d, color="tab:blue", alpha=0.6, s=18)
+        ax.hlines(statistics.mean(d), i - 0.3, i + 0.3, color="tab:blue", linewidth=2.5)
+    ax.axhline(0, color="grey", linewidth=1)
+    ax.set_xticks(range(len(keys)), keys, rotation=30, ha="right")
+    ax.set(ylabel="test accuracy minus single's, points", title=title)
+    ax.grid(alpha=0.3, axis="y")
+    cost = ax.twinx()
+    cost.plot(range(len(keys)), [statistics.mean(r[k]["epochs"] for r in results) for k in keys], "s",
+              color="tab:orange", label="extra epochs (mean)")  # fmt: skip
+    cost.set_ylabel("extra training epochs (search epochs)", color="tab:orange")
+    cost.set_ylim(bottom=0)
+    cost.legend(loc="upper right", fontsize=9)
+    ax.set_zorder(cost.get_zorder() + 1)  # the searches' dots above the cost's squares
+    ax.patch.set_visible(False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny data, 2-epoch trials, 1 search: checks it works")
@@ -137,6 +171,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, help="Fashion-MNIST training images per class [200; quick: 30]")
     ap.add_argument("--data", type=Path, default=bsq.ROOT / "data", help="folder of the written datasets")
     ap.add_argument("--workdir", type=Path, help="studies, logs and runs [a new temporary folder]")
+    ap.add_argument("--plot", type=Path, help="the plot's PNG [docs/ensemble_fashion.png; quick: in the workdir]")
     args = ap.parse_args()
     repeats = args.repeats or (1 if args.quick else 5)
     epochs = args.epochs or (2 if args.quick else 12)  # bench_search_quality's defaults
@@ -183,6 +218,9 @@ def main() -> None:
     print(f"\nfinal models: {(time.perf_counter() - t0) / 60:.1f} min\n")
     print(table(results))
     (workdir / "results-ensemble.json").write_text(json.dumps({"settings": settings, "rows": results}, indent=1))
+    png = args.plot or (workdir if args.quick else bsq.ROOT / "docs") / "ensemble_fashion.png"
+    plot(results, png, f"Final model vs single config, {len(results)} searches of the default (Fashion-MNIST)")
+    print(f"plot: {png}")
 
 
 if __name__ == "__main__":
