@@ -15,7 +15,8 @@ The table is one JSON-lines file: a header line (data set, scale, command, dates
 per finished run, appended as runs finish. A rerun with the same --table resumes: the runs in the
 file are kept, the configs are drawn again (the same draws: the sampler is seeded) and checked
 against the file, and only the missing runs train. Commit the file as it grows; a fresh machine
-resumes from the committed file.
+resumes from the committed file. Ctrl-C starts no new run and keeps the runs under way, written as
+they finish; a second Ctrl-C stops at once and drops them.
 
   python benchmarks/build_curve_table.py --table benchmarks/tables/fashion-n200-e12.jsonl
   python benchmarks/build_curve_table.py --table T --per-class 500 --epochs 20 --configs 150
@@ -27,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
+import signal
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -63,6 +66,32 @@ def draw_configs(base: dict[str, Any], n: int) -> tuple[StudySpec, list[tuple[di
         out.append((dict(trial.params), cfg))
         study.tell(trial, 0.0)
     return spec, out
+
+
+class CtrlC:
+    """Ctrl-C, as the builder takes it: the first sets `stopping` (no run starts after it, the runs
+    under way finish and are written), the second ends the builder at once, its training processes
+    too. Installed in the builder, ignored in the training processes: Ctrl-C reaches the whole
+    process group, and an interrupted run inside concurrent.futures' pool would fail alone while the
+    pool went on to the next."""
+
+    def __init__(self, table: Path) -> None:
+        self.table, self.stopping = table, False
+        signal.signal(signal.SIGINT, self)
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.stopping:
+            for proc in multiprocessing.active_children():
+                proc.terminate()
+            raise SystemExit(f"stopped: the runs under way dropped; {self.table} resumes")
+        self.stopping = True
+        # os.write, not print: the signal may come while the main thread is inside a print
+        os.write(sys.stdout.fileno(), b"stopping: the runs under way finish and are kept (Ctrl-C again drops them)\n")
+
+    @staticmethod
+    def ignore() -> None:
+        """The training processes' initializer."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_one(cfg_dict: dict, seed: int) -> dict[str, Any]:
@@ -170,16 +199,19 @@ def main() -> None:
     with args.table.open("w") as f:  # the header again (configs may have grown), then every run kept
         f.write(json.dumps(header) + "\n")
         f.writelines(json.dumps(r) + "\n" for r in rows)
+    ctrl_c = CtrlC(args.table)  # before the line below: a Ctrl-C after it is never a traceback
     print(f"{args.table}: {len(rows)} runs kept, {len(todo)} to train ({n_configs} configs x {args.seeds} seeds, "
           f"{epochs} epochs each), {args.workers} at a time", flush=True)  # fmt: skip
 
     t0, finished = time.perf_counter(), 0
-    with ProcessPoolExecutor(args.workers) as pool, args.table.open("a") as f:
+    with ProcessPoolExecutor(args.workers, initializer=CtrlC.ignore) as pool, args.table.open("a") as f:
         pending = {}
         queue = iter(todo)
-        for job in queue:  # at most 2 x workers in flight: a stop loses little
+        for job in queue:  # one run per process: none waits in the pool's queue, where Ctrl-C cannot cancel it
+            if ctrl_c.stopping:
+                break
             pending[pool.submit(run_one, config.to_dict(configs[job[0]][1]), job[1])] = job
-            if len(pending) >= 2 * args.workers:
+            if len(pending) >= args.workers:
                 break
         while pending:
             finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -198,10 +230,13 @@ def main() -> None:
                 print(f"config {c} seed {s}: {run['status']}, val {last:.3f} test {run['test'] or float('nan'):.3f} "
                       f"({sum(run['seconds']):.0f} s); {finished}/{len(todo)}, about {left / 60:.0f} min left",
                       flush=True)  # fmt: skip
-                nxt = next(queue, None)
+                nxt = None if ctrl_c.stopping else next(queue, None)
                 if nxt is not None:
                     pending[pool.submit(run_one, config.to_dict(configs[nxt[0]][1]), nxt[1])] = nxt
-    print(f"done: {args.table} ({(time.perf_counter() - t0) / 60:.1f} min)")
+    if ctrl_c.stopping:
+        print(f"stopped: {finished}/{len(todo)} runs added to {args.table}; the same command resumes")
+    else:
+        print(f"done: {args.table} ({(time.perf_counter() - t0) / 60:.1f} min)")
 
 
 if __name__ == "__main__":

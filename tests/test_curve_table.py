@@ -1,14 +1,19 @@
 """benchmarks/build_curve_table.py on a tiny split-layout folder: every (config, seed) run lands in
-the table with its full curve and test accuracy, the known recipe is config 0, a rerun resumes
-(kept runs untouched, only the missing ones trained) and a table of other settings is refused."""
+the table with its full curve and test accuracy, the known recipe is config 0, Ctrl-C keeps the run
+under way, a rerun resumes (kept runs untouched, only the missing ones trained) and a table of
+other settings is refused."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
@@ -30,12 +35,31 @@ def split_folder(root: Path) -> Path:
     return root
 
 
-def build(tmp_path: Path, data: Path, table: Path, *extra: str) -> subprocess.CompletedProcess:
+def command(tmp_path: Path, data: Path, table: Path, *extra: str) -> dict:
     args = ["--data-dir", str(data), "--image-size", "8", "--table", str(table), "--workers", "1", "--seeds", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    return subprocess.run(
-        [sys.executable, str(BUILDER), *args, *extra], capture_output=True, text=True, env=env, timeout=280
+    return {"args": [sys.executable, str(BUILDER), *args, *extra], "env": env, "text": True}
+
+
+def build(tmp_path: Path, data: Path, table: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(**command(tmp_path, data, table, *extra), capture_output=True, timeout=280)
+
+
+def build_with_ctrl_c(tmp_path: Path, data: Path, table: Path, *extra: str) -> tuple[int, str]:
+    """The builder, and Ctrl-C to its process group (as a terminal sends it) once a training process
+    exists: the first run is under way."""
+    proc = subprocess.Popen(
+        **command(tmp_path, data, table, *extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
+    deadline = time.monotonic() + 120
+    while not psutil.Process(proc.pid).children() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=280)
+    return proc.returncode, out
 
 
 def rows(table: Path) -> tuple[dict, list[dict]]:
@@ -62,9 +86,14 @@ def test_builds_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
     assert runs[0]["params"] != next(r for r in runs if r["config"] == 1)["params"]
 
     kept = table.read_text().splitlines()[1:]
+    code, out = build_with_ctrl_c(tmp_path, data, table, "--configs", "3", "--epochs", "1")
+    assert code == 0 and "stopping: the runs under way finish and are kept" in out, out
+    added = int(re.search(r"^stopped: (\d)/2 runs added to .*; the same command resumes$", out, re.M)[1])
+    assert added >= 1  # the run under way at Ctrl-C (a second only if the first finished before the signal came)
+    assert len(rows(table)[1]) == 4 + added and table.read_text().splitlines()[1:5] == kept
     more = build(tmp_path, data, table, "--configs", "3", "--epochs", "1")
     assert more.returncode == 0, more.stdout + more.stderr
-    assert "4 runs kept, 2 to train" in more.stdout
+    assert f"{4 + added} runs kept, {2 - added} to train" in more.stdout
     header, runs = rows(table)
     assert header["configs"] == 3 and table.read_text().splitlines()[1:5] == kept
     assert sorted((r["config"], r["seed"]) for r in runs)[-2:] == [(2, 0), (2, 1)]
