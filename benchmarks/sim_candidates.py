@@ -5,7 +5,9 @@ TPE, successive halving at 30 and 90 of 200 epochs, the last-5 objective) with o
 run through simulate.py's OptunaSearcher, i.e. through the project's own study, plug-in and
 export code; the prior sampler is stl_tune/search/spec/prior.py. Two candidates change what the
 searcher does around Optuna: `smooth3` (the pruner sees the mean of the last 3 epochs) and
-`reeval3` (the top 3 are re-trained once with another seed inside the budget, the pick by mean).
+`reeval3` (the top 3 are re-trained once with another seed inside the budget, the pick by mean);
+one changes the final pick: `prior-modelpick` (the complete trial whose value, smoothed over its
+neighbours in the space, is best, instead of the best value).
 
   python benchmarks/sim_candidates.py --table T --methods stl-tune,prior,random+asha --repeats 50 --out R.json
   python benchmarks/sim_candidates.py --versus R.json     # every method against every other, paired
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -181,6 +184,7 @@ def register() -> None:
     simulate.METHODS["reeval3"] = lambda table, repeat: ReEvaluate(table, "tpe-sh3", repeat, 3)
     simulate.METHODS["reeval3-new"] = lambda table, repeat: ReEvaluate(table, "tpe-sh3", repeat, 3, first=False)
     simulate.METHODS["reeval2"] = lambda table, repeat: ReEvaluate(table, "tpe-sh3", repeat, 2)
+    simulate.METHODS["prior-modelpick"] = lambda table, repeat: ModelPick(table, "prior", repeat)
     simulate.CANDIDATES = (
         *simulate.CANDIDATES,
         *VARIANTS,
@@ -189,7 +193,30 @@ def register() -> None:
         "reeval3",
         "reeval3-new",
         "reeval2",
+        "prior-modelpick",
     )
+
+
+class ModelPick(OptunaSearcher):
+    """The final pick by a model's estimate rather than the single best value (as Ax and mlrMBO
+    pick): each complete trial's value is replaced by a Gaussian-kernel average of the complete
+    trials' values (Nadaraya-Watson on the simulator's config distance; bandwidth: the median
+    distance between complete trials, so nothing is set to a table), and the pick is the trial whose
+    average is best. A lucky value among worse neighbours is shrunk towards them."""
+
+    def __init__(self, table: Table, key: str, repeat: int):
+        super().__init__(table, key, repeat)
+        self.table = table
+
+    def choice(self) -> dict[str, Any] | None:
+        done = ranked(self.workers[0].get_trials(deepcopy=False), self.workers[0].direction)
+        d2 = [[self.table.distance2(a.params, b.params) for b in done] for a in done]
+        h2 = statistics.median([d2[i][j] for i in range(len(done)) for j in range(i + 1, len(done))] or [0.0])
+        if h2 == 0:  # fewer than 2 trials, or all at one point: nothing to smooth over
+            return super().choice()
+        weights = [[math.exp(-d / (2 * h2)) for d in row] for row in d2]
+        smoothed = [sum(w * t.value for w, t in zip(row, done)) / sum(row) for row in weights]
+        return dict(done[max(range(len(done)), key=smoothed.__getitem__)].params)
 
 
 # ------------------------------------------------------------------------------------- versus

@@ -157,6 +157,10 @@ class Table:
         """The config nearest to `params` (see _Index)."""
         return self._index.nearest(params)
 
+    def distance2(self, a: dict[str, Any], b: dict[str, Any]) -> float:
+        """The squared distance between two configs' params, as `nearest` measures it (see _Index)."""
+        return self._index.distance2(self._index.coords(a), self._index.coords(b))
+
 
 def _default_patience(epochs: int) -> int:
     """TrainConfig's patience, scaled to `epochs` as bench_search_quality.scaled_study scales it."""
@@ -197,21 +201,21 @@ class _Index:
                 out[p.name] = (v - p.low) / (p.high - p.low)
         return out
 
+    def distance2(self, q: dict[str, Any], x: dict[str, Any]) -> float:
+        """The squared distance of two configs' coords."""
+        d = 0.0
+        for name in q.keys() | x.keys():
+            if name not in q or name not in x:
+                d += 1.0
+            elif name in self.categorical:
+                d += q[name] != x[name]
+            else:
+                d += (q[name] - x[name]) ** 2
+        return d
+
     def nearest(self, params: dict[str, Any]) -> int:
         q = self.coords(params)
-        best, best_d = 0, math.inf
-        for i, x in enumerate(self.points):
-            d = 0.0
-            for name in q.keys() | x.keys():
-                if name not in q or name not in x:
-                    d += 1.0
-                elif name in self.categorical:
-                    d += q[name] != x[name]
-                else:
-                    d += (q[name] - x[name]) ** 2
-            if d < best_d:
-                best, best_d = i, d
-        return best
+        return min(range(len(self.points)), key=lambda i: self.distance2(q, self.points[i]))
 
 
 # -------------------------------------------------------------------------------- the simulator
