@@ -107,10 +107,6 @@ def test_killed_worker_trial_resumes_from_its_checkpoint(storage_url, tmp_path, 
     assert not list(tmp_path.glob(f"stl-tune-{pid}-*"))  # nor the dead worker's local checkpoint copy
 
 
-def _run_cmd(study_file: Path, name: str, n: int, workers: int, url: str, artifacts: Path) -> list[str]:
-    return stl_tune("run", study=study_file, name=name, trials=n, workers=workers, storage=url, artifacts=artifacts)
-
-
 def _check_resumed(study: optuna.Study, victim: FrozenTrial) -> None:
     """The killed trial failed as "worker died"; its retry finished from the dead one's checkpoint."""
     killed = study.trials[victim.number]
@@ -125,7 +121,8 @@ def _check_resumed(study: optuna.Study, victim: FrozenTrial) -> None:
 def test_run_requeues_a_killed_workers_trial_at_once(storage_url, tmp_path, tiny_study, worker_env):
     """Without waiting for the heartbeat's grace period (GRACE_S here: the run's timeout is shorter)."""
     n, name, url, artifacts = 2, "reap", storage_url, tmp_path / "artifacts"
-    cmd = _run_cmd(_study_file(tmp_path, tiny_study, epochs=12), name, n, 2, url, artifacts)
+    study_file = _study_file(tmp_path, tiny_study, epochs=12)
+    cmd = stl_tune("run", study=study_file, name=name, trials=n, workers=2, storage=url, artifacts=artifacts)
     run = subprocess.Popen(
         cmd,
         env={**worker_env, "STL_TUNE_GRACE_PERIOD": GRACE_S},
@@ -153,7 +150,8 @@ def test_rerun_requeues_the_trial_of_a_dead_run_on_this_host(storage_url, tmp_pa
     """`run` and its worker both killed (a closed terminal, a reboot): the next run on this host
     re-queues the orphaned RUNNING trial at once instead of waiting out the grace period."""
     n, name, url, artifacts = 1, "orphan", storage_url, tmp_path / "artifacts"
-    cmd = _run_cmd(_study_file(tmp_path, tiny_study, epochs=12), name, n, 1, url, artifacts)
+    study_file = _study_file(tmp_path, tiny_study, epochs=12)
+    cmd = stl_tune("run", study=study_file, name=name, trials=n, workers=1, storage=url, artifacts=artifacts)
     env = {**worker_env, "STL_TUNE_GRACE_PERIOD": GRACE_S}
     run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     victim = _wait_for_checkpoint(url, name, [run])
@@ -229,7 +227,8 @@ def test_warm_started_run_with_a_time_budget_survives_a_killed_worker(storage_ur
     cfg.optim.lr = 0.005  # a config not tried yet (an export of a tried one is not queued again)
     config.dump(cfg, best)
     n = 1000  # more than 2 workers can finish in the budget
-    cmd = [*_run_cmd(study_file, "new", n, 2, url, artifacts), "--from-study", "old", "--enqueue", str(best)]
+    cmd = stl_tune("run", study=study_file, name="new", trials=n, workers=2, storage=url, artifacts=artifacts)
+    cmd += ["--from-study", "old", "--enqueue", str(best)]
     run = subprocess.Popen(
         [*cmd, "--time-budget", "40s"],
         env={**worker_env, "STL_TUNE_GRACE_PERIOD": GRACE_S},
