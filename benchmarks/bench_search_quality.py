@@ -61,6 +61,7 @@ from stl_tune import config
 from stl_tune.search import StudySpec, create_or_load_study, open_storage, record
 from stl_tune.search.record import DEADLINE_ATTR, EPOCHS_RUN_ATTR, N_TRIALS_ATTR
 from stl_tune.search.spec import warmstart
+from stl_tune.search.spec.space import load_study_file
 from stl_tune.search.state.limits import now
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,29 +172,38 @@ def scaled_recipe(study: dict[str, Any]) -> config.TrainConfig:
     return config.validate(cfg)
 
 
-def scaled_epochs(n: int, epochs: int) -> int:
-    """An epoch count of the 200-epoch seed study (a pruner's rung), scaled to `epochs`."""
-    return max(1, round(n * epochs / SEED_EPOCHS))
+def scaled_epochs(n: int, epochs: int, of: int = SEED_EPOCHS) -> int:
+    """An epoch count of an `of`-epoch study (a pruner's rung; the seed study's 200), scaled to `epochs`."""
+    return max(1, round(n * epochs / of))
 
 
 @dataclass
 class Method:
     label: str
     sampler: dict[str, Any]  # a study file's sampler; "seed" is set per repeat
-    pruner: dict[str, Any]  # min_resource / max_resource in epochs of the 200-epoch seed study
+    pruner: dict[str, Any]  # min_resource / max_resource in epochs of a pruner_epochs-epoch study
     objective: str
     warm_start: bool  # the known recipe (at this scale) as trial 0, never pruned
+    pruner_epochs: int = SEED_EPOCHS
+
+
+def study_method(path: Path) -> Method:
+    """A study file's search as `stl-tune run` runs it: its sampler, pruner and objective, the known
+    recipe as trial 0; its rungs scaled from the file's own epochs (`optim.epochs`). Its space and
+    fixed values are not used: a benchmark's are its scale's."""
+    spec = load_study_file(path)  # a bad file is a StudyError naming the file and the key
+    return Method(
+        f"{path}, scaled; the known recipe as trial 0",
+        dict(spec.sampler),
+        dict(spec.pruner),
+        spec.objective,
+        warm_start=True,
+        pruner_epochs=int(spec.fixed.get("optim.epochs", config.TrainConfig().optim.epochs)),
+    )
 
 
 def _seed_method() -> Method:
-    seed = seed_file()
-    return Method(
-        "studies/seed.yaml, scaled; the known recipe as trial 0",
-        dict(seed["sampler"]),
-        dict(seed["pruner"]),
-        seed.get("objective", "best_val_acc"),
-        warm_start=True,
-    )
+    return study_method(ROOT / "studies" / "seed.yaml")
 
 
 def _seed_rungs() -> dict[str, Any]:
@@ -249,7 +259,9 @@ METHODS = {
 def study_dict(name: str, base: dict[str, Any], m: Method, sampler_seed: int) -> dict[str, Any]:
     epochs = base["fixed"]["optim"]["epochs"]
     pruner = {
-        k: scaled_epochs(v, epochs) if k in ("min_resource", "max_resource") and isinstance(v, int) else v
+        k: scaled_epochs(v, epochs, m.pruner_epochs)
+        if k in ("min_resource", "max_resource") and isinstance(v, int)
+        else v
         for k, v in m.pruner.items()
     }
     return {

@@ -18,6 +18,7 @@ project's own Optuna code (OptunaSearcher), and the peers of benchmarks/sim_peer
 
   python benchmarks/simulate.py --table benchmarks/tables/fashion-n200-e12.jsonl --plot P.png --out R.md
   python benchmarks/simulate.py --table T --workers 8 --methods stl-tune,random+asha --repeats 100
+  python benchmarks/simulate.py --table T --methods stl-tune --study my-search.yaml   # a study file of yours
   python benchmarks/simulate.py --quick      # the tiny committed table: seconds
 """
 
@@ -413,6 +414,20 @@ DEFAULT = "stl-tune"
 CANDIDATES = ("tpe+asha", "rung50")  # bench_search_quality.py's candidates: simulated on request only
 
 
+def register_study(path: Path) -> str:
+    """Register a study file's search as a method named by the file's stem; its name."""
+    name = path.stem
+    if name in METHODS:
+        raise SystemExit(f"--study {path}: a method is called {name!r} already; rename the file")
+    try:
+        bsq.study_method(path)  # read now: a bad file is one line before any search
+    except StudyError as e:
+        raise SystemExit(f"--study: {e}") from None
+    bsq.METHODS[name] = lambda: bsq.study_method(path)  # the pool forks: its processes see both
+    METHODS[name] = lambda table, repeat: OptunaSearcher(table, name, repeat)
+    return name
+
+
 # ------------------------------------------------------------------------------------- repeats
 _TABLE: Table | None = None  # each pool process's table
 
@@ -585,6 +600,14 @@ def main() -> None:
         help=f"comma list of {', '.join(METHODS)} and sim_peers.py's peers "
         f"[all but the candidates {', '.join(CANDIDATES)}]",
     )
+    ap.add_argument(
+        "--study",
+        type=Path,
+        action="append",
+        default=[],
+        help="a study file whose search (sampler, pruner, objective; the known recipe first) runs as "
+        "one more method, named by the file's stem; the space is the table's (repeatable)",
+    )
     ap.add_argument("--workers", type=positive_int, default=2, help="asynchronous workers per search [2]")
     ap.add_argument("--repeats", type=positive_int, help="repeats per method [50; quick: 3]")
     ap.add_argument("--budget", type=positive_int, help="training epochs per search [10 x the table's epochs]")
@@ -600,6 +623,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     table = Table.load(path, args.configs)
     methods = args.methods.split(",") if args.methods else [m for m in METHODS if m not in CANDIDATES]
+    methods += [register_study(p) for p in args.study]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"--methods: unknown {', '.join(unknown)}; registered: {', '.join(METHODS)}")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -254,6 +255,29 @@ def test_quick_mode_runs_end_to_end(tmp_path):
     result = json.loads(out.read_text())
     assert {r["method"] for r in result["rows"]} == {"stl-tune", "random"} and len(result["searches"]) == 4
     assert png.stat().st_size > 0
+
+
+def test_a_study_file_runs_as_a_method_with_its_own_sampler_and_pruner(tmp_path):
+    """--study: seed.yaml under another name searches exactly as the default does; the same file
+    without a pruner stops no trial; a file that does not validate is one line, before any search."""
+    seed = yaml.safe_load((ROOT / "studies" / "seed.yaml").read_text())
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(seed, sort_keys=False))
+    (tmp_path / "unpruned.yaml").write_text(yaml.safe_dump({**seed, "pruner": {"name": "none"}}, sort_keys=False))
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump({**seed, "sampler": {"name": "nope"}}, sort_keys=False))
+    script, out = str(ROOT / "benchmarks" / "simulate.py"), tmp_path / "r.json"
+    cmd = [sys.executable, script, "--quick", "--repeats", "3", "--methods", "stl-tune", "--out", str(out)]
+    studies = ["--study", str(tmp_path / "mine.yaml"), "--study", str(tmp_path / "unpruned.yaml")]
+    proc = subprocess.run([*cmd, *studies], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    searches = json.loads(out.read_text())["searches"]
+    by = {m: [s for s in searches if s["method"] == m] for m in ("stl-tune", "mine", "unpruned")}
+    strip = [{k: v for k, v in s.items() if k != "method"} for s in by["stl-tune"]]
+    assert [{k: v for k, v in s.items() if k != "method"} for s in by["mine"]] == strip
+    assert sum(s["stopped"] for s in by["stl-tune"]) > 0 and sum(s["stopped"] for s in by["unpruned"]) == 0
+
+    proc = subprocess.run([*cmd, "--study", str(tmp_path / "broken.yaml")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "nope" in proc.stderr and proc.stderr.startswith("--study: ")
+    assert proc.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("content", [None, "not json\n", "[1, 2]\n"])
