@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shlex
 import signal
 import sys
 import time
@@ -176,7 +177,7 @@ def main() -> None:
         "objective_scale": "validation accuracy in [0, 1] per epoch (EMA weights, flip TTA); test accuracy of the final model",
         "search_space": spec.to_dict()["search_space"],
         "fixed": {k: v for k, v in base["fixed"].items() if k != "data"},
-        "command": "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": "python benchmarks/" + shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, one torch thread per run",
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }  # fmt: skip
