@@ -92,6 +92,8 @@ VARIANTS = {
     "sh-rf2": _variant("successive halving, reduction factor 2", pruner={"reduction_factor": 2}),
     "sh-rf4": _variant("successive halving, reduction factor 4", pruner={"reduction_factor": 4}),
     "sh-rung20": _variant("successive halving, first rung at 20 of 200 epochs", pruner={"min_resource": 20}),
+    # Syne Tune's ASHA (rungs 1, 3, 9 of 12) led on both finished tables: its rungs with the prior sampler
+    "prior-rung20": _variant("PriorBand sampler, first rung at 20 of 200 epochs", PRIOR, {"min_resource": 20}),
     "hyperband-shared": _variant(
         "Hyperband (sampler sees every bracket) from 30 of 200 epochs",
         pruner={"name": "hyperband_shared", "min_resource": 30, "reduction_factor": 3},
