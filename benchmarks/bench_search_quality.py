@@ -29,6 +29,7 @@ exported config's TEST accuracy, measured on data no search saw.
 
   python benchmarks/bench_search_quality.py --workdir W        # all methods x 5 repeats: ~2 h quiet
   python benchmarks/bench_search_quality.py --workdir W --methods stl-tune,random --repeats 7
+  python benchmarks/bench_search_quality.py --dataset digits --image-size 16 --workdir W   # the digits curve table's scale
   python benchmarks/bench_search_quality.py --quick            # tiny everything: checks it works
 A run stopped part-way resumes from its --workdir: a finished search or final training is read, not
 run again, and an unfinished search continues its study.
@@ -193,7 +194,7 @@ def study_method(path: Path) -> Method:
     fixed values are not used: a benchmark's are its scale's."""
     spec = load_study_file(path)  # a bad file is a StudyError naming the file and the key
     return Method(
-        f"{path}, scaled; the known recipe as trial 0",
+        f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}, scaled; the known recipe as trial 0",
         dict(spec.sampler),
         dict(spec.pruner),
         spec.objective,
@@ -533,6 +534,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="epochs per trial and final training [12; quick: 2]")
     ap.add_argument("--budget", type=int, help="training epochs per search [10 x --epochs; quick: 3 x]")
     ap.add_argument("--per-class", type=int, help="Fashion-MNIST training images per class [200; quick: 30]")
+    ap.add_argument("--image-size", type=int, help="pixels per side [fashion 28, digits 32]")
     ap.add_argument("--data", type=Path, default=ROOT / "data", help="folder of the written datasets")
     ap.add_argument("--workdir", type=Path, help="studies, logs and runs [a new temporary folder]")
     ap.add_argument(
@@ -556,6 +558,8 @@ def main() -> None:
     else:
         data_dir, size = write_digits(args.data.resolve() / "digits-32"), 32
     settings = {"dataset": args.dataset, "data": str(data_dir), "epochs": epochs, "budget": budget}
+    if args.image_size:  # a workdir of the default size, written before the option, still resumes
+        size = settings["image_size"] = args.image_size
     saved_settings = workdir / "settings.json"
     if saved_settings.is_file() and json.loads(saved_settings.read_text()) != settings:
         raise SystemExit(
