@@ -420,10 +420,10 @@ def register_study(path: Path) -> str:
     if name in METHODS:
         raise SystemExit(f"--study {path}: a method is called {name!r} already; rename the file")
     try:
-        bsq.study_method(path)  # read now: a bad file is one line before any search
+        method = bsq.study_method(path)  # read once, now: a bad file is one line before any search
     except StudyError as e:
         raise SystemExit(f"--study: {e}") from None
-    bsq.METHODS[name] = lambda: bsq.study_method(path)  # the pool forks: its processes see both
+    bsq.METHODS[name] = lambda: method  # the pool forks: its processes see both
     METHODS[name] = lambda table, repeat: OptunaSearcher(table, name, repeat)
     return name
 
